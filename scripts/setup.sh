@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages starkv builds with. Idempotent: when everything
+# is present it only checks (well under a second).
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config  # toolchain
+  libzstd-dev                       # bundle compression
+  libxxhash-dev                     # bundle checksums
+  nlohmann-json3-dev                # config.json, tokenizer.json, bundle metadata
+  libcli11-dev                      # the starkv command line
+  libpcre2-dev                      # byte-level BPE pre-tokenizer regexes
+  libgtest-dev                      # tests
+  libbenchmark-dev                  # CPU benchmarks
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test: set up, build, run the suite; then the same suite again under
+# AddressSanitizer + UndefinedBehaviorSanitizer (skip that with STARKV_NO_SANITIZE=1).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+jobs="$(nproc 2>/dev/null || echo 2)"
+"$root/scripts/setup.sh"
+
+BUILD_DIR="$root/build" "$root/scripts/build.sh"
+(cd "$root/build" && ctest --output-on-failure -j "$jobs" --timeout 1200)
+
+if [ "${STARKV_NO_SANITIZE:-0}" != "1" ]; then
+  echo "== the suite again under ASan+UBSan ==" >&2
+  BUILD_DIR="$root/build-asan" BUILD_TYPE=RelWithDebInfo "$root/scripts/build.sh" \
+    -DSTARKV_SANITIZE=ON -DSTARKV_BUILD_BENCH=OFF
+  (cd "$root/build-asan" && \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --output-on-failure -j "$jobs" --timeout 2400)
+fi
