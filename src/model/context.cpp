@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <thread>
 
+#include "core/error.h"
+
 namespace starkv {
 namespace {
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
+
 namespace starkv {
 
 double token_nll(const float* logits, int n_vocab, int32_t target) {

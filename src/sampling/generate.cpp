@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "core/error.h"
+
 namespace starkv {
 
 std::string Utf8Stream::push(const std::string& bytes) {
