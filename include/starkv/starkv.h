@@ -125,6 +125,7 @@ typedef struct starkv_model_info {
     uint32_t struct_size;
     char architecture[32];
     char name[64];
+    char format[16]; /* "gguf", "hf" */
     int32_t n_vocab;
     int32_t n_embd;
     int32_t n_layer;
@@ -148,6 +149,21 @@ typedef struct starkv_model_info {
 STARKV_API void starkv_model_info_default(starkv_model_info *info);
 /* info->struct_size must be set (use starkv_model_info_default). */
 STARKV_API starkv_status starkv_model_get_info(const starkv_model *model, starkv_model_info *info);
+
+/* The file's tensor table (for inspection tools). */
+typedef struct starkv_tensor_info {
+    uint32_t struct_size;
+    char name[128];
+    char dtype[16];  /* as stored: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1" */
+    int32_t n_dims;
+    int64_t shape[4]; /* outermost first, e.g. {rows, cols} */
+    uint64_t offset;  /* byte offset in its file */
+    uint64_t n_bytes; /* stored bytes */
+} starkv_tensor_info;
+STARKV_API void starkv_tensor_info_default(starkv_tensor_info *info);
+STARKV_API size_t starkv_model_n_tensors(const starkv_model *model);
+STARKV_API starkv_status starkv_model_tensor(const starkv_model *model, size_t index,
+                                             starkv_tensor_info *info);
 
 /* ---- Tokenizer ---------------------------------------------------------- */
 /* Tokenize len bytes of text. With parse_special, text like "<s>" that spells a
@@ -202,6 +218,13 @@ STARKV_API uint32_t starkv_context_n_ctx(const starkv_context *ctx);
 STARKV_API starkv_status starkv_context_reset(starkv_context *ctx);
 /* Forget every token at position >= n_past (n_past <= current position). */
 STARKV_API starkv_status starkv_context_rewind(starkv_context *ctx, uint32_t n_past);
+
+/* Scores a text: resets the context, evaluates the tokens and sums, in double,
+ * -log p(tokens[i] | tokens[0..i)) for every i >= 1 (*out_n_scored = n - 1).
+ * perplexity = exp(nll_sum / n_scored). Needs n_tokens >= 2. */
+STARKV_API starkv_status starkv_context_score(starkv_context *ctx, const starkv_token *tokens,
+                                              size_t n_tokens, double *out_nll_sum,
+                                              size_t *out_n_scored);
 
 typedef struct starkv_kv_stats {
     uint32_t struct_size;

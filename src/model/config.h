@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace starkv {
 
@@ -23,6 +24,9 @@ struct RopeConfig {
     float low_freq_factor = 1.0f;   // llama3
     float high_freq_factor = 4.0f;  // llama3
     int original_max_pos = 8192;    // llama3
+    // Per-pair frequency divisors (GGUF rope_freqs.weight, how llama.cpp
+    // stores Llama-3.1 scaling); empty = none.
+    std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

@@ -1,0 +1,486 @@
+// The C ABI: argument checks, struct_size handling, and the one place where
+// C++ exceptions become status codes and the thread's last-error message.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "model/context.h"
+#include "model/model.h"
+#include "model/score.h"
+#include "sampling/generate.h"
+#include "sampling/sampler.h"
+#include "starkv/starkv.h"
+
+struct starkv_model {
+    std::shared_ptr<const starkv::Model> model;
+};
+struct starkv_context {
+    std::unique_ptr<starkv::Context> ctx;
+};
+struct starkv_sampler {
+    std::unique_ptr<starkv::Sampler> sampler;
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+starkv_status set_error(starkv_status status, const std::string& message) {
+    t_last_error = message;
+    return status;
+}
+
+// Runs fn, mapping every exception to a status; nothing escapes to C.
+template <typename Fn>
+starkv_status guarded(Fn&& fn) noexcept {
+    try {
+        t_last_error.clear();
+        fn();
+        return STARKV_OK;
+    } catch (const starkv::Error& e) {
+        return set_error(e.status(), e.what());
+    } catch (const std::bad_alloc&) {
+        return set_error(STARKV_ERR_OUT_OF_MEMORY, "out of memory");
+    } catch (const std::exception& e) {
+        return set_error(STARKV_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return set_error(STARKV_ERR_INTERNAL, "internal error");
+    }
+}
+
+#define STARKV_REQUIRE(cond, what) \
+    do {                           \
+        if (!(cond)) return set_error(STARKV_ERR_INVALID_ARGUMENT, what); \
+    } while (0)
+
+// Copies the caller's params struct (first struct_size bytes) over defaults,
+// so older callers with a smaller struct keep working.
+template <typename T>
+bool read_params(const T* in, T& out) {
+    if (!in) return true;
+    if (in->struct_size < sizeof(uint32_t) || in->struct_size > 65536) return false;
+    std::memcpy(&out, in, std::min<size_t>(in->struct_size, sizeof(T)));
+    out.struct_size = sizeof(T);
+    return true;
+}
+
+// Writes as much of a result struct as the caller's struct_size allows.
+template <typename T>
+void write_result(const T& full, T* out) {
+    const uint32_t n = out->struct_size;
+    std::memcpy(out, &full, std::min<size_t>(n, sizeof(T)));
+    out->struct_size = n;
+}
+
+void copy_cstr(char* dst, size_t cap, const std::string& src) {
+    size_t n = std::min(cap - 1, src.size());
+    std::memcpy(dst, src.data(), n);
+    dst[n] = '\0';
+}
+
+starkv_status copy_out(const std::string& bytes, char* buf, size_t capacity, size_t* n_out) {
+    *n_out = bytes.size();
+    if (bytes.size() > capacity)
+        return set_error(STARKV_ERR_BUFFER_TOO_SMALL,
+                         "buffer of " + std::to_string(capacity) + " bytes, need " + std::to_string(bytes.size()));
+    if (!bytes.empty()) std::memcpy(buf, bytes.data(), bytes.size());
+    return STARKV_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+unsigned starkv_version_number(void) { return STARKV_VERSION_NUMBER; }
+const char* starkv_version_string(void) { return STARKV_VERSION_STRING; }
+
+const char* starkv_status_name(starkv_status status) {
+    switch (status) {
+        case STARKV_OK: return "STARKV_OK";
+        case STARKV_ERR_INVALID_ARGUMENT: return "STARKV_ERR_INVALID_ARGUMENT";
+        case STARKV_ERR_IO: return "STARKV_ERR_IO";
+        case STARKV_ERR_CORRUPT: return "STARKV_ERR_CORRUPT";
+        case STARKV_ERR_UNSUPPORTED: return "STARKV_ERR_UNSUPPORTED";
+        case STARKV_ERR_OUT_OF_MEMORY: return "STARKV_ERR_OUT_OF_MEMORY";
+        case STARKV_ERR_CONTEXT_FULL: return "STARKV_ERR_CONTEXT_FULL";
+        case STARKV_ERR_CANCELLED: return "STARKV_ERR_CANCELLED";
+        case STARKV_ERR_BUFFER_TOO_SMALL: return "STARKV_ERR_BUFFER_TOO_SMALL";
+        case STARKV_ERR_KV_POOL_FULL: return "STARKV_ERR_KV_POOL_FULL";
+        case STARKV_ERR_INTERNAL: return "STARKV_ERR_INTERNAL";
+    }
+    return "STARKV_ERR_UNKNOWN";
+}
+
+const char* starkv_last_error(void) { return t_last_error.c_str(); }
+
+void starkv_set_log_callback(starkv_log_fn fn, void* user_data) { starkv::set_log_callback(fn, user_data); }
+
+/* ---- model ---- */
+
+void starkv_model_params_default(starkv_model_params* p) {
+    if (!p) return;
+    *p = starkv_model_params{};
+    p->struct_size = sizeof(*p);
+}
+
+starkv_status starkv_model_load(const char* path, const starkv_model_params* params, starkv_model** out_model) {
+    STARKV_REQUIRE(out_model, "out_model is NULL");
+    *out_model = nullptr;
+    STARKV_REQUIRE(path, "path is NULL");
+    starkv_model_params p;
+    starkv_model_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_model_params_default)");
+    return guarded([&] {
+        starkv::ProgressFn progress;
+        if (p.progress) progress = [&p](float f) { return p.progress(f, p.progress_user_data); };
+        auto loaded = starkv::load_model(path, progress);
+        auto model = std::make_unique<starkv_model>();
+        model->model = std::make_shared<const starkv::Model>(std::move(loaded));
+        starkv::log(STARKV_LOG_INFO, std::string("loaded '") + path + "'");
+        *out_model = model.release();
+    });
+}
+
+void starkv_model_free(starkv_model* model) { delete model; }
+
+void starkv_model_info_default(starkv_model_info* info) {
+    if (!info) return;
+    *info = starkv_model_info{};
+    info->struct_size = sizeof(*info);
+}
+
+starkv_status starkv_model_get_info(const starkv_model* model, starkv_model_info* info) {
+    STARKV_REQUIRE(model, "model is NULL");
+    STARKV_REQUIRE(info, "info is NULL");
+    STARKV_REQUIRE(info->struct_size >= sizeof(uint32_t), "info->struct_size is not set (use starkv_model_info_default)");
+    return guarded([&] {
+        const starkv::ModelConfig& c = model->model->config();
+        const starkv::Vocab& v = model->model->tokenizer().vocab();
+        starkv_model_info r;
+        starkv_model_info_default(&r);
+        copy_cstr(r.architecture, sizeof r.architecture, c.architecture);
+        copy_cstr(r.name, sizeof r.name, c.name);
+        copy_cstr(r.format, sizeof r.format, model->model->format());
+        r.n_vocab = c.n_vocab;
+        r.n_embd = c.n_embd;
+        r.n_layer = c.n_layer;
+        r.n_head = c.n_head;
+        r.n_head_kv = c.n_head_kv;
+        r.head_dim = c.head_dim;
+        r.n_ff = c.n_ff;
+        r.n_ctx_train = c.n_ctx_train;
+        r.rope_theta = c.rope.theta;
+        r.rope_scaling = static_cast<int32_t>(c.rope.scaling);
+        r.rope_scaling_factor = c.rope.factor;
+        r.rms_norm_eps = c.rms_eps;
+        r.tied_embeddings = c.tied_embeddings;
+        r.tokenizer = v.kind == starkv::TokenizerKind::Spm ? STARKV_TOKENIZER_SPM : STARKV_TOKENIZER_BPE;
+        r.bos_token = v.bos;
+        r.eos_token = v.eos;
+        r.unk_token = v.unk;
+        r.pad_token = v.pad;
+        r.n_params = model->model->n_params();
+        write_result(r, info);
+    });
+}
+
+void starkv_tensor_info_default(starkv_tensor_info* info) {
+    if (!info) return;
+    *info = starkv_tensor_info{};
+    info->struct_size = sizeof(*info);
+}
+
+size_t starkv_model_n_tensors(const starkv_model* model) { return model ? model->model->tensors().size() : 0; }
+
+starkv_status starkv_model_tensor(const starkv_model* model, size_t index, starkv_tensor_info* info) {
+    STARKV_REQUIRE(model, "model is NULL");
+    STARKV_REQUIRE(info, "info is NULL");
+    STARKV_REQUIRE(info->struct_size >= sizeof(uint32_t), "info->struct_size is not set (use starkv_tensor_info_default)");
+    const auto& tensors = model->model->tensors();
+    STARKV_REQUIRE(index < tensors.size(), "tensor index out of range");
+    return guarded([&] {
+        const starkv::TensorInfo& t = tensors[index];
+        starkv_tensor_info r;
+        starkv_tensor_info_default(&r);
+        copy_cstr(r.name, sizeof r.name, t.name);
+        copy_cstr(r.dtype, sizeof r.dtype, t.dtype);
+        r.n_dims = static_cast<int32_t>(std::min<size_t>(t.shape.size(), 4));
+        for (int32_t d = 0; d < r.n_dims; ++d) r.shape[d] = t.shape[static_cast<size_t>(d)];
+        r.offset = t.offset;
+        r.n_bytes = t.n_bytes;
+        write_result(r, info);
+    });
+}
+
+/* ---- tokenizer ---- */
+
+starkv_status starkv_tokenize(const starkv_model* model, const char* text, size_t len, bool add_bos,
+                              bool parse_special, starkv_token* tokens, size_t capacity, size_t* n_out) {
+    STARKV_REQUIRE(model, "model is NULL");
+    STARKV_REQUIRE(n_out, "n_out is NULL");
+    *n_out = 0;
+    STARKV_REQUIRE(text || len == 0, "text is NULL");
+    STARKV_REQUIRE(tokens || capacity == 0, "tokens is NULL");
+    starkv_status st = STARKV_OK;
+    starkv_status g = guarded([&] {
+        std::vector<int32_t> ids =
+            model->model->tokenizer().tokenize(std::string_view(text ? text : "", len), add_bos, parse_special);
+        *n_out = ids.size();
+        if (ids.size() > capacity) {
+            st = set_error(STARKV_ERR_BUFFER_TOO_SMALL, "token buffer of " + std::to_string(capacity) +
+                                                            ", need " + std::to_string(ids.size()));
+            return;
+        }
+        std::copy(ids.begin(), ids.end(), tokens);
+    });
+    return g != STARKV_OK ? g : st;
+}
+
+starkv_status starkv_token_to_piece(const starkv_model* model, starkv_token token, bool render_special, char* buf,
+                                    size_t capacity, size_t* n_out) {
+    STARKV_REQUIRE(model, "model is NULL");
+    STARKV_REQUIRE(n_out, "n_out is NULL");
+    *n_out = 0;
+    STARKV_REQUIRE(buf || capacity == 0, "buf is NULL");
+    STARKV_REQUIRE(token >= 0 && token < model->model->tokenizer().n_vocab(), "token id out of range");
+    std::string piece;
+    starkv_status g = guarded([&] { piece = model->model->tokenizer().token_to_piece(token, render_special); });
+    return g != STARKV_OK ? g : copy_out(piece, buf, capacity, n_out);
+}
+
+starkv_status starkv_detokenize(const starkv_model* model, const starkv_token* tokens, size_t n_tokens, char* buf,
+                                size_t capacity, size_t* n_out) {
+    STARKV_REQUIRE(model, "model is NULL");
+    STARKV_REQUIRE(n_out, "n_out is NULL");
+    *n_out = 0;
+    STARKV_REQUIRE(tokens || n_tokens == 0, "tokens is NULL");
+    STARKV_REQUIRE(buf || capacity == 0, "buf is NULL");
+    const int32_t n_vocab = model->model->tokenizer().n_vocab();
+    for (size_t i = 0; i < n_tokens; ++i)
+        STARKV_REQUIRE(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
+    std::string text;
+    starkv_status g = guarded([&] {
+        text = model->model->tokenizer().detokenize(std::vector<int32_t>(tokens, tokens + n_tokens));
+    });
+    return g != STARKV_OK ? g : copy_out(text, buf, capacity, n_out);
+}
+
+/* ---- context ---- */
+
+void starkv_context_params_default(starkv_context_params* p) {
+    if (!p) return;
+    *p = starkv_context_params{};
+    p->struct_size = sizeof(*p);
+    p->n_ctx = 0;
+    p->n_threads = 0;
+    p->seed = 0;
+}
+
+starkv_status starkv_context_create(const starkv_model* model, const starkv_context_params* params,
+                                    starkv_context** out_ctx) {
+    STARKV_REQUIRE(out_ctx, "out_ctx is NULL");
+    *out_ctx = nullptr;
+    STARKV_REQUIRE(model, "model is NULL");
+    starkv_context_params p;
+    starkv_context_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_context_params_default)");
+    STARKV_REQUIRE(p.n_ctx <= (1u << 24), "n_ctx is too large");
+    STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
+    return guarded([&] {
+        starkv::ContextOptions o;
+        o.n_ctx = static_cast<int>(p.n_ctx);
+        o.n_threads = static_cast<int>(p.n_threads);
+        o.seed = p.seed;
+        auto ctx = std::make_unique<starkv_context>();
+        ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
+        *out_ctx = ctx.release();
+    });
+}
+
+void starkv_context_free(starkv_context* ctx) { delete ctx; }
+
+starkv_status starkv_context_eval(starkv_context* ctx, const starkv_token* tokens, size_t n_tokens, bool all_logits) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(tokens, "tokens is NULL");
+    return guarded([&] { ctx->ctx->eval(tokens, n_tokens, all_logits); });
+}
+
+starkv_status starkv_context_decode(starkv_context* ctx, starkv_token token) {
+    return starkv_context_eval(ctx, &token, 1, false);
+}
+
+starkv_status starkv_context_logits(const starkv_context* ctx, int32_t i, const float** out_logits) {
+    STARKV_REQUIRE(out_logits, "out_logits is NULL");
+    *out_logits = nullptr;
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    const float* l = ctx->ctx->logits(i);
+    if (!l) return set_error(STARKV_ERR_INVALID_ARGUMENT, "no logits for index " + std::to_string(i) + " of the last eval");
+    *out_logits = l;
+    return STARKV_OK;
+}
+
+uint32_t starkv_context_n_past(const starkv_context* ctx) { return ctx ? static_cast<uint32_t>(ctx->ctx->n_past()) : 0; }
+uint32_t starkv_context_n_ctx(const starkv_context* ctx) { return ctx ? static_cast<uint32_t>(ctx->ctx->n_ctx()) : 0; }
+
+starkv_status starkv_context_reset(starkv_context* ctx) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    return guarded([&] { ctx->ctx->reset(); });
+}
+
+starkv_status starkv_context_rewind(starkv_context* ctx, uint32_t n_past) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(n_past <= static_cast<uint32_t>(ctx->ctx->n_past()), "cannot rewind past the current position");
+    return guarded([&] { ctx->ctx->rewind(static_cast<int>(n_past)); });
+}
+
+starkv_status starkv_context_score(starkv_context* ctx, const starkv_token* tokens, size_t n_tokens,
+                                   double* out_nll_sum, size_t* out_n_scored) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(tokens, "tokens is NULL");
+    STARKV_REQUIRE(out_nll_sum && out_n_scored, "output pointer is NULL");
+    return guarded([&] {
+        starkv::ScoreResult r = starkv::score_tokens(*ctx->ctx, tokens, n_tokens);
+        *out_nll_sum = r.nll_sum;
+        *out_n_scored = r.n_scored;
+    });
+}
+
+void starkv_kv_stats_default(starkv_kv_stats* s) {
+    if (!s) return;
+    *s = starkv_kv_stats{};
+    s->struct_size = sizeof(*s);
+}
+
+starkv_status starkv_context_kv_stats(const starkv_context* ctx, starkv_kv_stats* stats) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(stats, "stats is NULL");
+    STARKV_REQUIRE(stats->struct_size >= sizeof(uint32_t), "stats->struct_size is not set (use starkv_kv_stats_default)");
+    starkv_kv_stats r;
+    starkv_kv_stats_default(&r);
+    const starkv::Context& c = *ctx->ctx;
+    r.n_tokens = static_cast<uint32_t>(c.n_past());
+    r.n_ctx = static_cast<uint32_t>(c.n_ctx());
+    r.bytes_per_token = c.kv_bytes_per_token();
+    r.bytes_in_use = r.bytes_per_token * r.n_tokens;
+    r.bytes_reserved = c.kv_bytes_reserved();
+    write_result(r, stats);
+    return STARKV_OK;
+}
+
+/* ---- sampler ---- */
+
+void starkv_sampler_params_default(starkv_sampler_params* p) {
+    if (!p) return;
+    *p = starkv_sampler_params{};
+    p->struct_size = sizeof(*p);
+    starkv::SamplerOptions d;
+    p->temperature = d.temperature;
+    p->top_k = d.top_k;
+    p->top_p = d.top_p;
+    p->min_p = d.min_p;
+    p->repeat_penalty = d.repeat_penalty;
+    p->presence_penalty = d.presence_penalty;
+    p->frequency_penalty = d.frequency_penalty;
+    p->penalty_last_n = d.penalty_last_n;
+    p->seed = d.seed;
+}
+
+starkv_status starkv_sampler_create(const starkv_sampler_params* params, starkv_sampler** out_sampler) {
+    STARKV_REQUIRE(out_sampler, "out_sampler is NULL");
+    *out_sampler = nullptr;
+    starkv_sampler_params p;
+    starkv_sampler_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_sampler_params_default)");
+    STARKV_REQUIRE(p.temperature == p.temperature && p.top_p == p.top_p && p.min_p == p.min_p, "NaN sampler parameter");
+    STARKV_REQUIRE(p.repeat_penalty > 0.0f, "repeat_penalty must be positive");
+    return guarded([&] {
+        starkv::SamplerOptions o;
+        o.temperature = p.temperature;
+        o.top_k = p.top_k;
+        o.top_p = p.top_p;
+        o.min_p = p.min_p;
+        o.repeat_penalty = p.repeat_penalty;
+        o.presence_penalty = p.presence_penalty;
+        o.frequency_penalty = p.frequency_penalty;
+        o.penalty_last_n = p.penalty_last_n;
+        o.seed = p.seed;
+        auto s = std::make_unique<starkv_sampler>();
+        s->sampler = std::make_unique<starkv::Sampler>(o);
+        *out_sampler = s.release();
+    });
+}
+
+void starkv_sampler_free(starkv_sampler* sampler) { delete sampler; }
+
+starkv_status starkv_sampler_sample(starkv_sampler* sampler, const float* logits, size_t n_vocab,
+                                    starkv_token* out_token) {
+    STARKV_REQUIRE(sampler, "sampler is NULL");
+    STARKV_REQUIRE(logits, "logits is NULL");
+    STARKV_REQUIRE(out_token, "out_token is NULL");
+    STARKV_REQUIRE(n_vocab > 0 && n_vocab <= (1u << 24), "n_vocab out of range");
+    return guarded([&] { *out_token = sampler->sampler->sample(logits, static_cast<int>(n_vocab)); });
+}
+
+starkv_status starkv_sampler_accept(starkv_sampler* sampler, starkv_token token) {
+    STARKV_REQUIRE(sampler, "sampler is NULL");
+    return guarded([&] { sampler->sampler->accept(token); });
+}
+
+starkv_status starkv_sampler_reset(starkv_sampler* sampler) {
+    STARKV_REQUIRE(sampler, "sampler is NULL");
+    return guarded([&] { sampler->sampler->reset(); });
+}
+
+/* ---- generation ---- */
+
+void starkv_generate_params_default(starkv_generate_params* p) {
+    if (!p) return;
+    *p = starkv_generate_params{};
+    p->struct_size = sizeof(*p);
+    p->max_tokens = 128;
+    p->stop_at_eos = true;
+}
+
+void starkv_generate_result_default(starkv_generate_result* r) {
+    if (!r) return;
+    *r = starkv_generate_result{};
+    r->struct_size = sizeof(*r);
+}
+
+starkv_status starkv_generate(starkv_context* ctx, starkv_sampler* sampler, const starkv_token* prompt,
+                              size_t n_prompt, const starkv_generate_params* params, starkv_generate_result* result) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(sampler, "sampler is NULL");
+    STARKV_REQUIRE(prompt || n_prompt == 0, "prompt is NULL");
+    STARKV_REQUIRE(!result || result->struct_size >= sizeof(uint32_t), "result->struct_size is not set");
+    starkv_generate_params p;
+    starkv_generate_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_generate_params_default)");
+    STARKV_REQUIRE(p.max_tokens >= 0, "max_tokens must not be negative");
+    return guarded([&] {
+        starkv::PieceFn fn;
+        if (p.on_piece)
+            fn = [&p](const std::string& piece, int32_t token) {
+                return p.on_piece(piece.data(), piece.size(), token, p.user_data);
+            };
+        starkv::GenerateResult g = starkv::generate(*ctx->ctx, *sampler->sampler,
+                                                    std::vector<int32_t>(prompt, prompt + n_prompt), p.max_tokens,
+                                                    p.stop_at_eos, fn);
+        if (result) {
+            starkv_generate_result r;
+            starkv_generate_result_default(&r);
+            r.n_prompt_tokens = static_cast<uint32_t>(g.n_prompt);
+            r.n_generated = static_cast<uint32_t>(g.n_generated);
+            r.stop_reason = static_cast<int32_t>(g.stop);
+            r.prompt_seconds = g.prompt_seconds;
+            r.decode_seconds = g.decode_seconds;
+            write_result(r, result);
+        }
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,52 @@
+// The CPU backend's operations, fp32. Each is a plain function over raw
+// buffers so that tests can compare it against a float64 reference and the
+// benchmarks can time it alone.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace starkv::cpu {
+
+// Dot product of n floats (vectorised).
+float dot(const float* a, const float* b, size_t n);
+
+// out[t][r] = sum_i W[r][i] * x[t][i] for t < n_tokens; x is [n_tokens][W.cols],
+// out is [n_tokens][W.rows].
+void matmul(const Matrix& w, const float* x, int n_tokens, float* out, ThreadPool& pool);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, n elements (out may alias x).
+void rms_norm(const float* x, const float* weight, float* out, int n, float eps);
+
+// Rotation frequencies of each pair of a head's dimensions, scaling applied.
+class RopeTable {
+public:
+    explicit RopeTable(const RopeConfig& rope);
+    // Rotates n_heads heads of head_dim floats at x (contiguous) for position pos.
+    void apply(float* x, int n_heads, int head_dim, int pos) const;
+    const std::vector<double>& inv_freq() const { return inv_freq_; }
+
+private:
+    RopeConfig cfg_;
+    std::vector<double> inv_freq_;  // per pair, n_dims / 2
+};
+
+// out = silu(gate) * up, n elements (out may alias gate).
+void swiglu(const float* gate, const float* up, float* out, int n);
+
+// In-place softmax of n floats.
+void softmax(float* x, int n);
+
+// Causal attention of one query token at position `pos` over keys/values at
+// positions [0, pos]: q is [n_head][head_dim]; k_cache / v_cache rows are
+// [n_head_kv * head_dim] per position, row stride `kv_stride` floats; out is
+// [n_head][head_dim]. scratch holds at least pos + 1 floats per head handled.
+void attention_one(const float* q, const float* k_cache, const float* v_cache, size_t kv_stride,
+                   int pos, int n_head, int n_head_kv, int head_dim, float* out, float* scratch);
+
+}  // namespace starkv::cpu

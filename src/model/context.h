@@ -1,0 +1,55 @@
+// A context: one sequence's KV cache, scratch buffers, thread pool and the
+// logits of the last evaluation. Used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kv/kv_cache.h"
+#include "model/forward.h"
+#include "model/model.h"
+
+namespace starkv {
+
+struct ContextOptions {
+    int n_ctx = 0;      // 0 = model's training context
+    int n_threads = 0;  // 0 = hardware threads
+    uint64_t seed = 0;
+};
+
+class Context {
+public:
+    // Tokens per forward call: bounds the scratch memory of long prompts.
+    static constexpr int kMicroBatch = 64;
+
+    Context(std::shared_ptr<const Model> model, const ContextOptions& options);
+
+    const Model& model() const { return *model_; }
+    int n_ctx() const { return kv_.n_ctx(); }
+    int n_past() const { return n_past_; }
+
+    // Appends tokens (Error STARKV_ERR_CONTEXT_FULL when they do not fit,
+    // STARKV_ERR_INVALID_ARGUMENT for an id outside the vocabulary; nothing
+    // changes in either case).
+    void eval(const int32_t* tokens, size_t n, bool all_logits);
+    // Logits of the i-th token of the last eval (-1 = last); nullptr if none.
+    const float* logits(int i) const;
+    void reset();
+    void rewind(int n_past);
+
+    uint64_t kv_bytes_per_token() const { return kv_.bytes_per_token(); }
+    uint64_t kv_bytes_reserved() const { return kv_.bytes_reserved(); }
+
+private:
+    std::shared_ptr<const Model> model_;
+    KvCache kv_;
+    ThreadPool pool_;
+    ForwardScratch scratch_;
+    std::vector<float> logits_;
+    int n_logits_ = 0;
+    int n_past_ = 0;
+};
+
+}  // namespace starkv

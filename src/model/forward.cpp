@@ -1,0 +1,76 @@
+#include "model/forward.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace starkv {
+
+void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx) {
+    if (n_tokens <= capacity && att_scores.size() >= static_cast<size_t>(n_ctx) * static_cast<size_t>(n_tokens)) return;
+    const size_t t = static_cast<size_t>(n_tokens);
+    x.resize(t * c.n_embd);
+    xn.resize(t * c.n_embd);
+    q.resize(t * c.n_head * c.head_dim);
+    k.resize(t * c.n_head_kv * c.head_dim);
+    v.resize(t * c.n_head_kv * c.head_dim);
+    attn.resize(t * c.n_head * c.head_dim);
+    proj.resize(t * c.n_embd);
+    gate.resize(t * c.n_ff);
+    up.resize(t * c.n_ff);
+    att_scores.resize(static_cast<size_t>(n_ctx) * t);
+    capacity = n_tokens;
+}
+
+void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& pool, const int32_t* tokens,
+             int n, int pos0, bool all_logits, float* logits) {
+    const ModelConfig& c = model.config();
+    const ModelWeights& w = model.weights();
+    const size_t E = static_cast<size_t>(c.n_embd);
+    const size_t qd = static_cast<size_t>(c.n_head) * c.head_dim;
+    const size_t kvd = static_cast<size_t>(c.n_head_kv) * c.head_dim;
+    const size_t F = static_cast<size_t>(c.n_ff);
+
+    for (int t = 0; t < n; ++t)
+        std::memcpy(&s.x[t * E], w.tok_embd.row(tokens[t]), E * sizeof(float));
+
+    for (int l = 0; l < c.n_layer; ++l) {
+        const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+        for (int t = 0; t < n; ++t) cpu::rms_norm(&s.x[t * E], L.attn_norm.data(), &s.xn[t * E], c.n_embd, c.rms_eps);
+        cpu::matmul(L.wq, s.xn.data(), n, s.q.data(), pool);
+        cpu::matmul(L.wk, s.xn.data(), n, s.k.data(), pool);
+        cpu::matmul(L.wv, s.xn.data(), n, s.v.data(), pool);
+        for (int t = 0; t < n; ++t) {
+            model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
+            model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
+            std::memcpy(kv.k(l, pos0 + t), &s.k[t * kvd], kvd * sizeof(float));
+            std::memcpy(kv.v(l, pos0 + t), &s.v[t * kvd], kvd * sizeof(float));
+        }
+        // Tokens attend causally, each with its own row of scores.
+        const size_t n_ctx = static_cast<size_t>(kv.n_ctx());
+        const float* k0 = kv.k(l, 0);
+        const float* v0 = kv.v(l, 0);
+        std::vector<float>& scores = s.att_scores;
+        pool.parallel_for(static_cast<size_t>(n), 1, [&](size_t t0, size_t t1) {
+            for (size_t t = t0; t < t1; ++t)
+                cpu::attention_one(&s.q[t * qd], k0, v0, kv.row_floats(), pos0 + static_cast<int>(t), c.n_head,
+                                   c.n_head_kv, c.head_dim, &s.attn[t * qd], scores.data() + t * n_ctx);
+        });
+        cpu::matmul(L.wo, s.attn.data(), n, s.proj.data(), pool);
+        for (size_t i = 0; i < static_cast<size_t>(n) * E; ++i) s.x[i] += s.proj[i];
+
+        for (int t = 0; t < n; ++t) cpu::rms_norm(&s.x[t * E], L.ffn_norm.data(), &s.xn[t * E], c.n_embd, c.rms_eps);
+        cpu::matmul(L.w_gate, s.xn.data(), n, s.gate.data(), pool);
+        cpu::matmul(L.w_up, s.xn.data(), n, s.up.data(), pool);
+        cpu::swiglu(s.gate.data(), s.up.data(), s.gate.data(), static_cast<int>(static_cast<size_t>(n) * F));
+        cpu::matmul(L.w_down, s.gate.data(), n, s.proj.data(), pool);
+        for (size_t i = 0; i < static_cast<size_t>(n) * E; ++i) s.x[i] += s.proj[i];
+    }
+
+    if (!logits) return;
+    const int first = all_logits ? 0 : n - 1;
+    const int n_out = n - first;
+    for (int t = first; t < n; ++t) cpu::rms_norm(&s.x[t * E], w.output_norm.data(), &s.xn[(t - first) * E], c.n_embd, c.rms_eps);
+    cpu::matmul(w.lm_head(), s.xn.data(), n_out, logits, pool);
+}
+
+}  // namespace starkv

@@ -1,0 +1,27 @@
+// The Llama forward pass on the CPU backend: a batch of tokens at consecutive
+// positions in, KV rows appended, logits out.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+
+namespace starkv {
+
+// Activations of one micro-batch, reused across calls (no allocation per step).
+struct ForwardScratch {
+    int capacity = 0;  // tokens
+    std::vector<float> x, xn, q, k, v, attn, proj, gate, up, att_scores;
+    void reserve(const ModelConfig& c, int n_tokens, int n_ctx);
+};
+
+// Runs tokens[0..n) at positions pos0..pos0+n-1 (all < kv.n_ctx()), writing
+// their keys/values into kv. logits receives n_vocab floats per token when
+// all_logits, else only the last token's; logits == nullptr skips the head.
+void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& pool, const int32_t* tokens,
+             int n, int pos0, bool all_logits, float* logits);
+
+}  // namespace starkv

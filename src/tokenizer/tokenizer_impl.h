@@ -1,0 +1,57 @@
+// Internals shared by the tokenizer implementations (not part of the
+// Tokenizer interface).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace starkv::detail {
+
+// Lets unordered_map<std::string, ...> be searched with a string_view without
+// building a std::string per lookup.
+struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
+};
+using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// A run of text to tokenize normally (token == -1) or one special token.
+struct Fragment {
+    std::string_view text;
+    int32_t token = -1;
+};
+
+// Finds control / user-defined token texts in a string, longest match first.
+class SpecialMatcher {
+public:
+    explicit SpecialMatcher(const Vocab& vocab);
+    // Whole text as one raw fragment when there is nothing to match.
+    std::vector<Fragment> split(std::string_view text) const;
+
+private:
+    // Candidates by first byte, longest first, so a scan tests few strings.
+    std::array<std::vector<std::pair<std::string, int32_t>>, 256> by_first_;
+    bool empty_ = true;
+};
+
+// Number of bytes of the UTF-8 sequence starting with lead byte c, as
+// llama.cpp's unicode_len_utf8 (invalid leads count as 1 byte).
+inline size_t utf8_len(unsigned char c) {
+    static constexpr uint8_t lookup[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    return lookup[c >> 4];
+}
+
+std::unique_ptr<Tokenizer> make_spm_tokenizer(Vocab vocab);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(Vocab vocab);
+
+}  // namespace starkv::detail

@@ -1,0 +1,272 @@
+// The starkv command line: run, perplexity, info. A client of the public C
+// API only (it links libstarkv like any user program).
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "starkv/starkv.h"
+
+namespace {
+
+// Failure with a one-line message; main() prints it and exits non-zero.
+struct CliError {
+    std::string message;
+};
+
+void check(starkv_status st, const std::string& what) {
+    if (st != STARKV_OK) throw CliError{what + ": " + starkv_last_error() + " (" + starkv_status_name(st) + ")"};
+}
+
+struct ModelDeleter {
+    void operator()(starkv_model* m) const { starkv_model_free(m); }
+};
+struct ContextDeleter {
+    void operator()(starkv_context* c) const { starkv_context_free(c); }
+};
+struct SamplerDeleter {
+    void operator()(starkv_sampler* s) const { starkv_sampler_free(s); }
+};
+using ModelPtr = std::unique_ptr<starkv_model, ModelDeleter>;
+using ContextPtr = std::unique_ptr<starkv_context, ContextDeleter>;
+using SamplerPtr = std::unique_ptr<starkv_sampler, SamplerDeleter>;
+
+ModelPtr load(const std::string& path) {
+    starkv_model_params mp;
+    starkv_model_params_default(&mp);
+    starkv_model* m = nullptr;
+    check(starkv_model_load(path.c_str(), &mp, &m), "cannot load model '" + path + "'");
+    return ModelPtr(m);
+}
+
+ContextPtr make_context(starkv_model* model, unsigned n_ctx, unsigned threads, uint64_t seed) {
+    starkv_context_params cp;
+    starkv_context_params_default(&cp);
+    cp.n_ctx = n_ctx;
+    cp.n_threads = threads;
+    cp.seed = seed;
+    starkv_context* c = nullptr;
+    check(starkv_context_create(model, &cp, &c), "cannot create context");
+    return ContextPtr(c);
+}
+
+std::vector<starkv_token> tokenize(starkv_model* model, const std::string& text, bool add_bos) {
+    size_t n = 0;
+    std::vector<starkv_token> tokens(text.size() + 2);
+    starkv_status st = starkv_tokenize(model, text.data(), text.size(), add_bos, false, tokens.data(), tokens.size(), &n);
+    if (st == STARKV_ERR_BUFFER_TOO_SMALL) {
+        tokens.resize(n);
+        st = starkv_tokenize(model, text.data(), text.size(), add_bos, false, tokens.data(), tokens.size(), &n);
+    }
+    check(st, "cannot tokenize");
+    tokens.resize(n);
+    return tokens;
+}
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw CliError{"cannot read '" + path + "'"};
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+struct RunArgs {
+    std::string model, prompt;
+    int n = 128;
+    float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f;
+    int top_k = 40;
+    uint64_t seed = 0;
+    unsigned ctx = 0, threads = 0;
+    bool ignore_eos = false;
+};
+
+bool print_piece(const char* piece, size_t len, starkv_token, void*) {
+    std::fwrite(piece, 1, len, stdout);
+    std::fflush(stdout);
+    return true;
+}
+
+int cmd_run(const RunArgs& a) {
+    ModelPtr model = load(a.model);
+    ContextPtr ctx = make_context(model.get(), a.ctx, a.threads, a.seed);
+    starkv_sampler_params sp;
+    starkv_sampler_params_default(&sp);
+    sp.temperature = a.temp;
+    sp.top_k = a.top_k;
+    sp.top_p = a.top_p;
+    sp.min_p = a.min_p;
+    sp.repeat_penalty = a.repeat_penalty;
+    sp.seed = a.seed;
+    starkv_sampler* s = nullptr;
+    check(starkv_sampler_create(&sp, &s), "cannot create sampler");
+    SamplerPtr sampler(s);
+
+    std::vector<starkv_token> prompt = tokenize(model.get(), a.prompt, true);
+    std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
+    std::fflush(stdout);
+    starkv_generate_params gp;
+    starkv_generate_params_default(&gp);
+    gp.max_tokens = a.n;
+    gp.stop_at_eos = !a.ignore_eos;
+    gp.on_piece = print_piece;
+    starkv_generate_result r;
+    starkv_generate_result_default(&r);
+    check(starkv_generate(ctx.get(), sampler.get(), prompt.data(), prompt.size(), &gp, &r), "generation failed");
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+
+    starkv_kv_stats kv;
+    starkv_kv_stats_default(&kv);
+    check(starkv_context_kv_stats(ctx.get(), &kv), "kv stats");
+    static const char* reasons[] = {"max tokens", "end of sequence", "callback", "context full"};
+    std::fprintf(stderr,
+                 "prompt: %u tokens, %.1f tokens/s | decode: %u tokens, %.1f tokens/s | stop: %s\n"
+                 "kv cache: %u/%u tokens, %llu bytes in use, %llu bytes/token, %llu bytes reserved\n",
+                 r.n_prompt_tokens, r.prompt_seconds > 0 ? r.n_prompt_tokens / r.prompt_seconds : 0.0, r.n_generated,
+                 r.decode_seconds > 0 ? r.n_generated / r.decode_seconds : 0.0,
+                 reasons[r.stop_reason >= 0 && r.stop_reason < 4 ? r.stop_reason : 0], kv.n_tokens, kv.n_ctx,
+                 static_cast<unsigned long long>(kv.bytes_in_use), static_cast<unsigned long long>(kv.bytes_per_token),
+                 static_cast<unsigned long long>(kv.bytes_reserved));
+    return 0;
+}
+
+// Paragraphs separated by blank lines (lines of only whitespace count as blank).
+std::vector<std::string> split_documents(const std::string& text) {
+    std::vector<std::string> docs;
+    std::string cur;
+    std::istringstream in(text);
+    std::string line;
+    auto flush = [&] {
+        if (!cur.empty()) docs.push_back(cur);
+        cur.clear();
+    };
+    while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.find_first_not_of(" \t") == std::string::npos) {
+            flush();
+            continue;
+        }
+        if (!cur.empty()) cur += '\n';
+        cur += line;
+    }
+    flush();
+    return docs;
+}
+
+int cmd_perplexity(const std::string& model_path, const std::string& text_path, int docs_limit, unsigned n_ctx,
+                   unsigned threads) {
+    ModelPtr model = load(model_path);
+    if (n_ctx == 0) n_ctx = 512;
+    ContextPtr ctx = make_context(model.get(), n_ctx, threads, 0);
+    std::vector<std::string> docs = split_documents(read_text(text_path));
+    if (docs_limit > 0 && static_cast<size_t>(docs_limit) < docs.size()) docs.resize(static_cast<size_t>(docs_limit));
+    double nll = 0;
+    size_t count = 0, used = 0;
+    for (const std::string& d : docs) {
+        std::vector<starkv_token> t = tokenize(model.get(), d, true);
+        if (t.size() > n_ctx) t.resize(n_ctx);
+        if (t.size() < 2) continue;
+        double s = 0;
+        size_t k = 0;
+        check(starkv_context_score(ctx.get(), t.data(), t.size(), &s, &k), "scoring failed");
+        nll += s;
+        count += k;
+        ++used;
+    }
+    if (count == 0) throw CliError{"no document in '" + text_path + "' has 2 or more tokens"};
+    std::printf("documents: %zu\nmean nll: %.6f\nperplexity: %.6f over %zu tokens\n", used, nll / count,
+                std::exp(nll / count), count);
+    return 0;
+}
+
+int cmd_info(const std::string& model_path) {
+    ModelPtr model = load(model_path);
+    starkv_model_info info;
+    starkv_model_info_default(&info);
+    check(starkv_model_get_info(model.get(), &info), "model info");
+    static const char* scaling[] = {"none", "linear", "llama3"};
+    std::printf("file: %s\nformat: %s\narchitecture: %s\nname: %s\nparameters: %llu\n", model_path.c_str(), info.format,
+                info.architecture, info.name, static_cast<unsigned long long>(info.n_params));
+    std::printf("n_vocab: %d\nn_embd: %d\nn_layer: %d\nn_head: %d\nn_head_kv: %d\nhead_dim: %d\nn_ff: %d\n"
+                "n_ctx_train: %d\nrope_theta: %g\nrope_scaling: %s (factor %g)\nrms_norm_eps: %g\ntied_embeddings: %s\n",
+                info.n_vocab, info.n_embd, info.n_layer, info.n_head, info.n_head_kv, info.head_dim, info.n_ff,
+                info.n_ctx_train, info.rope_theta, scaling[info.rope_scaling >= 0 && info.rope_scaling < 3 ? info.rope_scaling : 0],
+                info.rope_scaling_factor, info.rms_norm_eps, info.tied_embeddings ? "yes" : "no");
+    std::printf("tokenizer: %s\nbos: %d\neos: %d\nunk: %d\npad: %d\n",
+                info.tokenizer == STARKV_TOKENIZER_SPM ? "spm (sentencepiece-style bpe)" : "bpe (byte-level)",
+                info.bos_token, info.eos_token, info.unk_token, info.pad_token);
+    size_t n = starkv_model_n_tensors(model.get());
+    std::printf("tensors: %zu\n%-40s %-6s %-20s %12s\n", n, "name", "dtype", "shape", "bytes");
+    for (size_t i = 0; i < n; ++i) {
+        starkv_tensor_info t;
+        starkv_tensor_info_default(&t);
+        check(starkv_model_tensor(model.get(), i, &t), "tensor info");
+        std::string shape;
+        for (int d = 0; d < t.n_dims; ++d) shape += (d ? " x " : "") + std::to_string(t.shape[d]);
+        std::printf("%-40s %-6s %-20s %12llu\n", t.name, t.dtype, shape.c_str(), static_cast<unsigned long long>(t.n_bytes));
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"starkv: LLM inference with a low-rank KV cache"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", std::string(starkv_version_string()));
+
+    RunArgs ra;
+    auto* run = app.add_subcommand("run", "generate text from a prompt (stdout: prompt + generated text)");
+    run->add_option("--model,-m", ra.model, "GGUF file or Hugging Face directory")->required();
+    run->add_option("--prompt,-p", ra.prompt, "prompt text");
+    run->add_option("-n,--n-predict", ra.n, "tokens to generate")->check(CLI::Range(0, 1 << 24));
+    run->add_option("--temp", ra.temp, "temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
+    run->add_option("--top-k", ra.top_k, "top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
+    run->add_option("--top-p", ra.top_p, "top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
+    run->add_option("--min-p", ra.min_p, "min-p (0 = off)")->check(CLI::Range(0.0, 1.0));
+    run->add_option("--repeat-penalty", ra.repeat_penalty, "repetition penalty (1 = off)")->check(CLI::Range(0.01, 100.0));
+    run->add_option("--seed,-s", ra.seed, "random seed");
+    run->add_option("--ctx,-c", ra.ctx, "context length (0 = model's)")->check(CLI::Range(0u, 1u << 24));
+    run->add_option("--threads,-t", ra.threads, "threads (0 = all)")->check(CLI::Range(0u, 1024u));
+    run->add_flag("--ignore-eos", ra.ignore_eos, "keep generating after end of sequence");
+
+    std::string pmodel, ptext;
+    int pdocs = 0;
+    unsigned pctx = 512, pthreads = 0;
+    auto* ppl = app.add_subcommand("perplexity", "perplexity over blank-line-separated documents");
+    ppl->add_option("--model,-m", pmodel, "GGUF file or Hugging Face directory")->required();
+    ppl->add_option("--text,-f", ptext, "text file")->required();
+    ppl->add_option("--docs", pdocs, "use the first N documents (0 = all)")->check(CLI::Range(0, 1 << 30));
+    ppl->add_option("--ctx,-c", pctx, "context length; documents are cut to it")->check(CLI::Range(2u, 1u << 24));
+    ppl->add_option("--threads,-t", pthreads, "threads (0 = all)")->check(CLI::Range(0u, 1024u));
+
+    std::string imodel;
+    auto* info = app.add_subcommand("info", "what a model file holds");
+    info->add_option("--model,-m", imodel, "GGUF file or Hugging Face directory")->required();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);  // usage errors exit non-zero with CLI11's message
+    }
+    try {
+        if (*run) return cmd_run(ra);
+        if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pthreads);
+        if (*info) return cmd_info(imodel);
+    } catch (const CliError& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "starkv: error: %s\n", e.message.c_str());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "starkv: error: %s\n", e.what());
+        return 1;
+    }
+    return 1;
+}
