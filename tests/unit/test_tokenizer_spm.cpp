@@ -3,6 +3,7 @@
 // (tests/tools/spm_reference.py -> tests/golden/tokenizer_stories260K.txt).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
