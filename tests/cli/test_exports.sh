@@ -3,7 +3,7 @@
 # header: nothing of the C++ runtime leaks, and nothing declared is missing.
 set -u
 lib="$1"; header="$2"
-exported=$(nm -D --defined-only "$lib" | awk '$2 == "T" {print $3}' | sort -u)
+exported=$(nm -D --defined-only "$lib" | awk '$2 == "T" {sub(/@.*/, "", $3); print $3}' | sort -u)
 declared=$(grep -oE 'STARKV_API[^(]*\b(starkv_[a-z0-9_]+)\s*\(' "$header" | grep -oE 'starkv_[a-z0-9_]+\s*\($' | tr -d ' (' | sort -u)
 fail=0
 extra=$(comm -23 <(echo "$exported") <(echo "$declared"))
