@@ -7,10 +7,12 @@
 // Hugging Face `tokenizers` (tests/golden/smollm2_tokens.py), not by starkv.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
