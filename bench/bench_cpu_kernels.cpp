@@ -231,46 +231,38 @@ void batched_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Matmul)->Name("BM_MatmulBatched")->Apply(batched_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // ---------------------------------------------------------------------------
-// Decode attention: one query token over `ctx` cached positions, one layer.
-// Args: ctx, n_head, n_head_kv, head_dim, threads. threads = 1 calls
-// attention_one once for all heads (what forward() does for one decode
-// token today: it parallelises attention over tokens only); threads = 2 splits
-// the KV-head groups over the pool (what it could do).
+// Decode attention: one query token over `ctx` cached positions, one layer,
+// in the cache's layout ([kv_head][pos][head_dim]) and the way forward() runs
+// it: one task per KV head, its group of query heads reading each cached key
+// and value once. Args: ctx, n_head, n_head_kv, head_dim, threads.
 void BM_AttentionDecode(benchmark::State& state) {
     const int ctx = static_cast<int>(state.range(0));
     const int n_head = static_cast<int>(state.range(1)), n_head_kv = static_cast<int>(state.range(2));
     const int head_dim = static_cast<int>(state.range(3));
     const int threads = static_cast<int>(state.range(4));
-    const size_t stride = static_cast<size_t>(n_head_kv) * head_dim;
-    std::vector<float> k(static_cast<size_t>(ctx) * stride), v(k.size());
+    const size_t hd = static_cast<size_t>(head_dim);
+    const size_t per_head = static_cast<size_t>(ctx) * hd;
+    std::vector<float> k(static_cast<size_t>(n_head_kv) * per_head), v(k.size());
     fill_random(k.data(), k.size(), 11);
     fill_random(v.data(), v.size(), 12);
     std::vector<float> q(static_cast<size_t>(n_head) * head_dim), out(q.size());
     fill_random(q.data(), q.size(), 13);
     for (auto& f : q) f *= 0.1f;
     const int group = n_head / n_head_kv;
-    // One scratch row per KV head, so concurrent tasks never share one.
-    std::vector<float> scratch(static_cast<size_t>(n_head_kv) * ctx);
     ThreadPool& tp = pool(threads);
+    std::vector<float> scratch(static_cast<size_t>(tp.size()) * group * ctx);
     for (auto _ : state) {
-        if (threads == 1) {
-            starkv::cpu::attention_one(q.data(), k.data(), v.data(), stride, ctx - 1, n_head, n_head_kv, head_dim,
-                                       out.data(), scratch.data());
-        } else {
-            // One KV head (and its group of query heads) per task.
-            tp.parallel_for(static_cast<size_t>(n_head_kv), 1, [&](size_t b, size_t e) {
-                for (size_t kvh = b; kvh < e; ++kvh) {
-                    float* sc = scratch.data() + kvh * static_cast<size_t>(ctx);
-                    const size_t h0 = kvh * static_cast<size_t>(group);
-                    starkv::cpu::attention_one(q.data() + h0 * head_dim, k.data() + kvh * head_dim,
-                                               v.data() + kvh * head_dim, stride, ctx - 1, group, 1, head_dim,
-                                               out.data() + h0 * head_dim, sc);
-                }
-            });
-        }
+        tp.parallel_chunks(static_cast<size_t>(n_head_kv), 1, [&](size_t b, size_t e, size_t chunk) {
+            float* sc = scratch.data() + chunk * static_cast<size_t>(group) * ctx;
+            for (size_t kvh = b; kvh < e; ++kvh) {
+                const size_t h0 = kvh * static_cast<size_t>(group);
+                starkv::cpu::attention_group(q.data() + h0 * hd, k.data() + kvh * per_head, v.data() + kvh * per_head,
+                                             hd, ctx, group, head_dim, out.data() + h0 * hd, sc);
+            }
+        });
         benchmark::DoNotOptimize(out.data());
     }
-    const double kv_bytes = 2.0 * ctx * static_cast<double>(stride) * sizeof(float);
+    const double kv_bytes = 2.0 * ctx * static_cast<double>(n_head_kv) * head_dim * sizeof(float);
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(kv_bytes));
     state.counters["KV_MiB"] = kv_bytes / kMiB;
     state.counters["FLOP/s"] = benchmark::Counter(4.0 * ctx * n_head * head_dim,
