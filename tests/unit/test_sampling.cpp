@@ -147,6 +147,31 @@ TEST(Sampling, MinPKeepsProbAtLeastPTimesMax) {
     EXPECT_GT(checked, 1000);
 }
 
+TEST(Sampling, EveryFilterKeepsAtLeastOneCandidate) {
+    // sampler.h: "Each keeps at least one candidate", whatever the parameter.
+    for (float p : {1.0f, 1.5f, 100.0f}) {
+        std::vector<Candidate> c = random_candidates(20, 3);
+        sampling::min_p(c, p);
+        ASSERT_EQ(c.size(), 1u) << "min_p " << p;  // only the most probable has prob >= p * max for p >= 1
+        EXPECT_EQ(c[0].id, sorted_desc(random_candidates(20, 3))[0].id);
+    }
+    for (float p : {0.0f, -1.0f}) {
+        std::vector<Candidate> c = random_candidates(20, 4);
+        sampling::top_p(c, p);
+        EXPECT_EQ(c.size(), 1u) << "top_p " << p;
+    }
+    std::vector<Candidate> c = random_candidates(20, 5);
+    sampling::top_k(c, 1);
+    EXPECT_EQ(c.size(), 1u);
+    // Through the Sampler: min_p > 1 leaves the argmax to draw.
+    starkv::SamplerOptions o;
+    o.temperature = 1.0f;
+    o.min_p = 1.5f;
+    starkv::Sampler s(o);
+    std::vector<float> logits = {0.1f, 2.0f, 1.9f, -3.0f};
+    EXPECT_EQ(s.sample(logits.data(), 4), 1);
+}
+
 TEST(Sampling, PenaltiesFollowTheDocumentedFormulas) {
     // repeat: positive logits divided, negative multiplied; frequency: count * f
     // subtracted; presence: p subtracted once. Only tokens in `recent` change.
