@@ -193,7 +193,7 @@ typedef struct starkv_context_params {
     uint32_t struct_size;
     uint32_t n_ctx;     /* tokens of KV cache; 0 = the model's training context */
     uint32_t n_threads; /* 0 = all hardware threads */
-    uint64_t seed;      /* seed of the context's default randomness */
+    uint64_t seed;      /* seed of the default sampler of starkv_generate (sampler NULL) */
 } starkv_context_params;
 STARKV_API void starkv_context_params_default(starkv_context_params *params);
 
@@ -303,7 +303,9 @@ STARKV_API void starkv_generate_result_default(starkv_generate_result *result);
 
 /* Evaluate the prompt tokens after what the context already holds, then sample
  * and evaluate up to max_tokens tokens, streaming each piece. The sampler
- * accepts the prompt and every generated token. A context that fills up stops
+ * accepts the prompt and every generated token. sampler may be NULL: the
+ * context's default sampler is used (starkv_sampler_params_default with the
+ * context's seed; it persists across calls and is restarted by reset). A context that fills up stops
  * generation with STARKV_STOP_CONTEXT_FULL (not an error); a prompt that does
  * not fit is STARKV_ERR_CONTEXT_FULL. result may be NULL. */
 STARKV_API starkv_status starkv_generate(starkv_context *ctx, starkv_sampler *sampler,

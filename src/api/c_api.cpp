@@ -20,6 +20,8 @@ struct starkv_model {
 };
 struct starkv_context {
     std::unique_ptr<starkv::Context> ctx;
+    uint64_t seed = 0;
+    std::unique_ptr<starkv::Sampler> default_sampler;  // for starkv_generate(ctx, NULL, ...)
 };
 struct starkv_sampler {
     std::unique_ptr<starkv::Sampler> sampler;
@@ -294,9 +296,9 @@ starkv_status starkv_context_create(const starkv_model* model, const starkv_cont
         starkv::ContextOptions o;
         o.n_ctx = static_cast<int>(p.n_ctx);
         o.n_threads = static_cast<int>(p.n_threads);
-        o.seed = p.seed;
         auto ctx = std::make_unique<starkv_context>();
         ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
+        ctx->seed = p.seed;
         *out_ctx = ctx.release();
     });
 }
@@ -328,7 +330,10 @@ uint32_t starkv_context_n_ctx(const starkv_context* ctx) { return ctx ? static_c
 
 starkv_status starkv_context_reset(starkv_context* ctx) {
     STARKV_REQUIRE(ctx, "ctx is NULL");
-    return guarded([&] { ctx->ctx->reset(); });
+    return guarded([&] {
+        ctx->ctx->reset();
+        if (ctx->default_sampler) ctx->default_sampler->reset();
+    });
 }
 
 starkv_status starkv_context_rewind(starkv_context* ctx, uint32_t n_past) {
@@ -454,7 +459,6 @@ void starkv_generate_result_default(starkv_generate_result* r) {
 starkv_status starkv_generate(starkv_context* ctx, starkv_sampler* sampler, const starkv_token* prompt,
                               size_t n_prompt, const starkv_generate_params* params, starkv_generate_result* result) {
     STARKV_REQUIRE(ctx, "ctx is NULL");
-    STARKV_REQUIRE(sampler, "sampler is NULL");
     STARKV_REQUIRE(prompt || n_prompt == 0, "prompt is NULL");
     STARKV_REQUIRE(!result || result->struct_size >= sizeof(uint32_t), "result->struct_size is not set");
     starkv_generate_params p;
@@ -467,7 +471,13 @@ starkv_status starkv_generate(starkv_context* ctx, starkv_sampler* sampler, cons
             fn = [&p](const std::string& piece, int32_t token) {
                 return p.on_piece(piece.data(), piece.size(), token, p.user_data);
             };
-        starkv::GenerateResult g = starkv::generate(*ctx->ctx, *sampler->sampler,
+        if (!sampler && !ctx->default_sampler) {
+            starkv::SamplerOptions o;
+            o.seed = ctx->seed;
+            ctx->default_sampler = std::make_unique<starkv::Sampler>(o);
+        }
+        starkv::Sampler& chosen = sampler ? *sampler->sampler : *ctx->default_sampler;
+        starkv::GenerateResult g = starkv::generate(*ctx->ctx, chosen,
                                                     std::vector<int32_t>(prompt, prompt + n_prompt), p.max_tokens,
                                                     p.stop_at_eos, fn);
         if (result) {

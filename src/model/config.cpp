@@ -35,8 +35,8 @@ void ModelConfig::validate() const {
     check_range("rope.n_dims", rope.n_dims, head_dim);
 
     if (n_head % n_head_kv != 0)
-        unsupported("model config: n_head (" + std::to_string(n_head) +
-                    ") is not a multiple of n_head_kv (" + std::to_string(n_head_kv) + ")");
+        corrupt("model config: n_head (" + std::to_string(n_head) +
+                ") is not a multiple of n_head_kv (" + std::to_string(n_head_kv) + ")");
     if (head_dim % 2 != 0)
         unsupported("model config: head_dim (" + std::to_string(head_dim) + ") must be even");
     if (rope.n_dims % 2 != 0)

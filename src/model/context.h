@@ -16,7 +16,6 @@ namespace starkv {
 struct ContextOptions {
     int n_ctx = 0;      // 0 = model's training context
     int n_threads = 0;  // 0 = hardware threads
-    uint64_t seed = 0;
 };
 
 class Context {

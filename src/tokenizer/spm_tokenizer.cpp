@@ -179,8 +179,7 @@ private:
         std::vector<Symbol> sym;
         sym.reserve(s.size());
         for (size_t off = 0; off < s.size();) {
-            const size_t len =
-                std::min(utf8_len(static_cast<unsigned char>(s[off])), s.size() - off);
+            const size_t len = utf8_char_len(s.data() + off, s.size() - off);
             const auto idx = static_cast<int32_t>(sym.size());
             sym.push_back({idx - 1, idx + 1, static_cast<uint32_t>(off),
                            static_cast<uint32_t>(len)});

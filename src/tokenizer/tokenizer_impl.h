@@ -51,6 +51,18 @@ inline size_t utf8_len(unsigned char c) {
     return lookup[c >> 4];
 }
 
+// Length of the character starting at s[0] (n > 0 bytes available): the
+// lead byte's length when the continuation bytes are really there, else 1.
+// Treating a broken sequence as single bytes keeps an invalid lead byte from
+// swallowing the next character (e.g. an escaped space), so text round-trips.
+inline size_t utf8_char_len(const char* s, size_t n) {
+    const size_t len = utf8_len(static_cast<unsigned char>(s[0]));
+    if (len > n) return 1;
+    for (size_t i = 1; i < len; ++i)
+        if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) return 1;
+    return len;
+}
+
 std::unique_ptr<Tokenizer> make_spm_tokenizer(Vocab vocab);
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(Vocab vocab);
 
