@@ -369,7 +369,8 @@ TEST(Ops, AttentionOneGqaMatchesNaiveFloat64) {
                     std::vector<float> k = random_floats(stride * n_keys, seed++, -2.0f, 2.0f);
                     std::vector<float> v = random_floats(stride * n_keys, seed++);
                     std::vector<float> out(static_cast<size_t>(n_head) * head_dim, NAN);
-                    std::vector<float> scratch(static_cast<size_t>(n_keys));  // exactly pos + 1
+                    // exactly what the contract asks: group * (pos + 1)
+                    std::vector<float> scratch(static_cast<size_t>(n_head / n_head_kv) * n_keys);
                     starkv::cpu::attention_one(q.data(), k.data(), v.data(), stride, pos, n_head, n_head_kv, head_dim,
                                                out.data(), scratch.data());
 
