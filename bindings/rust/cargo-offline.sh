@@ -16,7 +16,12 @@ if [ -z "$cargo" ]; then
 fi
 registry="${STARKV_CARGO_REGISTRY:-/usr/share/cargo/registry}"
 cd "$here"
-exec "$cargo" \
+# The --config flags go after the subcommand: external subcommands (cargo clippy)
+# ignore them before it.
+pre=()
+if [[ "${1:-}" == +* ]]; then pre+=("$1"); shift; fi
+if [[ $# -gt 0 && "$1" != -* ]]; then pre+=("$1"); shift; fi
+exec "$cargo" "${pre[@]}" \
   --config 'source.crates-io.replace-with="debian"' \
   --config "source.debian.directory=\"$registry\"" \
   --config net.offline=true \

@@ -63,5 +63,7 @@ fn main() {
         .generate()
         .expect("starkv-sys: bindgen failed on starkv.h");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bindings.rs");
-    bindings.write_to_file(&out).expect("starkv-sys: cannot write bindings.rs");
+    bindings
+        .write_to_file(&out)
+        .expect("starkv-sys: cannot write bindings.rs");
 }

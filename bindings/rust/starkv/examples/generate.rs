@@ -34,10 +34,15 @@ fn run() -> starkv::Result<()> {
     let mut out = stdout.lock();
     let _ = write!(out, "{prompt}");
     let _ = out.flush();
-    let r = ctx.generate(Some(&mut sampler), &tokens, &GenerateParams::default().max_tokens(n_tokens), |piece| {
-        // Stop quietly if stdout is closed (e.g. piped into `head`).
-        write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
-    })?;
+    let r = ctx.generate(
+        Some(&mut sampler),
+        &tokens,
+        &GenerateParams::default().max_tokens(n_tokens),
+        |piece| {
+            // Stop quietly if stdout is closed (e.g. piped into `head`).
+            write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
+        },
+    )?;
     let _ = writeln!(out);
     eprintln!(
         "prompt: {} tokens in {:.3} s | decode: {} tokens, {:.1} tokens/s | stop: {:?}",

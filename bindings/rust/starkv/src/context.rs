@@ -28,7 +28,11 @@ impl Default for ContextParams {
     fn default() -> Self {
         let mut p = sys::starkv_context_params::default();
         unsafe { sys::starkv_context_params_default(&mut p) };
-        ContextParams { n_ctx: p.n_ctx, n_threads: p.n_threads, seed: p.seed }
+        ContextParams {
+            n_ctx: p.n_ctx,
+            n_threads: p.n_threads,
+            seed: p.seed,
+        }
     }
 }
 
@@ -98,7 +102,10 @@ impl Default for GenerateParams {
     fn default() -> Self {
         let mut p = sys::starkv_generate_params::default();
         unsafe { sys::starkv_generate_params_default(&mut p) };
-        GenerateParams { max_tokens: p.max_tokens.max(0) as u32, stop_at_eos: p.stop_at_eos }
+        GenerateParams {
+            max_tokens: p.max_tokens.max(0) as u32,
+            stop_at_eos: p.stop_at_eos,
+        }
     }
 }
 
@@ -318,7 +325,10 @@ impl<'m> Context<'m> {
         check(unsafe {
             sys::starkv_context_score(self.raw.as_ptr(), tokens.as_ptr(), tokens.len(), &mut nll, &mut n)
         })?;
-        Ok(Score { nll_sum: nll, n_scored: n })
+        Ok(Score {
+            nll_sum: nll,
+            n_scored: n,
+        })
     }
 
     /// Perplexity of `tokens` (resets the context).
@@ -345,7 +355,10 @@ impl<'m> Context<'m> {
     where
         F: FnMut(&[u8], Token) -> bool,
     {
-        let mut state = PieceState { f: on_piece, panic: None };
+        let mut state = PieceState {
+            f: on_piece,
+            panic: None,
+        };
         let mut gp = sys::starkv_generate_params::default();
         unsafe { sys::starkv_generate_params_default(&mut gp) };
         gp.max_tokens = params.max_tokens.min(i32::MAX as u32) as i32;
@@ -357,7 +370,14 @@ impl<'m> Context<'m> {
         let sampler_ptr = sampler.map_or(ptr::null_mut(), |s| s.as_mut_ptr());
         // SAFETY: all pointers outlive the call; prompt may be empty (len 0).
         let st = unsafe {
-            sys::starkv_generate(self.raw.as_ptr(), sampler_ptr, prompt.as_ptr(), prompt.len(), &gp, &mut r)
+            sys::starkv_generate(
+                self.raw.as_ptr(),
+                sampler_ptr,
+                prompt.as_ptr(),
+                prompt.len(),
+                &gp,
+                &mut r,
+            )
         };
         // Read the error message before anything else can call into the library.
         let result = check(st);

@@ -33,6 +33,7 @@ pub enum Status {
 
 impl Status {
     /// `None` for `STARKV_OK`.
+    #[allow(clippy::unnecessary_cast)] // starkv_status is i32 on some targets
     pub fn from_raw(raw: sys::starkv_status) -> Option<Status> {
         Some(match raw {
             sys::STARKV_OK => return None,
@@ -51,6 +52,7 @@ impl Status {
     }
 
     /// The C value.
+    #[allow(clippy::unnecessary_cast)]
     pub fn to_raw(self) -> sys::starkv_status {
         match self {
             Status::InvalidArgument => sys::STARKV_ERR_INVALID_ARGUMENT,
@@ -85,7 +87,10 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(status: Status, message: impl Into<String>) -> Error {
-        Error { status, message: message.into() }
+        Error {
+            status,
+            message: message.into(),
+        }
     }
 
     /// Builds the error of a failed call. Must run right after that call, on its

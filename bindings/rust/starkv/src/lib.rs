@@ -64,7 +64,9 @@ pub type Token = i32;
 /// Version of the loaded library, e.g. `"0.1.0"`.
 pub fn version() -> &'static str {
     // SAFETY: a static NUL-terminated string.
-    unsafe { CStr::from_ptr(sys::starkv_version_string()) }.to_str().unwrap_or("")
+    unsafe { CStr::from_ptr(sys::starkv_version_string()) }
+        .to_str()
+        .unwrap_or("")
 }
 
 /// `major * 10000 + minor * 100 + patch` of the loaded library.
@@ -94,7 +96,11 @@ unsafe extern "C" fn log_trampoline(level: sys::starkv_log_level, message: *cons
         sys::STARKV_LOG_WARN => LogLevel::Warn,
         _ => LogLevel::Error,
     };
-    let text = if message.is_null() { Default::default() } else { unsafe { CStr::from_ptr(message) }.to_string_lossy() };
+    let text = if message.is_null() {
+        Default::default()
+    } else {
+        unsafe { CStr::from_ptr(message) }.to_string_lossy()
+    };
     // A panic cannot be handed back to anyone here: swallow it (it must not unwind
     // into the library).
     let _ = panic::catch_unwind(AssertUnwindSafe(|| {

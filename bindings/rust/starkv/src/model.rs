@@ -150,7 +150,9 @@ impl Model {
         // SAFETY: valid NUL-terminated path; params NULL means defaults.
         let st = unsafe { sys::starkv_model_load(c_path.as_ptr(), ptr::null(), &mut raw) };
         check(st)?;
-        Ok(Model { raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "load returned NULL"))? })
+        Ok(Model {
+            raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "load returned NULL"))?,
+        })
     }
 
     /// Loads like [`Model::load`], calling `progress` with values in `[0, 1]` on
@@ -161,7 +163,10 @@ impl Model {
         F: FnMut(f32) -> bool,
     {
         let c_path = path_to_cstring(path.as_ref())?;
-        let mut state = ProgressState { f: progress, panic: None };
+        let mut state = ProgressState {
+            f: progress,
+            panic: None,
+        };
         let mut params = sys::starkv_model_params::default();
         // SAFETY: fills the struct (and its struct_size).
         unsafe { sys::starkv_model_params_default(&mut params) };
@@ -177,7 +182,9 @@ impl Model {
             panic::resume_unwind(payload);
         }
         result?;
-        Ok(Model { raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "load returned NULL"))? })
+        Ok(Model {
+            raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "load returned NULL"))?,
+        })
     }
 
     /// The raw handle (for use with `starkv-sys`); stays owned by `self`.
@@ -289,7 +296,14 @@ impl Model {
     /// removed), so that `detokenize(tokenize(s, add_bos))` is `s`.
     pub fn detokenize_bytes(&self, tokens: &[Token]) -> Result<Vec<u8>> {
         with_growing_buffer(tokens.len() * 4 + 16, |buf: *mut u8, cap, n| unsafe {
-            sys::starkv_detokenize(self.raw.as_ptr(), tokens.as_ptr(), tokens.len(), buf as *mut c_char, cap, n)
+            sys::starkv_detokenize(
+                self.raw.as_ptr(),
+                tokens.as_ptr(),
+                tokens.len(),
+                buf as *mut c_char,
+                cap,
+                n,
+            )
         })
     }
 

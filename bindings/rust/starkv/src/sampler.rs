@@ -51,7 +51,10 @@ impl Default for SamplerParams {
 impl SamplerParams {
     /// Greedy decoding (temperature 0): the same text every run.
     pub fn greedy() -> Self {
-        SamplerParams { temperature: 0.0, ..Default::default() }
+        SamplerParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
     pub fn temperature(mut self, v: f32) -> Self {
         self.temperature = v;
@@ -113,7 +116,9 @@ impl Sampler {
         let mut raw = ptr::null_mut();
         // SAFETY: valid params; out pointer written on success.
         check(unsafe { sys::starkv_sampler_create(&p, &mut raw) })?;
-        Ok(Sampler { raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "sampler_create returned NULL"))? })
+        Ok(Sampler {
+            raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "sampler_create returned NULL"))?,
+        })
     }
 
     /// A greedy sampler ([`SamplerParams::greedy`]).

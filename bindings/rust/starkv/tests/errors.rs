@@ -43,14 +43,18 @@ fn nul_in_path_is_invalid_argument() {
 fn context_overflow_is_context_full() {
     let model = common::load();
     let mut ctx = Context::new(&model, &ContextParams::default().n_ctx(16)).unwrap();
-    let tokens = model.tokenize(&"Once upon a time there was a dog. ".repeat(4), true, false).unwrap();
+    let tokens = model
+        .tokenize(&"Once upon a time there was a dog. ".repeat(4), true, false)
+        .unwrap();
     assert!(tokens.len() > 16);
     let err = ctx.eval(&tokens, false).unwrap_err();
     assert_eq!(err.status(), Status::ContextFull, "{err}");
     assert!(!err.message().is_empty());
     assert_eq!(ctx.n_past(), 0, "nothing changed");
     // A prompt that does not fit is an error of generate too.
-    let err = ctx.generate_to_string(None, &tokens, &GenerateParams::default()).unwrap_err();
+    let err = ctx
+        .generate_to_string(None, &tokens, &GenerateParams::default())
+        .unwrap_err();
     assert_eq!(err.status(), Status::ContextFull);
     // And the context still works.
     ctx.eval(&tokens[..8], false).unwrap();
@@ -109,6 +113,10 @@ fn errors_are_per_thread_messages() {
     for h in handles {
         let (path, err) = h.join().unwrap();
         assert_eq!(err.status(), Status::Io);
-        assert!(err.message().contains(&path), "message {:?} names {path}", err.message());
+        assert!(
+            err.message().contains(&path),
+            "message {:?} names {path}",
+            err.message()
+        );
     }
 }

@@ -20,7 +20,10 @@ fn info_and_tensors() {
     assert!(info.bos_token.is_some() && info.eos_token.is_some());
     let tensors = model.tensors().unwrap();
     assert!(!tensors.is_empty());
-    let emb = tensors.iter().find(|t| t.name == "token_embd.weight").expect("token_embd.weight");
+    let emb = tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .expect("token_embd.weight");
     assert_eq!(emb.dtype, "F32");
     assert_eq!(emb.shape.iter().product::<i64>(), 512 * 64);
 }
@@ -73,7 +76,11 @@ fn greedy_matches_c_cli() {
             .args(["--prompt", prompt, "-n", "50", "--temp", "0"])
             .output()
             .expect("run the starkv CLI");
-        assert!(out.status.success(), "CLI failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "CLI failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let cli_stdout = String::from_utf8(out.stdout).unwrap();
         let ours = format!("{}{}\n", prompt, common::greedy_text(&model, prompt, 50));
         assert_eq!(ours, cli_stdout, "prompt {prompt:?}");
@@ -89,10 +96,15 @@ fn pull_loop_with_low_level_calls_matches_generate() {
     {
         let mut ctx = Context::new(&model, &ContextParams::default()).unwrap();
         let mut s = Sampler::greedy().unwrap();
-        ctx.generate_bytes(Some(&mut s), &prompt, &GenerateParams::default().max_tokens(20).stop_at_eos(false), |_, t| {
-            expected.push(t);
-            true
-        })
+        ctx.generate_bytes(
+            Some(&mut s),
+            &prompt,
+            &GenerateParams::default().max_tokens(20).stop_at_eos(false),
+            |_, t| {
+                expected.push(t);
+                true
+            },
+        )
         .unwrap();
     }
     let mut ctx = Context::new(&model, &ContextParams::default()).unwrap();
@@ -116,10 +128,15 @@ fn callback_false_stops() {
     let prompt = model.tokenize("Once upon a time", true, false).unwrap();
     let mut n = 0;
     let r = ctx
-        .generate(None, &prompt, &GenerateParams::default().max_tokens(100).stop_at_eos(false), |_| {
-            n += 1;
-            n < 5
-        })
+        .generate(
+            None,
+            &prompt,
+            &GenerateParams::default().max_tokens(100).stop_at_eos(false),
+            |_| {
+                n += 1;
+                n < 5
+            },
+        )
         .unwrap();
     assert_eq!(n, 5);
     assert_eq!(r.stop_reason, StopReason::Callback);
@@ -132,7 +149,11 @@ fn filling_the_context_stops_without_error() {
     assert_eq!(ctx.n_ctx(), 32);
     let prompt = model.tokenize("Once upon a time", true, false).unwrap();
     let (_, r) = ctx
-        .generate_to_string(None, &prompt, &GenerateParams::default().max_tokens(100).stop_at_eos(false))
+        .generate_to_string(
+            None,
+            &prompt,
+            &GenerateParams::default().max_tokens(100).stop_at_eos(false),
+        )
         .unwrap();
     assert_eq!(r.stop_reason, StopReason::ContextFull);
     assert_eq!(ctx.n_past(), 32);
@@ -144,14 +165,18 @@ fn default_sampler_follows_context_seed() {
     let prompt = model.tokenize("Once upon a time", true, false).unwrap();
     let run = |seed| {
         let mut ctx = Context::new(&model, &ContextParams::default().seed(seed)).unwrap();
-        ctx.generate_to_string(None, &prompt, &GenerateParams::default().max_tokens(60)).unwrap().0
+        ctx.generate_to_string(None, &prompt, &GenerateParams::default().max_tokens(60))
+            .unwrap()
+            .0
     };
     assert_eq!(run(7), run(7));
     // A seeded sampler is reproducible too.
     let sampled = |seed| {
         let mut ctx = Context::new(&model, &ContextParams::default()).unwrap();
         let mut s = Sampler::new(&SamplerParams::default().temperature(1.0).seed(seed)).unwrap();
-        ctx.generate_to_string(Some(&mut s), &prompt, &GenerateParams::default().max_tokens(60)).unwrap().0
+        ctx.generate_to_string(Some(&mut s), &prompt, &GenerateParams::default().max_tokens(60))
+            .unwrap()
+            .0
     };
     assert_eq!(sampled(3), sampled(3));
 }
@@ -174,7 +199,10 @@ fn tokenize_round_trips_and_resizes() {
     let utf8 = "Lily saw a 🐶 and said «bonjour»";
     let tokens = model.tokenize(utf8, true, false).unwrap();
     assert_eq!(model.detokenize(&tokens).unwrap(), utf8);
-    let bytes: Vec<u8> = tokens.iter().flat_map(|&t| model.token_to_piece(t, false).unwrap()).collect();
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .flat_map(|&t| model.token_to_piece(t, false).unwrap())
+        .collect();
     assert_eq!(String::from_utf8(bytes).unwrap().trim_start(), utf8);
 
     // Special tokens: spelled as text unless parse_special.
@@ -190,7 +218,9 @@ fn tokenize_round_trips_and_resizes() {
 fn logits_rewind_kv_stats_and_score() {
     let model = common::load();
     let mut ctx = Context::new(&model, &ContextParams::default().n_ctx(128).n_threads(1)).unwrap();
-    let tokens = model.tokenize("Once upon a time, there was a little girl", true, false).unwrap();
+    let tokens = model
+        .tokenize("Once upon a time, there was a little girl", true, false)
+        .unwrap();
     ctx.eval(&tokens, true).unwrap();
     assert_eq!(ctx.n_past() as usize, tokens.len());
     let last = ctx.logits().unwrap().to_vec();
@@ -226,7 +256,15 @@ fn logits_rewind_kv_stats_and_score() {
         let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
         nll += lse - row[tokens[i + 1] as usize] as f64;
     }
-    assert!((s.nll_sum - nll).abs() < 1e-3 * nll.abs().max(1.0), "{} vs {}", s.nll_sum, nll);
+    assert!(
+        (s.nll_sum - nll).abs() < 1e-3 * nll.abs().max(1.0),
+        "{} vs {}",
+        s.nll_sum,
+        nll
+    );
     let ppl = ctx.perplexity(&tokens).unwrap();
-    assert!((ppl - s.perplexity()).abs() < 1e-9 && ppl > 1.0 && ppl < 512.0, "ppl {ppl}");
+    assert!(
+        (ppl - s.perplexity()).abs() < 1e-9 && ppl > 1.0 && ppl < 512.0,
+        "ppl {ppl}"
+    );
 }

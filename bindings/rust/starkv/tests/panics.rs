@@ -6,7 +6,10 @@ use std::panic::{self, AssertUnwindSafe};
 use starkv::{Context, ContextParams, GenerateParams, Model, Sampler};
 
 fn payload_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -47,9 +50,8 @@ fn panic_in_piece_callback_resumes_after_generate() {
 
 #[test]
 fn panic_in_progress_callback_resumes_after_load() {
-    let result = panic::catch_unwind(|| {
-        Model::load_with_progress(common::model_path(), |_| panic!("boom in progress"))
-    });
+    let result =
+        panic::catch_unwind(|| Model::load_with_progress(common::model_path(), |_| panic!("boom in progress")));
     let payload = result.expect_err("the panic comes back to the caller");
     assert_eq!(payload_text(&*payload), "boom in progress");
     // Loading still works afterwards.

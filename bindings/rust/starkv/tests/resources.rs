@@ -8,14 +8,19 @@ use starkv::{Context, ContextParams, GenerateParams, Model, Sampler};
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 fn cycle(model: &Model, prompt: &[i32]) {
     let mut ctx = Context::new(model, &ContextParams::default().n_ctx(512).n_threads(1)).unwrap();
     let mut sampler = Sampler::greedy().unwrap();
-    ctx.generate_to_string(Some(&mut sampler), prompt, &GenerateParams::default().max_tokens(4)).unwrap();
+    ctx.generate_to_string(Some(&mut sampler), prompt, &GenerateParams::default().max_tokens(4))
+        .unwrap();
 }
 
 #[test]

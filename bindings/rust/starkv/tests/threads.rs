@@ -22,9 +22,13 @@ fn marker_traits() {
 fn greedy(ctx: &mut Context<'_>, model: &Model) -> String {
     let prompt = model.tokenize("Once upon a time", true, false).unwrap();
     let mut s = Sampler::greedy().unwrap();
-    ctx.generate_to_string(Some(&mut s), &prompt, &GenerateParams::default().max_tokens(120).stop_at_eos(false))
-        .unwrap()
-        .0
+    ctx.generate_to_string(
+        Some(&mut s),
+        &prompt,
+        &GenerateParams::default().max_tokens(120).stop_at_eos(false),
+    )
+    .unwrap()
+    .0
 }
 
 #[test]
@@ -88,10 +92,14 @@ fn context_moves_between_threads_and_outlives_the_last_arc() {
     let mut sampler = Sampler::greedy().unwrap();
     ctx.eval(&prompt, false).unwrap();
     drop(model); // the context keeps the model alive
-    // Continue the same sequence on another thread (Context and Sampler are Send).
+                 // Continue the same sequence on another thread (Context and Sampler are Send).
     let (ctx, text) = thread::spawn(move || {
         let (text, _) = ctx
-            .generate_to_string(Some(&mut sampler), &[], &GenerateParams::default().max_tokens(30).stop_at_eos(false))
+            .generate_to_string(
+                Some(&mut sampler),
+                &[],
+                &GenerateParams::default().max_tokens(30).stop_at_eos(false),
+            )
             .unwrap();
         (ctx, text)
     })

@@ -13,12 +13,18 @@ pub fn repo_root() -> PathBuf {
 
 /// `STARKV_SHARED_DIR`, else `<repo>/../shared`.
 pub fn shared_dir() -> PathBuf {
-    env::var_os("STARKV_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared"))
+    env::var_os("STARKV_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared"))
 }
 
 pub fn model_path() -> PathBuf {
     let p = shared_dir().join("models/stories260K.gguf");
-    assert!(p.is_file(), "test model {} is missing (set STARKV_SHARED_DIR)", p.display());
+    assert!(
+        p.is_file(),
+        "test model {} is missing (set STARKV_SHARED_DIR)",
+        p.display()
+    );
     p
 }
 
