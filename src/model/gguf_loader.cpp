@@ -303,6 +303,9 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
             size_t block = ggml_block_elems(static_cast<GgmlType>(t.type));
             if (t.ne[0] % block != 0) corrupt("GGUF: tensor '" + t.name + "' rows are not a whole number of blocks");
             t.n_bytes = ggml_row_bytes(static_cast<GgmlType>(t.type), static_cast<size_t>(t.ne[0])) * (t.n_elems / t.ne[0]);
+            if (t.offset % alignment != 0)
+                corrupt("GGUF: tensor '" + t.name + "' offset " + std::to_string(t.offset) +
+                        " is not a multiple of the alignment " + std::to_string(alignment));
             if (t.offset > data_size || t.n_bytes > data_size - t.offset)
                 corrupt("GGUF: tensor '" + t.name + "' lies past the end of the file (truncated?)");
         }
@@ -318,7 +321,9 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
     ModelConfig& c = out.config;
     if (c.n_vocab == 0) c.n_vocab = static_cast<int>(out.vocab.tokens.size());
     size_t n_loaded = 0;
-    const size_t n_total = records.size();
+    // Tensors this loader reads (a file may carry others it ignores).
+    const size_t n_total = 2 + by_name.count("output.weight") + by_name.count("rope_freqs.weight") +
+                           9 * static_cast<size_t>(c.n_layer);
     auto report = [&] {
         ++n_loaded;
         if (progress && !progress(static_cast<float>(n_loaded) / static_cast<float>(n_total ? n_total : 1)))
