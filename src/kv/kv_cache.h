@@ -12,8 +12,14 @@ namespace starkv {
 
 class KvCache {
 public:
-    // Throws Error(STARKV_ERR_OUT_OF_MEMORY) when the buffers cannot be had.
+    // Capacity n_ctx tokens; memory is taken as tokens arrive (ensure), so a
+    // large n_ctx costs nothing until it is used.
     KvCache(const ModelConfig& config, int n_ctx);
+
+    // Makes room for positions [0, n_tokens) (n_tokens <= n_ctx). Throws
+    // Error(STARKV_ERR_OUT_OF_MEMORY) and keeps the cache intact when the
+    // memory cannot be had.
+    void ensure(int n_tokens);
 
     int n_ctx() const { return n_ctx_; }
     int head_dim() const { return head_dim_; }
@@ -27,7 +33,7 @@ public:
     uint64_t bytes_per_token() const {
         return 2ull * k_.size() * static_cast<uint64_t>(head_dim_) * sizeof(float);
     }
-    uint64_t bytes_reserved() const { return bytes_per_token() * static_cast<uint64_t>(n_ctx_); }
+    uint64_t bytes_reserved() const { return bytes_per_token() * static_cast<uint64_t>(allocated_); }
 
 private:
     size_t index(int layer, int kv_head, int) const {
@@ -36,6 +42,7 @@ private:
     size_t offset(int pos) const { return static_cast<size_t>(pos) * static_cast<size_t>(head_dim_); }
 
     int n_ctx_;
+    int allocated_ = 0;  // positions backed by memory
     int n_head_kv_;
     int head_dim_;
     std::vector<std::vector<float>> k_, v_;  // one buffer per (layer, kv head)

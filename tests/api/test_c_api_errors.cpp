@@ -151,13 +151,15 @@ TEST(CApiNull, Generate) {
     starkv_generate_result r;
     starkv_generate_result_default(&r);
     EXPECT_STARKV_ERROR(starkv_generate(nullptr, s.get(), &bos, 1, nullptr, &r), STARKV_ERR_INVALID_ARGUMENT);
-    EXPECT_STARKV_ERROR(starkv_generate(ctx.get(), nullptr, &bos, 1, nullptr, &r), STARKV_ERR_INVALID_ARGUMENT);
     EXPECT_STARKV_ERROR(starkv_generate(ctx.get(), s.get(), nullptr, 1, nullptr, &r), STARKV_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(starkv_context_n_past(ctx.get()), 0u);
     // Empty prompt on a fresh context: nothing to continue from.
     EXPECT_STARKV_ERROR(starkv_generate(ctx.get(), s.get(), nullptr, 0, nullptr, &r), STARKV_ERR_INVALID_ARGUMENT);
     // NULL params and NULL result are allowed.
     EXPECT_STARKV_OK(starkv_generate(ctx.get(), s.get(), &bos, 1, nullptr, nullptr));
+    // A NULL sampler means the context's default sampler (seeded by the context).
+    ASSERT_STARKV_OK(starkv_context_reset(ctx.get()));
+    EXPECT_STARKV_OK(starkv_generate(ctx.get(), nullptr, &bos, 1, nullptr, &r));
 }
 
 // ---- struct_size --------------------------------------------------------

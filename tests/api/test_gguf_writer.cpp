@@ -1,11 +1,6 @@
 // The test-only GGUF writer (tests/support/gguf_writer.*) checked against the
 // real stories260K file and the library, so that files crafted with it fail
 // for the reason a test intends and not because the writer is wrong.
-//
-// tests/CMakeLists.txt globs only tests/api/*.cpp into starkv_api_tests, so
-// the writer's implementation is compiled here, once.
-#include "../support/gguf_writer.cpp"  // NOLINT(bugprone-suspicious-include)
-
 #include "api_util.h"
 #include "gguf_writer.h"
 
