@@ -12,6 +12,8 @@ PACKAGES=(
   libpcre2-dev                      # byte-level BPE pre-tokenizer regexes
   libgtest-dev                      # tests
   libbenchmark-dev                  # CPU benchmarks
+  libclang-dev                      # Rust bindings: bindgen parses starkv.h (cargo itself: rustup, ~/.cargo/bin)
+  librust-bindgen-dev               # Rust bindings: the bindgen crate, offline (/usr/share/cargo/registry)
 )
 
 missing=()
