@@ -303,7 +303,10 @@ STARKV_API void starkv_generate_result_default(starkv_generate_result *result);
 
 /* Evaluate the prompt tokens after what the context already holds, then sample
  * and evaluate up to max_tokens tokens, streaming each piece. The sampler
- * accepts the prompt and every generated token. sampler may be NULL: the
+ * accepts the prompt and every generated token. Afterwards the context holds
+ * the prompt and every emitted token (also the one at which the callback
+ * stopped; not an EOS, nor a token sampled into a full context), so a call
+ * with an empty prompt continues the text. sampler may be NULL: the
  * context's default sampler is used (starkv_sampler_params_default with the
  * context's seed; it persists across calls and is restarted by reset). A context that fills up stops
  * generation with STARKV_STOP_CONTEXT_FULL (not an error); a prompt that does

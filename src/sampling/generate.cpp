@@ -70,17 +70,18 @@ GenerateResult generate(Context& ctx, Sampler& sampler, const std::vector<int32_
             piece.erase(0, 1);
         prev = next;
         const std::string ready = stream.push(piece);
-        if (on_piece && !ready.empty() && !on_piece(ready, next)) {
-            r.stop = StopReason::Callback;
-            break;
-        }
-        // Every emitted token enters the cache while there is room, so a later
-        // call continues the text; the one sampled into a full context does not.
+        const bool go_on = !on_piece || ready.empty() || on_piece(ready, next);
+        // Every emitted token enters the cache while there is room (also the
+        // one the callback stopped at), so a later call continues the text.
         if (ctx.n_past() >= ctx.n_ctx()) {
-            r.stop = StopReason::ContextFull;
+            r.stop = go_on ? StopReason::ContextFull : StopReason::Callback;
             break;
         }
         ctx.eval(&next, 1, false);
+        if (!go_on) {
+            r.stop = StopReason::Callback;
+            break;
+        }
     }
     if (r.stop != StopReason::Callback) {
         const std::string rest = stream.flush();

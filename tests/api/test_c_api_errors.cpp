@@ -910,6 +910,8 @@ TEST(CApiGenerate, CallbackReturningFalseStops) {
         EXPECT_EQ(r.stop_reason, STARKV_STOP_CALLBACK);
         EXPECT_GE(r.n_generated, static_cast<uint32_t>(stop_on));
         EXPECT_LT(r.n_generated, 40u);
+        // The context holds BOS and every emitted token, the last one included.
+        EXPECT_EQ(starkv_context_n_past(ctx.get()), 1u + r.n_generated);
     }
 }
 
