@@ -12,6 +12,9 @@ PACKAGES=(
   libpcre2-dev                      # byte-level BPE pre-tokenizer regexes
   libgtest-dev                      # tests
   libbenchmark-dev                  # CPU benchmarks
+  swig                              # Python and Java bindings (generated wrappers)
+  python3-dev python3-numpy python3-pytest  # Python binding, its tests (Debian's /usr/bin/python3)
+  default-jdk-headless junit5       # Java binding (JNI, javac/jar), its JUnit 5 tests
 )
 
 missing=()
