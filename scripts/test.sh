@@ -5,6 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 "$root/scripts/setup.sh"
+# The larger real model (byte-level BPE, Q4_1): its tests skip, visibly, when
+# it cannot be fetched.
+if [ "${STARKV_NO_SMOLLM2:-0}" != "1" ]; then
+  "$root/scripts/fetch_smollm2.sh" >/dev/null || echo "test: SmolLM2 not available; its tests will be skipped" >&2
+fi
 
 BUILD_DIR="$root/build" "$root/scripts/build.sh"
 (cd "$root/build" && ctest --output-on-failure -j "$jobs" --timeout 1200)

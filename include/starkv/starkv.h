@@ -231,7 +231,7 @@ typedef struct starkv_kv_stats {
     uint32_t n_tokens;        /* tokens held */
     uint32_t n_ctx;           /* capacity in tokens */
     uint64_t bytes_in_use;    /* bytes holding the n_tokens tokens */
-    uint64_t bytes_reserved;  /* bytes allocated for the whole capacity */
+    uint64_t bytes_reserved;  /* bytes allocated now (grows with use, up to n_ctx tokens) */
     uint64_t bytes_per_token; /* all layers, keys and values */
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);

@@ -2,6 +2,8 @@
 // Every count, length, offset and shape is checked against the file size and
 // the config before it is used, so a hostile file is an Error, not a crash or a
 // huge allocation.
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -229,6 +231,7 @@ Vocab read_vocab(const Metadata& md) {
     auto id = [&](const char* key, int64_t def) -> int32_t {
         int64_t x = md.get_int(key, def);
         if (x == 0xFFFFFFFFll || x < 0) return -1;  // "none" as llama.cpp writes it
+        if (x > INT32_MAX) corrupt(std::string("GGUF: ") + key + " " + std::to_string(x) + " is out of range");
         return static_cast<int32_t>(x);
     };
     v.bos = id("tokenizer.ggml.bos_token_id", v.kind == TokenizerKind::Spm ? 1 : -1);
@@ -303,6 +306,9 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
             size_t block = ggml_block_elems(static_cast<GgmlType>(t.type));
             if (t.ne[0] % block != 0) corrupt("GGUF: tensor '" + t.name + "' rows are not a whole number of blocks");
             t.n_bytes = ggml_row_bytes(static_cast<GgmlType>(t.type), static_cast<size_t>(t.ne[0])) * (t.n_elems / t.ne[0]);
+            if (t.offset % alignment != 0)
+                corrupt("GGUF: tensor '" + t.name + "' offset " + std::to_string(t.offset) +
+                        " is not a multiple of the alignment " + std::to_string(alignment));
             if (t.offset > data_size || t.n_bytes > data_size - t.offset)
                 corrupt("GGUF: tensor '" + t.name + "' lies past the end of the file (truncated?)");
         }
@@ -318,7 +324,9 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
     ModelConfig& c = out.config;
     if (c.n_vocab == 0) c.n_vocab = static_cast<int>(out.vocab.tokens.size());
     size_t n_loaded = 0;
-    const size_t n_total = records.size();
+    // Tensors this loader reads (a file may carry others it ignores).
+    const size_t n_total = 2 + by_name.count("output.weight") + by_name.count("rope_freqs.weight") +
+                           9 * static_cast<size_t>(c.n_layer);
     auto report = [&] {
         ++n_loaded;
         if (progress && !progress(static_cast<float>(n_loaded) / static_cast<float>(n_total ? n_total : 1)))
@@ -365,6 +373,13 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
     if (static_cast<size_t>(c.n_vocab) < out.vocab.tokens.size())
         corrupt("GGUF: token_embd has fewer rows than the tokenizer has tokens");
 
+    // Blocks beyond block_count mean the metadata and tensors disagree.
+    for (const TensorRecord& t : records) {
+        if (t.name.rfind("blk.", 0) != 0) continue;
+        const long layer = std::strtol(t.name.c_str() + 4, nullptr, 10);
+        if (layer < 0 || layer >= c.n_layer)
+            corrupt("GGUF: tensor '" + t.name + "' is beyond block_count " + std::to_string(c.n_layer));
+    }
     const int q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
     ModelWeights& w = out.weights;
     w.tok_embd = load_matrix("token_embd.weight", c.n_vocab, c.n_embd);

@@ -74,7 +74,8 @@ GenerateResult generate(Context& ctx, Sampler& sampler, const std::vector<int32_
             r.stop = StopReason::Callback;
             break;
         }
-        // Every emitted token enters the cache, so a later call continues the text.
+        // Every emitted token enters the cache while there is room, so a later
+        // call continues the text; the one sampled into a full context does not.
         if (ctx.n_past() >= ctx.n_ctx()) {
             r.stop = StopReason::ContextFull;
             break;

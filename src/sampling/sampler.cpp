@@ -69,7 +69,7 @@ void min_p(std::vector<Candidate>& c, float p) {
     float mx = c[0].logit;
     for (const Candidate& x : c) mx = std::max(mx, x.logit);
     // prob_i / prob_max = exp(l_i - l_max) >= p  <=>  l_i >= l_max + log p
-    const float threshold = mx + std::log(p);
+    const float threshold = std::min(mx, mx + std::log(p));  // p > 1 still keeps the max
     std::vector<Candidate> kept;
     kept.reserve(c.size());
     for (const Candidate& x : c)
