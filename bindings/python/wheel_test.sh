@@ -9,7 +9,8 @@ cp -r "$repo/bindings/python" "$work/src"
 rm -rf "$work/src/build" "$work/src/"*.egg-info
 (cd "$work/src" && STARKV_SOURCE_DIR="$repo" "$py" -m pip wheel . --no-deps --no-build-isolation -w "$work/dist" -q)
 whl=$(ls "$work"/dist/starkv-*.whl)
-"$py" -m zipfile -l "$whl" | grep -q "starkv/libstarkv.so" || { echo "libstarkv missing from $whl"; exit 1; }
+listing=$("$py" -m zipfile -l "$whl")
+grep -q "starkv/libstarkv.so" <<<"$listing" || { echo "libstarkv missing from $whl"; exit 1; }
 "$py" -m pip install -q --no-deps --target "$work/site" "$whl" 2>/dev/null
 cd "$work"
 PYTHONPATH="$work/site" "$py" - "$model" <<'PY'
