@@ -14,6 +14,9 @@ PACKAGES=(
   libbenchmark-dev                  # CPU benchmarks
   libclang-dev                      # Rust bindings: bindgen parses starkv.h (cargo itself: rustup, ~/.cargo/bin)
   librust-bindgen-dev               # Rust bindings: the bindgen crate, offline (/usr/share/cargo/registry)
+  swig                              # Python and Java bindings (generated wrappers)
+  python3-dev python3-numpy python3-pytest  # Python binding, its tests (Debian's /usr/bin/python3)
+  default-jdk-headless junit5       # Java binding (JNI, javac/jar), its JUnit 5 tests
 )
 
 missing=()
