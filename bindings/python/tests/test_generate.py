@@ -106,8 +106,9 @@ def test_iterator_break_stops_and_releases_context(model, ctx):
     gen.close()
     assert gen.result.stop == "callback"
     assert gen.result.n_generated == 4
-    # usable again, and the kv cache holds prompt + the 3 tokens whose callback returned True
-    assert ctx.n_past == gen.result.n_prompt_tokens + 3
+    # usable again, and the kv cache holds prompt + every emitted token (the 4th,
+    # at which the callback stopped, included)
+    assert ctx.n_past == gen.result.n_prompt_tokens + 4
 
 
 def test_iterator_garbage_collected(model, ctx):
