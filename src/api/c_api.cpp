@@ -33,8 +33,19 @@ namespace {
 
 thread_local std::string t_last_error;
 
+// The message is one line: control characters (a path or a name read from a
+// file may hold '\n') are written as \n, \r, \xHH.
 starkv_status set_error(starkv_status status, const std::string& message) {
-    t_last_error = message;
+    static const char hex[] = "0123456789abcdef";
+    t_last_error.clear();
+    for (char ch : message) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c != 0x7f) t_last_error += ch;
+        else if (c == '\n') t_last_error += "\\n";
+        else if (c == '\r') t_last_error += "\\r";
+        else if (c == '\t') t_last_error += "\\t";
+        else t_last_error += std::string("\\x") + hex[c >> 4] + hex[c & 15];
+    }
     return status;
 }
 

@@ -42,10 +42,17 @@ void swiglu(const float* gate, const float* up, float* out, int n);
 // In-place softmax of n floats.
 void softmax(float* x, int n);
 
+// Causal attention of the `group` query heads that share one KV head, for one
+// query over n_keys keys: q is [group][head_dim]; key/value row t is at
+// k + t * stride, v + t * stride; out is [group][head_dim]. Each key and value
+// row is read once for the whole group. scores holds group * n_keys floats.
+void attention_group(const float* q, const float* k, const float* v, size_t stride, int n_keys, int group,
+                     int head_dim, float* out, float* scores);
+
 // Causal attention of one query token at position `pos` over keys/values at
 // positions [0, pos]: q is [n_head][head_dim]; k_cache / v_cache rows are
 // [n_head_kv * head_dim] per position, row stride `kv_stride` floats; out is
-// [n_head][head_dim]. scratch holds at least pos + 1 floats per head handled.
+// [n_head][head_dim]. scratch holds (n_head / n_head_kv) * (pos + 1) floats.
 void attention_one(const float* q, const float* k_cache, const float* v_cache, size_t kv_stride,
                    int pos, int n_head, int n_head_kv, int head_dim, float* out, float* scratch);
 

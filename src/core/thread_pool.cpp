@@ -18,16 +18,20 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
-static void run_chunk(const std::function<void(size_t, size_t)>& fn, size_t n, size_t chunks, size_t c) {
+static void run_chunk(const std::function<void(size_t, size_t, size_t)>& fn, size_t n, size_t chunks, size_t c) {
     size_t begin = n * c / chunks, end = n * (c + 1) / chunks;
-    if (begin < end) fn(begin, end);
+    if (begin < end) fn(begin, end, c);
 }
 
 void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+    parallel_chunks(n, grain, [&fn](size_t begin, size_t end, size_t) { fn(begin, end); });
+}
+
+void ThreadPool::parallel_chunks(size_t n, size_t grain, const std::function<void(size_t, size_t, size_t)>& fn) {
     if (n == 0) return;
     size_t chunks = std::min<size_t>(static_cast<size_t>(n_threads_), (n + std::max<size_t>(grain, 1) - 1) / std::max<size_t>(grain, 1));
     if (chunks <= 1 || workers_.empty()) {
-        fn(0, n);
+        fn(0, n, 0);
         return;
     }
     {
@@ -48,7 +52,7 @@ void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(s
 void ThreadPool::worker_loop(int index) {
     uint64_t seen = 0;
     for (;;) {
-        const std::function<void(size_t, size_t)>* job;
+        const std::function<void(size_t, size_t, size_t)>* job;
         size_t n, chunks;
         {
             std::unique_lock<std::mutex> lock(mutex_);

@@ -25,6 +25,9 @@ public:
     // fn(begin, end) on them, the caller included; returns when all are done.
     // fn must not throw.
     void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn);
+    // Same, and fn also receives its chunk's index (< size()), distinct among
+    // the chunks running at once: an index into per-thread scratch.
+    void parallel_chunks(size_t n, size_t grain, const std::function<void(size_t, size_t, size_t)>& fn);
 
 private:
     void worker_loop(int index);
@@ -34,7 +37,7 @@ private:
     std::mutex mutex_;
     std::condition_variable start_cv_;
     std::condition_variable done_cv_;
-    const std::function<void(size_t, size_t)>* job_ = nullptr;
+    const std::function<void(size_t, size_t, size_t)>* job_ = nullptr;
     size_t job_n_ = 0;
     size_t job_chunks_ = 0;
     uint64_t generation_ = 0;

@@ -41,7 +41,7 @@ void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
     const size_t V = static_cast<size_t>(n_vocab);
     try {
         logits_.resize((all_logits ? n : 1) * V);
-        scratch_.reserve(model_->config(), static_cast<int>(std::min<size_t>(n, kMicroBatch)), kv_.n_ctx());
+        scratch_.reserve(model_->config(), static_cast<int>(std::min<size_t>(n, kMicroBatch)), kv_.n_ctx(), pool_.size());
     } catch (const std::bad_alloc&) {
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot allocate buffers for " + std::to_string(n) + " tokens");
     }

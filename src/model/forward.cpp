@@ -5,8 +5,10 @@
 
 namespace starkv {
 
-void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx) {
-    if (n_tokens <= capacity && att_scores.size() >= static_cast<size_t>(n_ctx) * static_cast<size_t>(n_tokens)) return;
+void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads) {
+    const size_t scores = static_cast<size_t>(n_threads) * static_cast<size_t>(c.n_head / c.n_head_kv) *
+                          static_cast<size_t>(n_ctx);
+    if (n_tokens <= capacity && att_scores.size() >= scores) return;
     const size_t t = static_cast<size_t>(n_tokens);
     x.resize(t * c.n_embd);
     xn.resize(t * c.n_embd);
@@ -17,7 +19,8 @@ void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx) {
     proj.resize(t * c.n_embd);
     gate.resize(t * c.n_ff);
     up.resize(t * c.n_ff);
-    att_scores.resize(static_cast<size_t>(n_ctx) * t);
+    att_scores.resize(scores);
+    scores_per_thread = scores / static_cast<size_t>(n_threads);
     capacity = n_tokens;
 }
 
@@ -39,21 +42,31 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
         cpu::matmul(L.wq, s.xn.data(), n, s.q.data(), pool);
         cpu::matmul(L.wk, s.xn.data(), n, s.k.data(), pool);
         cpu::matmul(L.wv, s.xn.data(), n, s.v.data(), pool);
+        const size_t hd = static_cast<size_t>(c.head_dim);
         for (int t = 0; t < n; ++t) {
             model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
             model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
-            std::memcpy(kv.k(l, pos0 + t), &s.k[t * kvd], kvd * sizeof(float));
-            std::memcpy(kv.v(l, pos0 + t), &s.v[t * kvd], kvd * sizeof(float));
+            for (int h = 0; h < c.n_head_kv; ++h) {
+                std::memcpy(kv.k(l, h, pos0 + t), &s.k[t * kvd + h * hd], hd * sizeof(float));
+                std::memcpy(kv.v(l, h, pos0 + t), &s.v[t * kvd + h * hd], hd * sizeof(float));
+            }
         }
-        // Tokens attend causally, each with its own row of scores.
-        const size_t n_ctx = static_cast<size_t>(kv.n_ctx());
-        const float* k0 = kv.k(l, 0);
-        const float* v0 = kv.v(l, 0);
-        std::vector<float>& scores = s.att_scores;
-        pool.parallel_for(static_cast<size_t>(n), 1, [&](size_t t0, size_t t1) {
-            for (size_t t = t0; t < t1; ++t)
-                cpu::attention_one(&s.q[t * qd], k0, v0, kv.row_floats(), pos0 + static_cast<int>(t), c.n_head,
-                                   c.n_head_kv, c.head_dim, &s.attn[t * qd], scores.data() + t * n_ctx);
+        // One work item per (token, KV head): the query heads of a group read
+        // each cached key and value once, and decode (one token) still uses
+        // every thread.
+        const int group = c.n_head / c.n_head_kv;
+        const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
+        const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
+        pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
+            float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
+            for (size_t i = i0; i < i1; ++i) {
+                const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
+                const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
+                const int n_keys = pos0 + t + 1;
+                const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
+                cpu::attention_group(&s.q[qo], kv.k(l, h, 0), kv.v(l, h, 0), hd, n_keys, group, c.head_dim,
+                                     &s.attn[qo], scores);
+            }
         });
         cpu::matmul(L.wo, s.attn.data(), n, s.proj.data(), pool);
         for (size_t i = 0; i < static_cast<size_t>(n) * E; ++i) s.x[i] += s.proj[i];

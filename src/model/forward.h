@@ -14,8 +14,10 @@ namespace starkv {
 // Activations of one micro-batch, reused across calls (no allocation per step).
 struct ForwardScratch {
     int capacity = 0;  // tokens
-    std::vector<float> x, xn, q, k, v, attn, proj, gate, up, att_scores;
-    void reserve(const ModelConfig& c, int n_tokens, int n_ctx);
+    std::vector<float> x, xn, q, k, v, attn, proj, gate, up;
+    std::vector<float> att_scores;  // per pool thread: group * n_ctx attention scores
+    size_t scores_per_thread = 0;
+    void reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads);
 };
 
 // Runs tokens[0..n) at positions pos0..pos0+n-1 (all < kv.n_ctx()), writing

@@ -311,6 +311,9 @@ ModelSource open_gguf_source(const std::string& path) {
             size_t block = ggml_block_elems(static_cast<GgmlType>(t.type));
             if (t.ne[0] % block != 0) corrupt("GGUF: tensor '" + t.name + "' rows are not a whole number of blocks");
             t.n_bytes = ggml_row_bytes(static_cast<GgmlType>(t.type), static_cast<size_t>(t.ne[0])) * (t.n_elems / t.ne[0]);
+            if (t.offset % alignment != 0)
+                corrupt("GGUF: tensor '" + t.name + "' offset " + std::to_string(t.offset) +
+                        " is not a multiple of the alignment " + std::to_string(alignment));
             if (t.offset > data_size || t.n_bytes > data_size - t.offset)
                 corrupt("GGUF: tensor '" + t.name + "' lies past the end of the file (truncated?)");
             st.data = file->data() + data_start + t.offset;

@@ -3,6 +3,7 @@
 // (and, for merges, by a naive reference loop in this file).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>

@@ -3,6 +3,7 @@
 // (tests/tools/spm_reference.py -> tests/golden/tokenizer_stories260K.txt).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 
 #include "core/error.h"
 #include "gguf_test_vocab.h"
+#include "model/loader.h"
 #include "test_paths.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,7 +26,7 @@ using starkv::Vocab;
 const std::string kSpace = "\xE2\x96\x81";
 
 const Vocab& stories_vocab() {
-    static const Vocab v = starkv_test::read_gguf_vocab(starkv_test::stories_model());
+    static const Vocab v = starkv::load_gguf(starkv_test::stories_model(), nullptr).vocab;
     return v;
 }
 
@@ -68,6 +70,22 @@ TEST(TokenizerSpm, VocabShape) {
     EXPECT_EQ(v.unk, 0);
     EXPECT_NO_THROW(v.validate());
     EXPECT_EQ(stories().n_vocab(), 512);
+}
+
+// The model loader's vocab equals what a separate minimal GGUF reader sees.
+TEST(TokenizerSpm, LoaderVocabMatchesTestReader) {
+    const Vocab ref = starkv_test::read_gguf_vocab(starkv_test::stories_model());
+    const Vocab& v = stories_vocab();
+    EXPECT_EQ(v.kind, ref.kind);
+    EXPECT_EQ(v.tokens, ref.tokens);
+    EXPECT_EQ(v.scores, ref.scores);
+    EXPECT_EQ(v.types, ref.types);
+    EXPECT_EQ(v.bos, ref.bos);
+    EXPECT_EQ(v.eos, ref.eos);
+    EXPECT_EQ(v.unk, ref.unk);
+    EXPECT_EQ(v.pad, ref.pad);
+    EXPECT_EQ(v.add_bos, ref.add_bos);
+    EXPECT_EQ(v.add_space_prefix, ref.add_space_prefix);
 }
 
 TEST(TokenizerSpm, MatchesIndependentReferenceGolden) {

@@ -352,7 +352,10 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);  // usage errors exit non-zero with CLI11's message
+        if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+        // Usage errors: one line on stderr (CLI11's own message adds a second).
+        std::fprintf(stderr, "starkv: error: %s (see --help)\n", e.what());
+        return e.get_exit_code();
     }
     try {
         if (*run) return cmd_run(ra);
