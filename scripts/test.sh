@@ -22,3 +22,9 @@ if [ "${STARKV_NO_SANITIZE:-0}" != "1" ]; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --output-on-failure -j "$jobs" --timeout 2400)
 fi
+
+# libFuzzer over the model readers (clang only; bounded: FUZZ_SECONDS per target).
+if [ "${STARKV_NO_FUZZ:-0}" != "1" ] && command -v clang++ >/dev/null 2>&1; then
+  echo "== fuzzing the model readers ==" >&2
+  FUZZ_SECONDS="${FUZZ_SECONDS:-60}" "$root/scripts/fuzz.sh"
+fi

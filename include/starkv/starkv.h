@@ -103,8 +103,12 @@ typedef struct starkv_model_params {
 } starkv_model_params;
 STARKV_API void starkv_model_params_default(starkv_model_params *params);
 
-/* path: a GGUF file or a Hugging Face model directory (config.json,
- * model.safetensors or model.safetensors.index.json, tokenizer.json).
+/* path: a GGUF file, a starkv bundle (.skv, see starkv_pack) or a Hugging Face
+ * model directory (config.json, model.safetensors or
+ * model.safetensors.index.json, tokenizer.json); files are told apart by their
+ * magic bytes. A bundle whose data fails its checksums is STARKV_ERR_CORRUPT;
+ * one from a newer format major version or needing a feature this library
+ * lacks is STARKV_ERR_UNSUPPORTED (the message names it).
  * params may be NULL (defaults). On failure *out_model is set to NULL. */
 STARKV_API starkv_status starkv_model_load(const char *path, const starkv_model_params *params,
                                            starkv_model **out_model);
@@ -125,7 +129,7 @@ typedef struct starkv_model_info {
     uint32_t struct_size;
     char architecture[32];
     char name[64];
-    char format[16]; /* "gguf", "hf" */
+    char format[16]; /* "gguf", "hf", "bundle" */
     int32_t n_vocab;
     int32_t n_embd;
     int32_t n_layer;
@@ -164,6 +168,34 @@ STARKV_API void starkv_tensor_info_default(starkv_tensor_info *info);
 STARKV_API size_t starkv_model_n_tensors(const starkv_model *model);
 STARKV_API starkv_status starkv_model_tensor(const starkv_model *model, size_t index,
                                              starkv_tensor_info *info);
+
+/* ---- Bundles ------------------------------------------------------------ */
+/* A bundle (.skv) is one self-describing file with everything the runtime needs
+ * for a model (docs/bundle-format.md): tensors stored exactly as in the source
+ * (so a Q4_1 GGUF stays Q4_1), each an independent zstd frame (or raw at level
+ * 0), with checksums, the config, the tokenizer and provenance. */
+typedef struct starkv_pack_params {
+    uint32_t struct_size;
+    int32_t zstd_level;          /* 0 = uncompressed (64-byte aligned); 1..22; default 3 */
+    starkv_progress_fn progress; /* optional, [0, 1]; return false to cancel */
+    void *progress_user_data;
+} starkv_pack_params;
+STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
+
+/* Packs in_path (anything starkv_model_load accepts; it is loaded first, so a
+ * model that does not load is not packed) into the bundle out_path. The bundle
+ * is written to a temporary file in the same directory and renamed at the end:
+ * a failed or cancelled pack leaves no file. params may be NULL. */
+STARKV_API starkv_status starkv_pack(const char *in_path, const char *out_path,
+                                     const starkv_pack_params *params);
+
+/* A JSON document describing the bundle at path without loading its weights:
+ * format_version, required_features, model (config), tokenizer (summary),
+ * compression, provenance, tensors (name, dtype, shape, codec, offset,
+ * stored_size, raw_size, xxh64) and totals. Not NUL-terminated; *n_out gets
+ * its length (STARKV_ERR_BUFFER_TOO_SMALL when above capacity). */
+STARKV_API starkv_status starkv_bundle_describe(const char *path, char *json_buf, size_t capacity,
+                                                size_t *n_out);
 
 /* ---- Tokenizer ---------------------------------------------------------- */
 /* Tokenize len bytes of text. With parse_special, text like "<s>" that spells a

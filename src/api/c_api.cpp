@@ -6,6 +6,8 @@
 #include <new>
 #include <string>
 
+#include "bundle/reader.h"
+#include "bundle/writer.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/context.h"
@@ -227,6 +229,39 @@ starkv_status starkv_model_tensor(const starkv_model* model, size_t index, stark
         r.n_bytes = t.n_bytes;
         write_result(r, info);
     });
+}
+
+/* ---- bundles ---- */
+
+void starkv_pack_params_default(starkv_pack_params* p) {
+    if (!p) return;
+    *p = starkv_pack_params{};
+    p->struct_size = sizeof(*p);
+    p->zstd_level = 3;
+}
+
+starkv_status starkv_pack(const char* in_path, const char* out_path, const starkv_pack_params* params) {
+    STARKV_REQUIRE(in_path, "in_path is NULL");
+    STARKV_REQUIRE(out_path, "out_path is NULL");
+    starkv_pack_params p;
+    starkv_pack_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_pack_params_default)");
+    return guarded([&] {
+        starkv::PackOptions opt;
+        opt.zstd_level = p.zstd_level;
+        if (p.progress) opt.progress = [&p](float f) { return p.progress(f, p.progress_user_data); };
+        starkv::pack_bundle(in_path, out_path, opt);
+    });
+}
+
+starkv_status starkv_bundle_describe(const char* path, char* json_buf, size_t capacity, size_t* n_out) {
+    STARKV_REQUIRE(n_out, "n_out is NULL");
+    *n_out = 0;
+    STARKV_REQUIRE(path, "path is NULL");
+    STARKV_REQUIRE(json_buf || capacity == 0, "json_buf is NULL");
+    std::string doc;
+    starkv_status g = guarded([&] { doc = starkv::describe_bundle(path); });
+    return g != STARKV_OK ? g : copy_out(doc, json_buf, capacity, n_out);
 }
 
 /* ---- tokenizer ---- */

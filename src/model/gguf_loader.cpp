@@ -3,6 +3,7 @@
 // the config before it is used, so a hostile file is an Error, not a crash or a
 // huge allocation.
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -13,7 +14,7 @@
 
 #include "core/mapped_file.h"
 #include "model/dequant.h"
-#include "model/loader.h"
+#include "model/model_source.h"
 
 namespace starkv {
 namespace {
@@ -246,11 +247,11 @@ Vocab read_vocab(const Metadata& md) {
 
 }  // namespace
 
-LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
-    MappedFile file(path);
-    GgufParser p(file);
+ModelSource open_gguf_source(const std::string& path) {
+    auto file = std::make_shared<MappedFile>(path);
+    GgufParser p(*file);
     ByteReader& r = p.reader();
-    if (file.size() < 4 || std::memcmp(file.data(), "GGUF", 4) != 0)
+    if (file->size() < 4 || std::memcmp(file->data(), "GGUF", 4) != 0)
         corrupt("'" + path + "' is not a GGUF file (wrong magic)");
     r.seek(4);
     uint32_t version = r.read<uint32_t>();
@@ -292,16 +293,23 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
 
     uint64_t alignment = static_cast<uint64_t>(md.get_int("general.alignment", 32));
     if (alignment == 0 || (alignment & (alignment - 1)) != 0) corrupt("GGUF: general.alignment is not a power of two");
+    if (r.offset() > UINT64_MAX - alignment) corrupt("GGUF: bad alignment");
     uint64_t data_start = (r.offset() + alignment - 1) / alignment * alignment;
-    if (data_start > file.size()) corrupt("GGUF: truncated before the tensor data");
-    const uint64_t data_size = file.size() - data_start;
+    if (data_start > file->size()) corrupt("GGUF: truncated before the tensor data");
+    const uint64_t data_size = file->size() - data_start;
 
-    LoadedModel out;
+    ModelSource out;
     out.format = "gguf";
+    out.label = "GGUF";
     out.config = read_config(md);
     out.vocab = read_vocab(md);
 
     for (TensorRecord& t : records) {
+        SourceTensor st;
+        st.name = t.name;
+        st.dtype = t.type;
+        st.dtype_name = ggml_type_name(t.type);
+        for (size_t d = t.ne.size(); d-- > 0;) st.shape.push_back(static_cast<int64_t>(t.ne[d]));
         if (ggml_type_supported(t.type)) {
             size_t block = ggml_block_elems(static_cast<GgmlType>(t.type));
             if (t.ne[0] % block != 0) corrupt("GGUF: tensor '" + t.name + "' rows are not a whole number of blocks");
@@ -311,68 +319,23 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
                         " is not a multiple of the alignment " + std::to_string(alignment));
             if (t.offset > data_size || t.n_bytes > data_size - t.offset)
                 corrupt("GGUF: tensor '" + t.name + "' lies past the end of the file (truncated?)");
+            st.data = file->data() + data_start + t.offset;
+            st.n_bytes = static_cast<size_t>(t.n_bytes);
         }
         TensorInfo info;
         info.name = t.name;
-        info.dtype = ggml_type_name(t.type);
-        for (size_t d = t.ne.size(); d-- > 0;) info.shape.push_back(static_cast<int64_t>(t.ne[d]));
+        info.dtype = st.dtype_name;
+        info.shape = st.shape;
         info.offset = data_start + t.offset;
         info.n_bytes = t.n_bytes;
-        out.tensors.push_back(std::move(info));
+        out.infos.push_back(std::move(info));
+        out.tensors.push_back(std::move(st));
     }
 
+    // The token embedding fixes n_vocab when the tokenizer and file disagree;
+    // no output.weight means the head is tied to it.
     ModelConfig& c = out.config;
     if (c.n_vocab == 0) c.n_vocab = static_cast<int>(out.vocab.tokens.size());
-    size_t n_loaded = 0;
-    // Tensors this loader reads (a file may carry others it ignores).
-    const size_t n_total = 2 + by_name.count("output.weight") + by_name.count("rope_freqs.weight") +
-                           9 * static_cast<size_t>(c.n_layer);
-    auto report = [&] {
-        ++n_loaded;
-        if (progress && !progress(static_cast<float>(n_loaded) / static_cast<float>(n_total ? n_total : 1)))
-            fail(STARKV_ERR_CANCELLED, "model load cancelled");
-    };
-    auto find = [&](const std::string& name, bool required) -> const TensorRecord* {
-        auto it = by_name.find(name);
-        if (it == by_name.end()) {
-            if (required) corrupt("GGUF: missing tensor '" + name + "'");
-            return nullptr;
-        }
-        const TensorRecord& t = records[it->second];
-        if (!ggml_type_supported(t.type))
-            unsupported("GGUF: tensor '" + name + "' has unsupported type " + ggml_type_name(t.type));
-        return &t;
-    };
-    auto load_vector = [&](const std::string& name, int n) {
-        const TensorRecord* t = find(name, true);
-        if (t->n_elems != static_cast<uint64_t>(n))
-            corrupt("GGUF: tensor '" + name + "' has " + std::to_string(t->n_elems) + " elements, expected " + std::to_string(n));
-        std::vector<float> v(static_cast<size_t>(n));
-        dequantize(static_cast<GgmlType>(t->type), file.data() + data_start + t->offset, v.data(), v.size());
-        report();
-        return v;
-    };
-    auto load_matrix = [&](const std::string& name, int rows, int cols, bool required = true) {
-        Matrix m;
-        const TensorRecord* t = find(name, required);
-        if (!t) return m;
-        uint64_t trows = t->ne.size() >= 2 ? t->ne[1] : 1;
-        if (t->ne.size() > 2 || t->ne[0] != static_cast<uint64_t>(cols) || trows != static_cast<uint64_t>(rows))
-            corrupt("GGUF: tensor '" + name + "' has shape [" + std::to_string(trows) + ", " + std::to_string(t->ne[0]) +
-                    "], expected [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-        m = Matrix(rows, cols);
-        dequantize(static_cast<GgmlType>(t->type), file.data() + data_start + t->offset, m.data.data(), m.data.size());
-        report();
-        return m;
-    };
-
-    // The token embedding fixes n_vocab when the tokenizer and file disagree.
-    if (const TensorRecord* te = find("token_embd.weight", true); te->ne.size() == 2)
-        c.n_vocab = checked_dim(static_cast<int64_t>(te->ne[1]), "vocabulary size");
-    c.validate();
-    if (static_cast<size_t>(c.n_vocab) < out.vocab.tokens.size())
-        corrupt("GGUF: token_embd has fewer rows than the tokenizer has tokens");
-
     // Blocks beyond block_count mean the metadata and tensors disagree.
     for (const TensorRecord& t : records) {
         if (t.name.rfind("blk.", 0) != 0) continue;
@@ -380,38 +343,13 @@ LoadedModel load_gguf(const std::string& path, const ProgressFn& progress) {
         if (layer < 0 || layer >= c.n_layer)
             corrupt("GGUF: tensor '" + t.name + "' is beyond block_count " + std::to_string(c.n_layer));
     }
-    const int q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
-    ModelWeights& w = out.weights;
-    w.tok_embd = load_matrix("token_embd.weight", c.n_vocab, c.n_embd);
-    w.output_norm = load_vector("output_norm.weight", c.n_embd);
-    w.output = load_matrix("output.weight", c.n_vocab, c.n_embd, false);
-    c.tied_embeddings = w.output.empty();
-    if (const TensorRecord* rf = find("rope_freqs.weight", false)) {
-        if (rf->n_elems != static_cast<uint64_t>(c.rope.n_dims / 2)) corrupt("GGUF: rope_freqs.weight has the wrong size");
-        c.rope.freq_factors = load_vector("rope_freqs.weight", c.rope.n_dims / 2);
-    }
-    w.layers.resize(static_cast<size_t>(c.n_layer));
-    for (int l = 0; l < c.n_layer; ++l) {
-        const std::string b = "blk." + std::to_string(l) + ".";
-        LayerWeights& L = w.layers[static_cast<size_t>(l)];
-        L.attn_norm = load_vector(b + "attn_norm.weight", c.n_embd);
-        L.wq = load_matrix(b + "attn_q.weight", q_dim, c.n_embd);
-        L.wk = load_matrix(b + "attn_k.weight", kv_dim, c.n_embd);
-        L.wv = load_matrix(b + "attn_v.weight", kv_dim, c.n_embd);
-        L.wo = load_matrix(b + "attn_output.weight", c.n_embd, q_dim);
-        L.ffn_norm = load_vector(b + "ffn_norm.weight", c.n_embd);
-        L.w_gate = load_matrix(b + "ffn_gate.weight", c.n_ff, c.n_embd);
-        L.w_up = load_matrix(b + "ffn_up.weight", c.n_ff, c.n_embd);
-        L.w_down = load_matrix(b + "ffn_down.weight", c.n_embd, c.n_ff);
-    }
+    auto te = by_name.find("token_embd.weight");
+    if (te == by_name.end()) corrupt("GGUF: missing tensor 'token_embd.weight'");
+    if (records[te->second].ne.size() == 2)
+        c.n_vocab = checked_dim(static_cast<int64_t>(records[te->second].ne[1]), "vocabulary size");
+    c.tied_embeddings = by_name.count("output.weight") == 0;
+    out.owners.push_back(std::move(file));
     return out;
-}
-
-LoadedModel load_model(const std::string& path, const ProgressFn& progress) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec)) return load_hf_dir(path, progress);
-    if (!std::filesystem::exists(path, ec)) fail(STARKV_ERR_IO, "no such file or directory: '" + path + "'");
-    return load_gguf(path, progress);
 }
 
 }  // namespace starkv

@@ -7,7 +7,8 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "model/loader.h"
+#include "model/dequant.h"
+#include "model/model_source.h"
 #include "model/safetensors.h"
 
 namespace starkv {
@@ -158,109 +159,97 @@ ModelConfig parse_config(const json& cfg, const std::string& dir) {
     return c;
 }
 
-// Reads tensors by name, checking shapes and reporting progress.
-class TensorLoader {
-public:
-    TensorLoader(const SafetensorsSet& st, const ProgressFn& progress, size_t total)
-        : st_(st), progress_(progress), total_(total) {}
-
-    const SafetensorsTensor& get(const std::string& name, std::vector<int64_t> want) {
-        const SafetensorsTensor* t = st_.find(name);
-        if (!t) corrupt("missing tensor '" + name + "'");
-        if (t->shape != want)
-            corrupt("tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " +
-                    shape_str(want));
-        return *t;
-    }
-    Matrix matrix(const std::string& name, int rows, int cols) {
-        const auto& t = get(name, {rows, cols});
-        Matrix m(rows, cols);
-        st_.read_f32(t, m.data.data());
-        tick();
-        return m;
-    }
-    std::vector<float> vector(const std::string& name, int n) {
-        const auto& t = get(name, {n});
-        std::vector<float> v(static_cast<size_t>(n));
-        st_.read_f32(t, v.data());
-        tick();
-        return v;
-    }
-
-private:
-    static std::string shape_str(const std::vector<int64_t>& s) {
-        std::string r = "[";
-        for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-        return r + "]";
-    }
-    void tick() {
-        ++done_;
-        if (progress_ && !progress_(static_cast<float>(done_) / static_cast<float>(total_)))
-            fail(STARKV_ERR_CANCELLED, "model load cancelled");
-    }
-
-    const SafetensorsSet& st_;
-    const ProgressFn& progress_;
-    size_t total_;
-    size_t done_ = 0;
+// Hugging Face tensor names <-> canonical (GGUF-style) names.
+struct NamePair {
+    const char* hf;
+    const char* canonical;
+};
+constexpr NamePair kLayerNames[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+constexpr NamePair kGlobalNames[] = {
+    {"model.embed_tokens.weight", "token_embd.weight"},
+    {"model.norm.weight", "output_norm.weight"},
+    {"lm_head.weight", "output.weight"},
 };
 
-LoadedModel load_hf_dir_impl(const std::string& dir, const ProgressFn& progress) {
+// "<prefix><digits>.<rest>" -> (digits, rest); false when name does not match.
+bool split_layer(const std::string& name, const std::string& prefix, std::string& idx, std::string& rest) {
+    if (name.compare(0, prefix.size(), prefix) != 0) return false;
+    const size_t dot = name.find('.', prefix.size());
+    if (dot == std::string::npos || dot == prefix.size() || dot - prefix.size() > 6) return false;
+    idx = name.substr(prefix.size(), dot - prefix.size());
+    for (char ch : idx)
+        if (ch < '0' || ch > '9') return false;
+    rest = name.substr(dot + 1);
+    return true;
+}
+
+std::string map_name(const std::string& name, bool to_canonical) {
+    for (const NamePair& p : kGlobalNames)
+        if (name == (to_canonical ? p.hf : p.canonical)) return to_canonical ? p.canonical : p.hf;
+    std::string idx, rest;
+    if (split_layer(name, to_canonical ? "model.layers." : "blk.", idx, rest))
+        for (const NamePair& p : kLayerNames)
+            if (rest == (to_canonical ? p.hf : p.canonical))
+                return (to_canonical ? "blk." : "model.layers.") + idx + "." + (to_canonical ? p.canonical : p.hf);
+    return name;  // not a weight we know: kept as is
+}
+
+std::string hf_name(const std::string& canonical) { return map_name(canonical, false); }
+
+uint32_t ggml_dtype(const std::string& st_dtype) {
+    if (st_dtype == "F32") return static_cast<uint32_t>(GgmlType::F32);
+    if (st_dtype == "F16") return static_cast<uint32_t>(GgmlType::F16);
+    if (st_dtype == "BF16") return static_cast<uint32_t>(GgmlType::BF16);
+    return kUnknownDtype;
+}
+
+ModelSource open_hf_source_impl(const std::string& dir) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) fail(STARKV_ERR_IO, "'" + dir + "' is not a directory");
     const std::string config_path = (fs::path(dir) / "config.json").string();
     if (!fs::exists(config_path, ec)) fail(STARKV_ERR_IO, dir + ": no config.json");
 
-    LoadedModel m;
+    ModelSource m;
     m.format = "hf";
+    m.label = dir;
+    m.source_name = hf_name;
     m.config = parse_config(read_json_file(config_path), dir);
-    const ModelConfig& c = m.config;
 
-    SafetensorsSet st = SafetensorsSet::open_dir(dir);
-    m.tensors = st.tensor_infos();
-
-    // As transformers does: tied models use the embedding (a stray lm_head is
-    // ignored); untied ones must carry lm_head.weight.
-    const bool has_head = !c.tied_embeddings;
-
-    const size_t total = 2 + (has_head ? 1 : 0) + 9 * static_cast<size_t>(c.n_layer);
-    TensorLoader tl(st, progress, total);
-    const int q_dim = c.n_head * c.head_dim;
-    const int kv_dim = c.n_head_kv * c.head_dim;
-
-    ModelWeights& w = m.weights;
-    w.tok_embd = tl.matrix("model.embed_tokens.weight", c.n_vocab, c.n_embd);
-    w.layers.resize(static_cast<size_t>(c.n_layer));
-    for (int i = 0; i < c.n_layer; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        LayerWeights& l = w.layers[static_cast<size_t>(i)];
-        l.attn_norm = tl.vector(p + "input_layernorm.weight", c.n_embd);
-        l.wq = tl.matrix(p + "self_attn.q_proj.weight", q_dim, c.n_embd);
-        l.wk = tl.matrix(p + "self_attn.k_proj.weight", kv_dim, c.n_embd);
-        l.wv = tl.matrix(p + "self_attn.v_proj.weight", kv_dim, c.n_embd);
-        l.wo = tl.matrix(p + "self_attn.o_proj.weight", c.n_embd, q_dim);
-        l.ffn_norm = tl.vector(p + "post_attention_layernorm.weight", c.n_embd);
-        l.w_gate = tl.matrix(p + "mlp.gate_proj.weight", c.n_ff, c.n_embd);
-        l.w_up = tl.matrix(p + "mlp.up_proj.weight", c.n_ff, c.n_embd);
-        l.w_down = tl.matrix(p + "mlp.down_proj.weight", c.n_embd, c.n_ff);
+    auto st = std::make_shared<SafetensorsSet>(SafetensorsSet::open_dir(dir));
+    m.infos = st->tensor_infos();
+    for (const auto& [t, bytes] : st->entries()) {
+        SourceTensor s;
+        s.name = map_name(t->name, true);
+        s.dtype = ggml_dtype(t->dtype);
+        s.dtype_name = t->dtype;
+        s.shape = t->shape;
+        if (s.dtype != kUnknownDtype) {
+            s.data = bytes;
+            s.n_bytes = static_cast<size_t>(t->n_bytes);
+        }
+        if (m.find(s.name)) corrupt(dir + ": two tensors are named '" + s.name + "'");
+        m.tensors.push_back(std::move(s));
     }
-    w.output_norm = tl.vector("model.norm.weight", c.n_embd);
-    if (has_head) w.output = tl.matrix("lm_head.weight", c.n_vocab, c.n_embd);
-
+    m.owners.push_back(std::move(st));
     m.vocab = load_tokenizer_json(dir);
-    // Token ids index the embedding rows: more tokens than rows would read
-    // past tok_embd.
-    if (m.vocab.tokens.size() > static_cast<size_t>(c.n_vocab))
-        corrupt(dir + ": tokenizer has " + std::to_string(m.vocab.tokens.size()) +
-                " tokens but the model only " + std::to_string(c.n_vocab));
     return m;
 }
 
 }  // namespace
 
-LoadedModel load_hf_dir(const std::string& dir, const ProgressFn& progress) {
+ModelSource open_hf_source(const std::string& dir) {
     try {
-        return load_hf_dir_impl(dir, progress);
+        return open_hf_source_impl(dir);
     } catch (const nlohmann::json::exception& e) {
         // Type errors from an unexpected config layout: a corrupt file, one line.
         std::string msg = e.what();

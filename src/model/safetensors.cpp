@@ -145,6 +145,18 @@ void SafetensorsFile::read_f32(const SafetensorsTensor& t, float* dst) const {
     dequantize(type, src, dst, static_cast<size_t>(t.n_elems));
 }
 
+const uint8_t* SafetensorsFile::bytes(const SafetensorsTensor& t) const {
+    if (t.offset > file_.size() || t.n_bytes > file_.size() - t.offset)
+        corrupt(path() + ": tensor '" + t.name + "' past end of file");
+    return file_.data() + t.offset;
+}
+
+std::vector<std::pair<const SafetensorsTensor*, const uint8_t*>> SafetensorsSet::entries() const {
+    std::vector<std::pair<const SafetensorsTensor*, const uint8_t*>> out;
+    for (const auto& [name, ref] : by_name_) out.emplace_back(ref.tensor, files_[ref.file]->bytes(*ref.tensor));
+    return out;
+}
+
 SafetensorsSet SafetensorsSet::open_file(const std::string& path) {
     SafetensorsSet s;
     s.files_.push_back(std::make_unique<SafetensorsFile>(path));

@@ -40,6 +40,8 @@ public:
     // Decodes an F32/F16/BF16 tensor into dst (t.n_elems floats);
     // other dtypes are Error(STARKV_ERR_UNSUPPORTED).
     void read_f32(const SafetensorsTensor& t, float* dst) const;
+    // The t.n_bytes stored bytes of t (checked against the file size).
+    const uint8_t* bytes(const SafetensorsTensor& t) const;
 
 private:
     MappedFile file_;
@@ -62,6 +64,8 @@ public:
     const SafetensorsTensor* find(const std::string& name) const;
     // t must come from find() on this set.
     void read_f32(const SafetensorsTensor& t, float* dst) const;
+    // Every tensor reachable by name, with its stored bytes (valid while the set lives).
+    std::vector<std::pair<const SafetensorsTensor*, const uint8_t*>> entries() const;
     // Rows for `starkv info`, file by file.
     std::vector<TensorInfo> tensor_infos() const;
 

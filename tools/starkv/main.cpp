@@ -1,6 +1,9 @@
-// The starkv command line: run, perplexity, info. A client of the public C
+// The starkv command line: run, perplexity, info, pack, inspect. A client of the public C
 // API only (it links libstarkv like any user program).
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -214,6 +217,91 @@ int cmd_info(const std::string& model_path) {
     return 0;
 }
 
+// "\rpacking  42%" on stderr, only when it is a terminal.
+bool print_progress(float f, void* label) {
+    static int last = -1;
+    const int pct = static_cast<int>(f * 100.0f + 0.5f);
+    if (pct != last) {
+        last = pct;
+        std::fprintf(stderr, "\r%s %3d%%", static_cast<const char*>(label), pct);
+        if (pct >= 100) std::fputc('\n', stderr);
+        std::fflush(stderr);
+    }
+    return true;
+}
+
+std::string human(double bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 4) {
+        bytes /= 1024;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+    return buf;
+}
+
+nlohmann::json describe(const std::string& path) {
+    size_t n = 0;
+    std::string doc;
+    starkv_status st = starkv_bundle_describe(path.c_str(), nullptr, 0, &n);
+    if (st == STARKV_ERR_BUFFER_TOO_SMALL) {
+        doc.resize(n);
+        st = starkv_bundle_describe(path.c_str(), doc.data(), doc.size(), &n);
+    }
+    check(st, "cannot read bundle '" + path + "'");
+    doc.resize(n);
+    return nlohmann::json::parse(doc);
+}
+
+int cmd_pack(const std::string& in, const std::string& out, int level) {
+    starkv_pack_params pp;
+    starkv_pack_params_default(&pp);
+    pp.zstd_level = level;
+    static char label[] = "packing";
+    if (isatty(STDERR_FILENO)) {
+        pp.progress = print_progress;
+        pp.progress_user_data = label;
+    }
+    check(starkv_pack(in.c_str(), out.c_str(), &pp), "cannot pack '" + in + "'");
+    const nlohmann::json d = describe(out);
+    const double src = d["provenance"].value("source_size", 0.0), dst = d.value("file_size", 0.0);
+    std::printf("wrote %s: %zu tensors, %s (source %s, %.1f%%)\n", out.c_str(), d["tensors"].size(),
+                human(dst).c_str(), human(src).c_str(), src > 0 ? 100.0 * dst / src : 0.0);
+    return 0;
+}
+
+int cmd_inspect(const std::string& path) {
+    const nlohmann::json d = describe(path);
+    std::printf("file: %s\nformat version: %s\nsize: %s (%llu bytes)\n", path.c_str(),
+                d["format_version"].get<std::string>().c_str(), human(d["file_size"].get<double>()).c_str(),
+                d["file_size"].get<unsigned long long>());
+    std::printf("required features: %s\ncompression: %s\n", d["required_features"].dump().c_str(),
+                d["compression"].dump().c_str());
+    std::printf("model: %s\n", d["model"].dump().c_str());
+    std::printf("tokenizer: %s\n", d["tokenizer"].dump().c_str());
+    std::printf("provenance:\n");
+    for (const auto& [k, v] : d["provenance"].items())
+        std::printf("  %s: %s\n", k.c_str(), v.is_string() ? v.get<std::string>().c_str() : v.dump().c_str());
+    const auto& ts = d["tensors"];
+    std::printf("tensors: %zu\n%-32s %-5s %-16s %-5s %12s %12s %7s\n", ts.size(), "name", "dtype", "shape", "codec",
+                "stored", "raw", "ratio");
+    for (const auto& t : ts) {
+        std::string shape;
+        for (const auto& dim : t["shape"]) shape += (shape.empty() ? "" : "x") + std::to_string(dim.get<int64_t>());
+        const double stored = t["stored_size"].get<double>(), raw = t["raw_size"].get<double>();
+        std::printf("%-32s %-5s %-16s %-5s %12llu %12llu %7.2f\n", t["name"].get<std::string>().c_str(),
+                    t["dtype"].get<std::string>().c_str(), shape.c_str(), t["codec"].get<std::string>().c_str(),
+                    t["stored_size"].get<unsigned long long>(), t["raw_size"].get<unsigned long long>(),
+                    stored > 0 ? raw / stored : 0.0);
+    }
+    const double stored = d["totals"]["stored_size"].get<double>(), raw = d["totals"]["raw_size"].get<double>();
+    std::printf("total: stored %s, raw %s, ratio %.2f\n", human(stored).c_str(), human(raw).c_str(),
+                stored > 0 ? raw / stored : 0.0);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -223,7 +311,7 @@ int main(int argc, char** argv) {
 
     RunArgs ra;
     auto* run = app.add_subcommand("run", "generate text from a prompt (stdout: prompt + generated text)");
-    run->add_option("--model,-m", ra.model, "GGUF file or Hugging Face directory")->required();
+    run->add_option("--model,-m", ra.model, "GGUF file, bundle or Hugging Face directory")->required();
     run->add_option("--prompt,-p", ra.prompt, "prompt text");
     run->add_option("-n,--n-predict", ra.n, "tokens to generate")->check(CLI::Range(0, 1 << 24));
     run->add_option("--temp", ra.temp, "temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
@@ -240,7 +328,7 @@ int main(int argc, char** argv) {
     int pdocs = 0;
     unsigned pctx = 512, pthreads = 0;
     auto* ppl = app.add_subcommand("perplexity", "perplexity over blank-line-separated documents");
-    ppl->add_option("--model,-m", pmodel, "GGUF file or Hugging Face directory")->required();
+    ppl->add_option("--model,-m", pmodel, "GGUF file, bundle or Hugging Face directory")->required();
     ppl->add_option("--text,-f", ptext, "text file")->required();
     ppl->add_option("--docs", pdocs, "use the first N documents (0 = all)")->check(CLI::Range(0, 1 << 30));
     ppl->add_option("--ctx,-c", pctx, "context length; documents are cut to it")->check(CLI::Range(2u, 1u << 24));
@@ -248,7 +336,18 @@ int main(int argc, char** argv) {
 
     std::string imodel;
     auto* info = app.add_subcommand("info", "what a model file holds");
-    info->add_option("--model,-m", imodel, "GGUF file or Hugging Face directory")->required();
+    info->add_option("--model,-m", imodel, "GGUF file, bundle or Hugging Face directory")->required();
+
+    std::string pack_in, pack_out;
+    int pack_level = 3;
+    auto* pack = app.add_subcommand("pack", "write a model as a starkv bundle (.skv)");
+    pack->add_option("--model,-m", pack_in, "GGUF file, Hugging Face directory or bundle")->required();
+    pack->add_option("--out,-o", pack_out, "bundle to write")->required();
+    pack->add_option("--zstd-level", pack_level, "0 = uncompressed, 1..22 (default 3)")->check(CLI::Range(0, 22));
+
+    std::string inspect_path;
+    auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
+    inspect->add_option("bundle", inspect_path, "bundle file (.skv)")->required();
 
     try {
         app.parse(argc, argv);
@@ -262,6 +361,8 @@ int main(int argc, char** argv) {
         if (*run) return cmd_run(ra);
         if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pthreads);
         if (*info) return cmd_info(imodel);
+        if (*pack) return cmd_pack(pack_in, pack_out, pack_level);
+        if (*inspect) return cmd_inspect(inspect_path);
     } catch (const CliError& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "starkv: error: %s\n", e.message.c_str());

@@ -1,0 +1,119 @@
+// Bundles through the public C API: starkv_pack, starkv_model_load of a
+// bundle (bit-identical logits to the source model), starkv_bundle_describe.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "hf_checkpoint.h"
+#include "starkv/starkv.h"
+#include "test_paths.h"
+
+namespace {
+
+starkv_model* load(const std::string& path) {
+    starkv_model* m = nullptr;
+    EXPECT_EQ(starkv_model_load(path.c_str(), nullptr, &m), STARKV_OK) << path << ": " << starkv_last_error();
+    return m;
+}
+
+// Logits of every position of a fixed prompt.
+std::vector<float> all_logits(const std::string& path) {
+    starkv_model* m = load(path);
+    if (!m) return {};
+    starkv_model_info info;
+    starkv_model_info_default(&info);
+    EXPECT_EQ(starkv_model_get_info(m, &info), STARKV_OK);
+    starkv_context_params cp;
+    starkv_context_params_default(&cp);
+    cp.n_ctx = 64;
+    cp.n_threads = 2;
+    starkv_context* c = nullptr;
+    EXPECT_EQ(starkv_context_create(m, &cp, &c), STARKV_OK);
+    std::vector<starkv_token> toks;
+    for (int i = 0; i < 12; ++i) toks.push_back((i * 37 + 5) % std::min(info.n_vocab, 256));
+    EXPECT_EQ(starkv_context_eval(c, toks.data(), toks.size(), true), STARKV_OK);
+    std::vector<float> out;
+    for (int i = 0; i < static_cast<int>(toks.size()); ++i) {
+        const float* l = nullptr;
+        EXPECT_EQ(starkv_context_logits(c, i, &l), STARKV_OK);
+        out.insert(out.end(), l, l + info.n_vocab);
+    }
+    starkv_context_free(c);
+    starkv_model_free(m);
+    return out;
+}
+
+void expect_bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_FALSE(a.empty());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+std::string pack(const std::string& in, const std::string& name, int level) {
+    const std::string out = starkv_test::temp_dir() + "/" + name;
+    starkv_pack_params pp;
+    starkv_pack_params_default(&pp);
+    EXPECT_EQ(pp.zstd_level, 3);
+    pp.zstd_level = level;
+    EXPECT_EQ(starkv_pack(in.c_str(), out.c_str(), &pp), STARKV_OK) << starkv_last_error();
+    return out;
+}
+
+}  // namespace
+
+TEST(BundleApi, GgufBundleGivesIdenticalLogits) {
+    const std::vector<float> ref = all_logits(starkv_test::stories_model());
+    for (int level : {0, 3, 19})
+        expect_bit_identical(ref, all_logits(pack(starkv_test::stories_model(), "api_" + std::to_string(level) + ".skv", level)));
+}
+
+TEST(BundleApi, HfBundleGivesIdenticalLogits) {
+    starkv_test::HfCheckpoint ck;
+    const std::string dir = starkv_test::temp_dir() + "/api_hf";
+    ck.write(dir);
+    const std::vector<float> ref = all_logits(dir);
+    expect_bit_identical(ref, all_logits(pack(dir, "api_hf.skv", 3)));
+    expect_bit_identical(ref, all_logits(pack(dir, "api_hf0.skv", 0)));
+}
+
+TEST(BundleApi, InfoAndDescribe) {
+    const std::string b = pack(starkv_test::stories_model(), "api_info.skv", 3);
+    starkv_model* m = load(b);
+    ASSERT_NE(m, nullptr);
+    starkv_model_info info;
+    starkv_model_info_default(&info);
+    ASSERT_EQ(starkv_model_get_info(m, &info), STARKV_OK);
+    EXPECT_STREQ(info.format, "bundle");
+    EXPECT_EQ(info.n_vocab, 512);
+    EXPECT_GT(starkv_model_n_tensors(m), 0u);
+    starkv_model_free(m);
+
+    size_t n = 0;
+    EXPECT_EQ(starkv_bundle_describe(b.c_str(), nullptr, 0, &n), STARKV_ERR_BUFFER_TOO_SMALL);
+    ASSERT_GT(n, 0u);
+    std::string doc(n, '\0');
+    ASSERT_EQ(starkv_bundle_describe(b.c_str(), doc.data(), doc.size(), &n), STARKV_OK);
+    EXPECT_NE(doc.find("\"provenance\""), std::string::npos);
+    EXPECT_NE(doc.find("stories260K.gguf"), std::string::npos);
+
+    EXPECT_EQ(starkv_bundle_describe(starkv_test::stories_model().c_str(), doc.data(), doc.size(), &n),
+              STARKV_ERR_CORRUPT);
+    EXPECT_EQ(starkv_bundle_describe(nullptr, doc.data(), doc.size(), &n), STARKV_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(starkv_pack(nullptr, b.c_str(), nullptr), STARKV_ERR_INVALID_ARGUMENT);
+}
+
+TEST(BundleApi, PackFailuresLeaveNothing) {
+    const std::string dir = starkv_test::temp_dir() + "/api_fail";
+    std::filesystem::create_directories(dir);
+    EXPECT_EQ(starkv_pack(starkv_test::stories_model().c_str(), (dir + "/missing/x.skv").c_str(), nullptr),
+              STARKV_ERR_IO);
+    EXPECT_EQ(starkv_pack((dir + "/nothing.gguf").c_str(), (dir + "/x.skv").c_str(), nullptr), STARKV_ERR_IO);
+    starkv_pack_params pp;
+    starkv_pack_params_default(&pp);
+    pp.progress = [](float, void*) { return false; };
+    EXPECT_EQ(starkv_pack(starkv_test::stories_model().c_str(), (dir + "/x.skv").c_str(), &pp), STARKV_ERR_CANCELLED);
+    EXPECT_TRUE(std::filesystem::is_empty(dir));
+}
