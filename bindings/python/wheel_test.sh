@@ -12,6 +12,10 @@ whl=$(ls "$work"/dist/starkv-*.whl)
 listing=$("$py" -m zipfile -l "$whl")
 grep -q "starkv/libstarkv.so" <<<"$listing" || { echo "libstarkv missing from $whl"; exit 1; }
 "$py" -m pip install -q --no-deps --target "$work/site" "$whl" 2>/dev/null
+# The extension finds libstarkv beside itself ($ORIGIN), not in the build tree.
+ext=$(ls "$work"/site/starkv/_capi*.so)
+readelf -d "$ext" | grep -E 'R(UN)?PATH' | grep -qF '[$ORIGIN]' || { echo "extension rpath is not \$ORIGIN:"; readelf -d "$ext" | grep PATH; exit 1; }
+ldd "$ext" | grep -q "libstarkv.so.0 => $work/site/starkv/libstarkv.so.0" || { echo "libstarkv not resolved beside the extension:"; ldd "$ext"; exit 1; }
 cd "$work"
 PYTHONPATH="$work/site" "$py" - "$model" <<'PY'
 import sys, starkv

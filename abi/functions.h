@@ -1,0 +1,12 @@
+/* Every function of the starkv 0.1.0 ABI (X-macro; never edit: see layout.h). */
+FN(starkv_version_number) FN(starkv_version_string) FN(starkv_status_name) FN(starkv_last_error)
+FN(starkv_set_log_callback) FN(starkv_model_params_default) FN(starkv_model_load) FN(starkv_model_free)
+FN(starkv_model_info_default) FN(starkv_model_get_info) FN(starkv_tensor_info_default) FN(starkv_model_n_tensors)
+FN(starkv_model_tensor) FN(starkv_pack_params_default) FN(starkv_pack) FN(starkv_bundle_describe)
+FN(starkv_tokenize) FN(starkv_token_to_piece) FN(starkv_detokenize) FN(starkv_context_params_default)
+FN(starkv_context_create) FN(starkv_context_free) FN(starkv_context_eval) FN(starkv_context_decode)
+FN(starkv_context_logits) FN(starkv_context_n_past) FN(starkv_context_n_ctx) FN(starkv_context_reset)
+FN(starkv_context_rewind) FN(starkv_context_score) FN(starkv_kv_stats_default) FN(starkv_context_kv_stats)
+FN(starkv_sampler_params_default) FN(starkv_sampler_create) FN(starkv_sampler_free) FN(starkv_sampler_sample)
+FN(starkv_sampler_accept) FN(starkv_sampler_reset) FN(starkv_generate_params_default)
+FN(starkv_generate_result_default) FN(starkv_generate)
