@@ -16,6 +16,7 @@ model="$here/shared/models/stories260K.gguf"
 "$here/bin/starkv_cuda_kernel_tests" 2>&1 | tee "$OUT/kernels.txt"
 "$here/bin/starkv_cuda_e2e_tests" 2>&1 | tee "$OUT/e2e.txt"
 STARKV_CUDA_BENCH=1 "$here/bin/starkv_cuda_kernel_tests" --gtest_filter='CudaBench.*' 2>&1 | tee "$OUT/bench.txt"
+"$here/bin/starkv_cuda_synthetic" 4 512 64 2>&1 | tee -a "$OUT/bench.txt"
 for b in cpu cuda; do
   "$here/bin/starkv" run -m "$model" -p "Once upon a time" -n 400 --temp 0 --ctx 512 --ignore-eos --backend $b 2>&1 \
     | tail -3 | tee -a "$OUT/bench.txt"

@@ -61,6 +61,11 @@ struct Fixture : ::testing::Test {
             GTEST_SKIP() << starkv_last_error();
         }
         ASSERT_EQ(st, STARKV_OK) << starkv_last_error();
+        starkv_kv_stats ks;
+        starkv_kv_stats_default(&ks);
+        ASSERT_EQ(starkv_context_kv_stats(gpu, &ks), STARKV_OK);
+        EXPECT_GT(ks.device_bytes, 0u);
+        std::printf("[e2e] device memory of the context: %llu bytes\n", static_cast<unsigned long long>(ks.device_bytes));
         ASSERT_EQ(starkv_context_eval(cpu, prompt.data(), prompt.size(), false), STARKV_OK);
         ASSERT_EQ(starkv_context_eval(gpu, prompt.data(), prompt.size(), false), STARKV_OK) << starkv_last_error();
         *agree = 0;

@@ -273,6 +273,7 @@ typedef struct starkv_kv_stats {
     uint64_t bytes_in_use;    /* bytes holding the n_tokens tokens */
     uint64_t bytes_reserved;  /* bytes allocated now (grows with use, up to n_ctx tokens) */
     uint64_t bytes_per_token; /* all layers, keys and values */
+    uint64_t device_bytes;    /* GPU memory of a GPU-backed context (weights, KV, buffers); 0 on the CPU */
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);
 STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, starkv_kv_stats *stats);

@@ -423,6 +423,7 @@ starkv_status starkv_context_kv_stats(const starkv_context* ctx, starkv_kv_stats
     r.bytes_per_token = c.kv_bytes_per_token();
     r.bytes_in_use = r.bytes_per_token * r.n_tokens;
     r.bytes_reserved = c.kv_bytes_reserved();
+    r.device_bytes = c.device_bytes();
     write_result(r, stats);
     return STARKV_OK;
 }

@@ -32,6 +32,8 @@ Context::Context(std::shared_ptr<const Model> model, const ContextOptions& optio
 
 Context::~Context() = default;
 
+uint64_t Context::device_bytes() const { return device_ ? device_->device_bytes() : 0; }
+
 void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
     if (n == 0) fail(STARKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
     if (n > static_cast<size_t>(kv_.n_ctx() - n_past_))

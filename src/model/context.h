@@ -47,6 +47,7 @@ public:
 
     uint64_t kv_bytes_per_token() const { return kv_.bytes_per_token(); }
     uint64_t kv_bytes_reserved() const { return kv_.bytes_reserved(); }
+    uint64_t device_bytes() const;
 
 private:
     std::shared_ptr<const Model> model_;

@@ -147,6 +147,7 @@ int cmd_run(const RunArgs& a) {
                  reasons[r.stop_reason >= 0 && r.stop_reason < 4 ? r.stop_reason : 0], kv.n_tokens, kv.n_ctx,
                  static_cast<unsigned long long>(kv.bytes_in_use), static_cast<unsigned long long>(kv.bytes_per_token),
                  static_cast<unsigned long long>(kv.bytes_reserved));
+    if (kv.device_bytes) std::fprintf(stderr, "device memory: %llu bytes\n", static_cast<unsigned long long>(kv.device_bytes));
     return 0;
 }
 
