@@ -70,7 +70,8 @@ typedef enum starkv_status {
     STARKV_ERR_CANCELLED = 7,        /**< a callback asked to stop */
     STARKV_ERR_BUFFER_TOO_SMALL = 8, /**< output buffer too small; *n_out has the size needed */
     STARKV_ERR_KV_POOL_FULL = 9,     /**< no free KV pages left */
-    STARKV_ERR_INTERNAL = 10
+    STARKV_ERR_INTERNAL = 10,
+    STARKV_ERR_NO_DEVICE = 11        /**< a GPU backend was asked for: no driver, device or backend library */
 } starkv_status;
 
 /** Static name of a status ("STARKV_ERR_IO", ...); never NULL. */
@@ -227,7 +228,14 @@ typedef struct starkv_context_params {
     uint32_t n_ctx;     /**< tokens of KV cache; 0 = the model's training context */
     uint32_t n_threads; /**< 0 = all hardware threads */
     uint64_t seed;      /**< seed of the default sampler of starkv_generate (sampler NULL) */
+    int32_t backend;    /**< STARKV_BACKEND_*; default CPU */
+    int32_t device;     /**< GPU ordinal for the CUDA backend; default 0 */
 } starkv_context_params;
+
+/** Where a context runs. CUDA loads libstarkv_cuda.so (beside libstarkv, or the
+ * path in $STARKV_CUDA_LIBRARY) and fails with STARKV_ERR_NO_DEVICE when it,
+ * the driver or the device is missing; AUTO then uses the CPU and logs why. */
+enum { STARKV_BACKEND_CPU = 0, STARKV_BACKEND_CUDA = 1, STARKV_BACKEND_AUTO = 2 };
 STARKV_API void starkv_context_params_default(starkv_context_params *params);
 
 STARKV_API starkv_status starkv_context_create(const starkv_model *model,
@@ -266,6 +274,7 @@ typedef struct starkv_kv_stats {
     uint64_t bytes_in_use;    /**< bytes holding the n_tokens tokens */
     uint64_t bytes_reserved;  /**< bytes allocated now (grows with use, up to n_ctx tokens) */
     uint64_t bytes_per_token; /**< all layers, keys and values */
+    uint64_t device_bytes;    /**< GPU memory of a GPU-backed context (weights, KV, buffers); 0 on the CPU */
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);
 STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, starkv_kv_stats *stats);

@@ -126,6 +126,7 @@ const char* starkv_status_name(starkv_status status) {
         case STARKV_ERR_BUFFER_TOO_SMALL: return "STARKV_ERR_BUFFER_TOO_SMALL";
         case STARKV_ERR_KV_POOL_FULL: return "STARKV_ERR_KV_POOL_FULL";
         case STARKV_ERR_INTERNAL: return "STARKV_ERR_INTERNAL";
+        case STARKV_ERR_NO_DEVICE: return "STARKV_ERR_NO_DEVICE";
     }
     return "STARKV_ERR_UNKNOWN";
 }
@@ -338,10 +339,14 @@ starkv_status starkv_context_create(const starkv_model* model, const starkv_cont
     STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_context_params_default)");
     STARKV_REQUIRE(p.n_ctx <= (1u << 24), "n_ctx is too large");
     STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
+    STARKV_REQUIRE(p.backend >= STARKV_BACKEND_CPU && p.backend <= STARKV_BACKEND_AUTO, "backend is not a STARKV_BACKEND_*");
+    STARKV_REQUIRE(p.device >= 0, "device must not be negative");
     return guarded([&] {
         starkv::ContextOptions o;
         o.n_ctx = static_cast<int>(p.n_ctx);
         o.n_threads = static_cast<int>(p.n_threads);
+        o.backend = p.backend;
+        o.device = p.device;
         auto ctx = std::make_unique<starkv_context>();
         ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
         ctx->seed = p.seed;
@@ -418,6 +423,7 @@ starkv_status starkv_context_kv_stats(const starkv_context* ctx, starkv_kv_stats
     r.bytes_per_token = c.kv_bytes_per_token();
     r.bytes_in_use = r.bytes_per_token * r.n_tokens;
     r.bytes_reserved = c.kv_bytes_reserved();
+    r.device_bytes = c.device_bytes();
     write_result(r, stats);
     return STARKV_OK;
 }

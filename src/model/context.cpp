@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "backend/cuda_loader.h"
 #include "core/error.h"
 
 namespace starkv {
@@ -26,7 +27,12 @@ int resolve_ctx(const Model& model, int n_ctx) {
 Context::Context(std::shared_ptr<const Model> model, const ContextOptions& options)
     : model_(std::move(model)),
       kv_(model_->config(), resolve_ctx(*model_, options.n_ctx)),
-      pool_(std::min(resolve_threads(options.n_threads), 256)) {}
+      pool_(std::min(resolve_threads(options.n_threads), 256)),
+      device_(backend::open_device_forward(*model_, kv_.n_ctx(), options.backend, options.device)) {}
+
+Context::~Context() = default;
+
+uint64_t Context::device_bytes() const { return device_ ? device_->device_bytes() : 0; }
 
 void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
     if (n == 0) fail(STARKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
@@ -41,8 +47,8 @@ void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
     const size_t V = static_cast<size_t>(n_vocab);
     try {
         logits_.resize((all_logits ? n : 1) * V);
-        kv_.ensure(n_past_ + static_cast<int>(n));
-        scratch_.reserve(model_->config(), static_cast<int>(std::min<size_t>(n, kMicroBatch)), kv_.n_ctx(), pool_.size());
+        if (!device_) kv_.ensure(n_past_ + static_cast<int>(n));
+        if (!device_) scratch_.reserve(model_->config(), static_cast<int>(std::min<size_t>(n, kMicroBatch)), kv_.n_ctx(), pool_.size());
     } catch (const std::bad_alloc&) {
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot allocate buffers for " + std::to_string(n) + " tokens");
     }
@@ -51,7 +57,8 @@ void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
         const bool last = done + static_cast<size_t>(m) == n;
         // Without all_logits only the final micro-batch's last row is needed.
         float* out = all_logits ? logits_.data() + done * V : (last ? logits_.data() : nullptr);
-        forward(*model_, kv_, scratch_, pool_, tokens + done, m, n_past_, all_logits, out);
+        if (device_) device_->forward(tokens + done, m, n_past_, all_logits, out);
+        else forward(*model_, kv_, scratch_, pool_, tokens + done, m, n_past_, all_logits, out);
         n_past_ += m;
         done += static_cast<size_t>(m);
     }

@@ -11,11 +11,15 @@
 #include "model/forward.h"
 #include "model/model.h"
 
+namespace starkv::backend { class DeviceForward; }
+
 namespace starkv {
 
 struct ContextOptions {
     int n_ctx = 0;      // 0 = model's training context
     int n_threads = 0;  // 0 = hardware threads
+    int backend = 0;    // STARKV_BACKEND_*
+    int device = 0;     // GPU ordinal
 };
 
 class Context {
@@ -24,6 +28,9 @@ public:
     static constexpr int kMicroBatch = 64;
 
     Context(std::shared_ptr<const Model> model, const ContextOptions& options);
+    ~Context();
+    // True when the forward pass runs on a GPU backend.
+    bool on_device() const { return device_ != nullptr; }
 
     const Model& model() const { return *model_; }
     int n_ctx() const { return kv_.n_ctx(); }
@@ -40,6 +47,7 @@ public:
 
     uint64_t kv_bytes_per_token() const { return kv_.bytes_per_token(); }
     uint64_t kv_bytes_reserved() const { return kv_.bytes_reserved(); }
+    uint64_t device_bytes() const;
 
 private:
     std::shared_ptr<const Model> model_;
@@ -49,6 +57,7 @@ private:
     std::vector<float> logits_;
     int n_logits_ = 0;
     int n_past_ = 0;
+    std::unique_ptr<backend::DeviceForward> device_;  // GPU forward (its own KV cache); null on the CPU
 };
 
 }  // namespace starkv

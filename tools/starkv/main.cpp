@@ -47,9 +47,11 @@ ModelPtr load(const std::string& path) {
     return ModelPtr(m);
 }
 
-ContextPtr make_context(starkv_model* model, unsigned n_ctx, unsigned threads, uint64_t seed) {
+ContextPtr make_context(starkv_model* model, unsigned n_ctx, unsigned threads, uint64_t seed,
+                        int backend = STARKV_BACKEND_CPU) {
     starkv_context_params cp;
     starkv_context_params_default(&cp);
+    cp.backend = backend;
     cp.n_ctx = n_ctx;
     cp.n_threads = threads;
     cp.seed = seed;
@@ -87,7 +89,13 @@ struct RunArgs {
     uint64_t seed = 0;
     unsigned ctx = 0, threads = 0;
     bool ignore_eos = false;
+    std::string backend = "cpu";
 };
+
+// Warnings (e.g. why --backend auto runs on the CPU) go to stderr.
+void log_to_stderr(starkv_log_level level, const char* msg, void*) {
+    if (level >= STARKV_LOG_WARN) std::fprintf(stderr, "starkv: %s\n", msg);
+}
 
 bool print_piece(const char* piece, size_t len, starkv_token, void*) {
     std::fwrite(piece, 1, len, stdout);
@@ -97,7 +105,10 @@ bool print_piece(const char* piece, size_t len, starkv_token, void*) {
 
 int cmd_run(const RunArgs& a) {
     ModelPtr model = load(a.model);
-    ContextPtr ctx = make_context(model.get(), a.ctx, a.threads, a.seed);
+    starkv_set_log_callback(log_to_stderr, nullptr);
+    const int backend = a.backend == "cuda" ? STARKV_BACKEND_CUDA : a.backend == "auto" ? STARKV_BACKEND_AUTO
+                                                                                       : STARKV_BACKEND_CPU;
+    ContextPtr ctx = make_context(model.get(), a.ctx, a.threads, a.seed, backend);
     starkv_sampler_params sp;
     starkv_sampler_params_default(&sp);
     sp.temperature = a.temp;
@@ -136,6 +147,7 @@ int cmd_run(const RunArgs& a) {
                  reasons[r.stop_reason >= 0 && r.stop_reason < 4 ? r.stop_reason : 0], kv.n_tokens, kv.n_ctx,
                  static_cast<unsigned long long>(kv.bytes_in_use), static_cast<unsigned long long>(kv.bytes_per_token),
                  static_cast<unsigned long long>(kv.bytes_reserved));
+    if (kv.device_bytes) std::fprintf(stderr, "device memory: %llu bytes\n", static_cast<unsigned long long>(kv.device_bytes));
     return 0;
 }
 
@@ -323,6 +335,8 @@ int main(int argc, char** argv) {
     run->add_option("--ctx,-c", ra.ctx, "context length (0 = model's)")->check(CLI::Range(0u, 1u << 24));
     run->add_option("--threads,-t", ra.threads, "threads (0 = all)")->check(CLI::Range(0u, 1024u));
     run->add_flag("--ignore-eos", ra.ignore_eos, "keep generating after end of sequence");
+    run->add_option("--backend", ra.backend, "cpu, cuda or auto (cuda when a GPU is there, else cpu)")
+        ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
 
     std::string pmodel, ptext;
     int pdocs = 0;
