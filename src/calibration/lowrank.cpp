@@ -445,7 +445,8 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
 
     // 3. Ranks.
     std::vector<double> w_k(static_cast<size_t>(c.n_layer), 0.0), w_v(static_cast<size_t>(c.n_layer), 0.0);
-    std::vector<double> kl_k(w_k), kl_v(w_v);
+    std::vector<double> kl_k(w_k), kl_v(w_v), best_w_k(w_k), best_w_v(w_v);
+    double probe_kl_total = 0;
     RankMap ranks;
     if (opt.strategy == Strategy::Uniform) {
         ranks = uni;
@@ -453,29 +454,60 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         ranks = energy_ranks(c, sp, target);
     } else {
         // Sensitivities: KL of the final logits when only this layer's keys
-        // (or values) are cut to the uniform rank, per unit of the error that cut causes.
+        // (or values) are cut, per unit of the activation error that cut
+        // causes. First probed at the uniform ranks, then re-measured at the
+        // allocation's own ranks (the KL is far from linear in the error), a
+        // few rounds; the allocation with the least KL on the probe text wins.
         size_t pnext = 0;
         const auto probe = take(calib, &pnext, opt.probe_tokens);
         const size_t V = static_cast<size_t>(c.n_vocab);
         const auto base = log_probs(model, probe, seq_len, opt.n_threads);
-        for (int l = 0; l < c.n_layer; ++l) {
-            const size_t li = static_cast<size_t>(l);
-            if (!compressed[li]) continue;
-            LatentFactors& lat = model.mutable_weights().layers[li].lat;
-            const std::vector<int> full_k(static_cast<size_t>(c.n_head_kv), c.head_dim);
-            const int full_v = static_cast<int>(sp.v[li].size());
-            double ek = 0;
-            for (size_t h = 0; h < sp.k[li].size(); ++h) ek += tail_energy(sp.k[li][h], uni.k[li][h]);
-            install(lat, factors[li], uni.k[li], full_v);
-            kl_k[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
-            install(lat, factors[li], full_k, uni.v[li]);
-            kl_v[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
-            lat = LatentFactors{};
-            const double ev = tail_energy(sp.v[li], uni.v[li]);
-            w_k[li] = ek > 0 ? kl_k[li] / ek : 0.0;
-            w_v[li] = ev > 0 ? kl_v[li] / ev : 0.0;
+        auto probe_kl = [&](const RankMap& at) {
+            std::vector<double> nk(w_k), nv(w_v);
+            for (int l = 0; l < c.n_layer; ++l) {
+                const size_t li = static_cast<size_t>(l);
+                if (!compressed[li]) continue;
+                LatentFactors& lat = model.mutable_weights().layers[li].lat;
+                const std::vector<int> full_k(static_cast<size_t>(c.n_head_kv), c.head_dim);
+                const int full_v = static_cast<int>(sp.v[li].size());
+                double ek = 0;
+                for (size_t h = 0; h < sp.k[li].size(); ++h) ek += tail_energy(sp.k[li][h], at.k[li][h]);
+                const double ev = tail_energy(sp.v[li], at.v[li]);
+                if (ek > 0) {
+                    install(lat, factors[li], at.k[li], full_v);
+                    kl_k[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
+                    nk[li] = kl_k[li] / ek;
+                }
+                if (ev > 0) {
+                    install(lat, factors[li], full_k, at.v[li]);
+                    kl_v[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
+                    nv[li] = kl_v[li] / ev;
+                }
+                lat = LatentFactors{};
+            }
+            w_k = nk;
+            w_v = nv;
+        };
+        auto total_kl = [&](const RankMap& r) {
+            for (int l = 0; l < c.n_layer; ++l)
+                if (compressed[static_cast<size_t>(l)])
+                    install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, factors[static_cast<size_t>(l)],
+                            r.k[static_cast<size_t>(l)], r.v[static_cast<size_t>(l)]);
+            const double kl = mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V);
+            for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
+            return kl;
+        };
+        RankMap at = uni;
+        double best_kl = 0;
+        for (int round = 0; round < std::max(1, opt.adaptive_rounds); ++round) {
+            probe_kl(at);
+            at = adaptive_ranks(c, sp, w_k, w_v, target, opt.sharpness);
+            const double kl = total_kl(at);
+            if (round == 0 || kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v;
         }
-        ranks = adaptive_ranks(c, sp, w_k, w_v, target, opt.sharpness);
+        w_k = best_w_k;
+        w_v = best_w_v;
+        probe_kl_total = best_kl;
     }
 
     // 4. Freeze: the kept channels with their whole singular values.
@@ -510,7 +542,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0}}},
              {"held_out", {{"tokens", n_eval}, {"perplexity_uncompressed", ppl_base}, {"perplexity", ppl}}}};
     if (opt.strategy == Strategy::Adaptive)
-        out["sensitivity"] = {{"kl_k", kl_k}, {"kl_v", kl_v}, {"w_k", w_k}, {"w_v", w_v}};
+        out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds}, {"probe_kl", probe_kl_total}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());
     return out;
 }

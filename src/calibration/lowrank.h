@@ -30,6 +30,7 @@ struct Options {
     int seq_len = 256;                  // documents are cut to this many tokens
     double ridge = 1e-6;                // Gram ridge, relative to its mean diagonal
     double sharpness = 50.0;            // k of the soft threshold s * tanh(k (s - a))
+    int adaptive_rounds = 6;            // sensitivity re-measurements at the allocation's ranks
     int n_threads = 0;
 };
 
