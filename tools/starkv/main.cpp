@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -299,8 +300,46 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
     return 0;
 }
 
-int cmd_inspect(const std::string& path) {
+// The rank map as an SVG heat map (rows: layers; columns: key heads, then the
+// value latent), shade = rank / full rank, like the paper's rank figures.
+void write_rank_svg(const nlohmann::json& d, const std::string& out) {
+    const auto& c = d["compression"];
+    const auto& m = d["model"];
+    const int n_layer = m["n_layer"].get<int>(), n_kv = m["n_head_kv"].get<int>(), hd = m["head_dim"].get<int>();
+    const int full_v = std::min(n_kv * hd, m["n_embd"].get<int>());
+    const int cell = 28, left = 70, top = 40, cols = n_kv + 1;
+    std::ostringstream svg;
+    svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << left + cols * cell + 20 << "\" height=\""
+        << top + n_layer * cell + 20 << "\" font-family=\"sans-serif\" font-size=\"10\">\n";
+    svg << "<text x=\"" << left << "\" y=\"14\">STAR-KV ranks (" << c["strategy"].get<std::string>() << ", rate "
+        << c["rate"].get<double>() << "): key heads | value</text>\n";
+    for (int l = 0; l < n_layer; ++l) {
+        const int y = top + l * cell;
+        svg << "<text x=\"4\" y=\"" << y + cell / 2 + 4 << "\">layer " << l << "</text>\n";
+        const auto& rk = c["ranks"]["k"][static_cast<size_t>(l)];
+        for (int j = 0; j < cols; ++j) {
+            const bool skipped = rk.empty();
+            const int r = skipped ? 0 : (j < n_kv ? rk[static_cast<size_t>(j)].get<int>() : c["ranks"]["v"][static_cast<size_t>(l)].get<int>());
+            const double f = skipped ? 1.0 : static_cast<double>(r) / (j < n_kv ? hd : full_v);
+            const int shade = static_cast<int>(255 - 200 * f);
+            svg << "<rect x=\"" << left + j * cell << "\" y=\"" << y << "\" width=\"" << cell - 2 << "\" height=\"" << cell - 2
+                << "\" fill=\"" << (skipped ? "rgb(200,200,200)" : "rgb(" + std::to_string(shade) + "," + std::to_string(shade) + ",255)")
+                << "\"/><text x=\"" << left + j * cell + 4 << "\" y=\"" << y + cell / 2 + 4 << "\">" << (skipped ? "-" : std::to_string(r))
+                << "</text>\n";
+        }
+    }
+    svg << "</svg>\n";
+    std::ofstream f(out, std::ios::binary);
+    f << svg.str();
+    if (!f) throw CliError{"cannot write '" + out + "'"};
+}
+
+int cmd_inspect(const std::string& path, const std::string& svg) {
     const nlohmann::json d = describe(path);
+    if (!svg.empty()) {
+        if (d["compression"].value("kv", "none") != "star-kv") throw CliError{"'" + path + "' has no STAR-KV rank map"};
+        write_rank_svg(d, svg);
+    }
     std::printf("file: %s\nformat version: %s\nsize: %s (%llu bytes)\n", path.c_str(),
                 d["format_version"].get<std::string>().c_str(), human(d["file_size"].get<double>()).c_str(),
                 d["file_size"].get<unsigned long long>());
@@ -397,6 +436,8 @@ int main(int argc, char** argv) {
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
     inspect->add_option("bundle", inspect_path, "bundle file (.skv)")->required();
+    std::string inspect_svg;
+    inspect->add_option("--svg", inspect_svg, "write the STAR-KV rank map as an SVG heat map");
 
     try {
         app.parse(argc, argv);
@@ -411,7 +452,7 @@ int main(int argc, char** argv) {
         if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pthreads);
         if (*info) return cmd_info(imodel);
         if (*pack) return cmd_pack(pack_in, pack_out, pack_level, kvp);
-        if (*inspect) return cmd_inspect(inspect_path);
+        if (*inspect) return cmd_inspect(inspect_path, inspect_svg);
     } catch (const CliError& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "starkv: error: %s\n", e.message.c_str());
