@@ -189,6 +189,10 @@ typedef struct starkv_pack_params {
     const char *rank_strategy; /* "adaptive" (default, NULL), "uniform" or "energy" */
     const char *skip_layers;   /* NULL = first two and last; "none"; or "0,1,29" */
     int32_t calib_tokens;      /* calibration tokens; default 4096 */
+    /* Separate key and value targets (fractions removed), both > 0, instead
+     * of one budget shared by keys and values; 0 (default) = shared. */
+    float kv_compress_k;
+    float kv_compress_v;
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 

@@ -260,6 +260,12 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
             if (p.rank_strategy) kv.strategy = starkv::lowrank::parse_strategy(p.rank_strategy);
             if (p.calib_tokens < 1) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "calib_tokens must be positive");
             kv.calib_tokens = p.calib_tokens;
+            if (p.kv_compress_k != 0.0f || p.kv_compress_v != 0.0f) {
+                if (!(p.kv_compress_k > 0.0f && p.kv_compress_k < 1.0f && p.kv_compress_v > 0.0f && p.kv_compress_v < 1.0f))
+                    starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_compress_k and kv_compress_v must both be in (0, 1)");
+                kv.key_rate = p.kv_compress_k;
+                kv.value_rate = p.kv_compress_v;
+            }
             if (p.skip_layers) {
                 kv.default_skip = false;
                 const std::string list = p.skip_layers;

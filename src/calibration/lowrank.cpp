@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <sstream>
 
@@ -439,8 +440,30 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         sp.v[static_cast<size_t>(l)] = factors[static_cast<size_t>(l)].v.s;
     }
 
-    const RankMap uni = uniform_ranks(c, compressed, opt.rate);
+    const bool split = opt.key_rate >= 0.0f || opt.value_rate >= 0.0f;
+    if (split && !(opt.key_rate >= 0.0f && opt.key_rate < 1.0f && opt.value_rate >= 0.0f && opt.value_rate < 1.0f))
+        fail(STARKV_ERR_INVALID_ARGUMENT, "separate key and value rates must both be in [0, 1)");
+    RankMap uni = uniform_ranks(c, compressed, split ? opt.key_rate : opt.rate);
+    if (split) uni.v = uniform_ranks(c, compressed, opt.value_rate).v;
     const uint64_t target = total(uni);
+    // Separate targets: keys and values are allocated apart, each with the
+    // other's spectra emptied (their groups then sit at rank 1 and are swapped back).
+    uint64_t n_c = 0, target_k = 0;
+    for (int l = 0; l < c.n_layer; ++l)
+        if (compressed[static_cast<size_t>(l)]) {
+            ++n_c;
+            for (int r : uni.k[static_cast<size_t>(l)]) target_k += static_cast<uint64_t>(r);
+        }
+    auto allocate = [&](const std::function<RankMap(const Spectra&, uint64_t)>& fn) {
+        if (!split) return fn(sp, target);
+        Spectra only_k = sp, only_v = sp;
+        for (auto& v : only_k.v) v.clear();
+        for (auto& heads : only_v.k)
+            for (auto& h : heads) h.clear();
+        RankMap r = fn(only_k, target_k + n_c);
+        r.v = fn(only_v, target - target_k + n_c * static_cast<uint64_t>(c.n_head_kv)).v;
+        return r;
+    };
     const double ppl_base = held_out.empty() ? 0.0 : perplexity(model, held_out, seq_len, opt.n_threads);
 
     // 3. Ranks.
@@ -451,7 +474,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     if (opt.strategy == Strategy::Uniform) {
         ranks = uni;
     } else if (opt.strategy == Strategy::Energy) {
-        ranks = energy_ranks(c, sp, target);
+        ranks = allocate([&](const Spectra& s, uint64_t t) { return energy_ranks(c, s, t); });
     } else {
         // Sensitivities: KL of the final logits when only this layer's keys
         // (or values) are cut, per unit of the activation error that cut
@@ -501,7 +524,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         double best_kl = 0;
         for (int round = 0; round < std::max(1, opt.adaptive_rounds); ++round) {
             probe_kl(at);
-            at = adaptive_ranks(c, sp, w_k, w_v, target, opt.sharpness);
+            at = allocate([&](const Spectra& s, uint64_t t) { return adaptive_ranks(c, s, w_k, w_v, t, opt.sharpness); });
             const double kl = total_kl(at);
             if (round == 0 || kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v;
         }
@@ -526,6 +549,8 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     }
     json out{{"kv", "star-kv"},
              {"rate", opt.rate},
+             {"key_rate", split ? json(opt.key_rate) : json(nullptr)},
+             {"value_rate", split ? json(opt.value_rate) : json(nullptr)},
              {"strategy", strategy_name(opt.strategy)},
              {"skip_layers", skipped},
              {"ranks", {{"k", rank_k}, {"v", rank_v}}},

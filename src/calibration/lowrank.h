@@ -21,6 +21,9 @@ const char* strategy_name(Strategy s);
 
 struct Options {
     float rate = 0.5f;                  // fraction of the KV cache removed in compressed layers
+    // Separate key and value targets (as the authors' script budgets), both in
+    // [0, 1) or both < 0 (default: one budget shared by keys and values).
+    float key_rate = -1.0f, value_rate = -1.0f;
     Strategy strategy = Strategy::Adaptive;
     bool default_skip = true;           // skip the first two and the last layer (as the paper)
     std::vector<int> skip_layers;       // else: the layers that keep the plain cache

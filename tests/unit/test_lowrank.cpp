@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -69,6 +70,7 @@ TEST(LowRank, FullRankLatentPathReproducesPlainLogits) {
     ASSERT_TRUE(lat->weights().layers[0].lat.active());
     const double err = max_rel_err(all_logits(*lat, t), want);
     EXPECT_LT(err, 2e-5) << "max rel err " << err;
+    std::printf("full-rank latent path: max rel err %.3g\n", err);
 
     // Token-by-token decode through the latent cache.
     starkv::Context ctx(borrow(*lat), starkv::ContextOptions{256, 2});
@@ -99,6 +101,7 @@ TEST(LowRank, WhitenedFullRankCalibrationReproducesPlainLogits) {
     EXPECT_EQ(md["budget"]["kv_removed"].get<double>(), 0.0);
     const double err = max_rel_err(all_logits(*m, t), want);
     EXPECT_LT(err, 1e-4) << "max rel err " << err;
+    std::printf("whitened full-rank factors: max rel err %.3g\n", err);
 }
 
 TEST(LowRank, SoftThresholdGradientMatchesFiniteDifferences) {
@@ -293,6 +296,7 @@ TEST(LowRank, RaggedRanksMatchDenseFloat64Reference) {
             den = std::max(den, std::fabs(ref[i][j]));
         }
     EXPECT_LT(num / den, 1e-4);
+    std::printf("ragged ranks vs float64 reference: max rel err %.3g\n", num / den);
     // The truncation changes the model: the reference is not the plain one.
     auto plain = load_stories();
     EXPECT_GT(max_rel_err(got, all_logits(*plain, t)), 1e-3);
@@ -334,6 +338,46 @@ TEST(LowRank, BundleAtRate075LoadsGeneratesAndShrinksTheCache) {
     const uint64_t skip_bytes = 3 * per_layer;
     EXPECT_LE(ctx.kv_bytes_per_token() - skip_bytes, static_cast<uint64_t>(0.25 * n_compressed * per_layer));
     EXPECT_EQ(ctx.kv_bytes_per_token_uncompressed(), c.n_layer * per_layer);
+}
+
+}  // namespace
+
+namespace {
+
+// Separate key and value targets: each side gets exactly the floats of its own uniform ranks.
+TEST(LowRank, SeparateKeyAndValueTargets) {
+    const std::string text = starkv_test::read_file(starkv_test::shared_path("data/tinyshakespeare_input.txt")).substr(0, 40000);
+    for (lr::Strategy st : {lr::Strategy::Energy, lr::Strategy::Adaptive}) {
+        auto m = load_stories();
+        const starkv::ModelConfig& c = m->config();
+        lr::Options o;
+        o.strategy = st;
+        o.key_rate = 0.7f;
+        o.value_rate = 0.5f;
+        o.calib_tokens = 1024;
+        o.eval_tokens = 256;
+        o.probe_tokens = 128;
+        o.adaptive_rounds = 2;
+        lr::calibrate(*m, text, o);
+        std::vector<bool> compressed(static_cast<size_t>(c.n_layer));
+        uint64_t keys = 0, values = 0;
+        for (int l = 0; l < c.n_layer; ++l) {
+            const LatentFactors& F = m->weights().layers[static_cast<size_t>(l)].lat;
+            compressed[static_cast<size_t>(l)] = F.active();
+            if (!F.active()) continue;
+            for (const Matrix& a : F.k_a) keys += static_cast<uint64_t>(a.rows);
+            values += static_cast<uint64_t>(F.v_a.rows);
+        }
+        const lr::RankMap uk = lr::uniform_ranks(c, compressed, 0.7f), uv = lr::uniform_ranks(c, compressed, 0.5f);
+        uint64_t want_k = 0, want_v = 0;
+        for (int l = 0; l < c.n_layer; ++l) {
+            if (!compressed[static_cast<size_t>(l)]) continue;
+            for (int r : uk.k[static_cast<size_t>(l)]) want_k += static_cast<uint64_t>(r);
+            want_v += static_cast<uint64_t>(uv.v[static_cast<size_t>(l)]);
+        }
+        EXPECT_EQ(keys, want_k) << lr::strategy_name(st);
+        EXPECT_EQ(values, want_v) << lr::strategy_name(st);
+    }
 }
 
 }  // namespace

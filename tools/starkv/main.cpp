@@ -260,7 +260,7 @@ nlohmann::json describe(const std::string& path) {
 }
 
 struct KvPackArgs {
-    float rate = 0.0f;
+    float rate = 0.0f, rate_k = 0.0f, rate_v = 0.0f;
     std::string calib, strategy = "adaptive", skip;
     int calib_tokens = 4096;
 };
@@ -276,6 +276,8 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
         pp.rank_strategy = kv.strategy.c_str();
         pp.skip_layers = kv.skip.empty() ? nullptr : kv.skip.c_str();
         pp.calib_tokens = kv.calib_tokens;
+        pp.kv_compress_k = kv.rate_k;
+        pp.kv_compress_v = kv.rate_v;
     }
     static char label[] = "packing";
     if (isatty(STDERR_FILENO)) {
@@ -427,6 +429,9 @@ int main(int argc, char** argv) {
     KvPackArgs kvp;
     pack->add_option("--kv-compress", kvp.rate, "STAR-KV: fraction of the KV cache removed in compressed layers (0 = off)")
         ->check(CLI::Range(0.0, 0.99));
+    pack->add_option("--kv-compress-k", kvp.rate_k, "separate key target (with --kv-compress-v) instead of one shared budget")
+        ->check(CLI::Range(0.0, 0.99));
+    pack->add_option("--kv-compress-v", kvp.rate_v, "separate value target (with --kv-compress-k)")->check(CLI::Range(0.0, 0.99));
     pack->add_option("--calib", kvp.calib, "calibration text (blank-line-separated paragraphs)");
     pack->add_option("--rank-strategy", kvp.strategy, "adaptive (default), uniform or energy")
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
