@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config  # toolchain
   libzstd-dev                       # bundle compression
+  libeigen3-dev                     # STAR-KV calibration (SVD, eigendecomposition)
   libxxhash-dev                     # bundle checksums
   nlohmann-json3-dev                # config.json, tokenizer.json, bundle metadata
   libcli11-dev                      # the starkv command line

@@ -181,6 +181,20 @@ typedef struct starkv_pack_params {
     int32_t zstd_level;          /**< 0 = uncompressed (64-byte aligned); 1..22; default 3 */
     starkv_progress_fn progress; /**< optional, [0, 1]; return false to cancel */
     void *progress_user_data;
+    /* STAR-KV low-rank KV cache (docs/quality.md). kv_compress is the fraction
+     * of the KV cache removed in compressed layers (0 = no compression, the
+     * default; e.g. 0.5, 0.75); it needs calib_path, a text file whose
+     * blank-line-separated paragraphs calibrate the factors (its later
+     * paragraphs measure the held-out perplexity stored in the bundle). */
+    float kv_compress;
+    const char *calib_path;
+    const char *rank_strategy; /* "adaptive" (default, NULL), "uniform" or "energy" */
+    const char *skip_layers;   /* NULL = first two and last; "none"; or "0,1,29" */
+    int32_t calib_tokens;      /* calibration tokens; default 4096 */
+    /* Separate key and value targets (fractions removed), both > 0, instead
+     * of one budget shared by keys and values; 0 (default) = shared. */
+    float kv_compress_k;
+    float kv_compress_v;
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 
@@ -275,6 +289,7 @@ typedef struct starkv_kv_stats {
     uint64_t bytes_reserved;  /**< bytes allocated now (grows with use, up to n_ctx tokens) */
     uint64_t bytes_per_token; /**< all layers, keys and values */
     uint64_t device_bytes;    /**< GPU memory of a GPU-backed context (weights, KV, buffers); 0 on the CPU */
+    uint64_t bytes_per_token_uncompressed; /**< the same model's cache without STAR-KV */
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);
 STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, starkv_kv_stats *stats);

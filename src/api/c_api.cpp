@@ -239,6 +239,7 @@ void starkv_pack_params_default(starkv_pack_params* p) {
     *p = starkv_pack_params{};
     p->struct_size = sizeof(*p);
     p->zstd_level = 3;
+    p->calib_tokens = 4096;
 }
 
 starkv_status starkv_pack(const char* in_path, const char* out_path, const starkv_pack_params* params) {
@@ -251,6 +252,39 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
         starkv::PackOptions opt;
         opt.zstd_level = p.zstd_level;
         if (p.progress) opt.progress = [&p](float f) { return p.progress(f, p.progress_user_data); };
+        if (p.kv_compress != 0.0f) {
+            if (!(p.kv_compress > 0.0f && p.kv_compress < 1.0f))
+                starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_compress must be in [0, 1)");
+            if (!p.calib_path) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_compress needs calib_path");
+            starkv::lowrank::Options kv;
+            kv.rate = p.kv_compress;
+            if (p.rank_strategy) kv.strategy = starkv::lowrank::parse_strategy(p.rank_strategy);
+            if (p.calib_tokens < 1) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "calib_tokens must be positive");
+            kv.calib_tokens = p.calib_tokens;
+            if (p.kv_compress_k != 0.0f || p.kv_compress_v != 0.0f) {
+                if (!(p.kv_compress_k > 0.0f && p.kv_compress_k < 1.0f && p.kv_compress_v > 0.0f && p.kv_compress_v < 1.0f))
+                    starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_compress_k and kv_compress_v must both be in (0, 1)");
+                kv.key_rate = p.kv_compress_k;
+                kv.value_rate = p.kv_compress_v;
+            }
+            if (p.skip_layers) {
+                kv.default_skip = false;
+                const std::string list = p.skip_layers;
+                if (list != "none") {
+                    size_t i = 0;
+                    while (i <= list.size()) {
+                        const size_t j = std::min(list.find(',', i), list.size());
+                        const std::string item = list.substr(i, j - i);
+                        if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6)
+                            starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "skip_layers '" + list + "' is not 'none' or a comma-separated list of layers");
+                        kv.skip_layers.push_back(std::stoi(item));
+                        i = j + 1;
+                    }
+                }
+            }
+            opt.kv = kv;
+            opt.calib_path = p.calib_path;
+        }
         starkv::pack_bundle(in_path, out_path, opt);
     });
 }
@@ -424,6 +458,7 @@ starkv_status starkv_context_kv_stats(const starkv_context* ctx, starkv_kv_stats
     r.bytes_in_use = r.bytes_per_token * r.n_tokens;
     r.bytes_reserved = c.kv_bytes_reserved();
     r.device_bytes = c.device_bytes();
+    r.bytes_per_token_uncompressed = c.kv_bytes_per_token_uncompressed();
     write_result(r, stats);
     return STARKV_OK;
 }

@@ -88,6 +88,14 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
         }
         fail(STARKV_ERR_NO_DEVICE, why);
     };
+    // The CUDA forward has no latent-attention kernels yet: a STAR-KV bundle
+    // runs on the CPU (AUTO) or is refused (CUDA), never silently wrong.
+    for (const LayerWeights& L : model.weights().layers)
+        if (L.lat.active()) {
+            const std::string what = "the CUDA backend does not run STAR-KV latent layers yet";
+            if (backend == STARKV_BACKEND_AUTO) return unavailable(what);
+            fail(STARKV_ERR_UNSUPPORTED, what);
+        }
     std::string why;
     const starkv_backend_api* api = load_cuda_api(&why);
     if (!api) return unavailable(why);

@@ -28,7 +28,7 @@ struct Layout {
 
 // Optional-feature evolution: a key this reader does not know is ignored, a
 // feature listed in required_features that it does not know is refused.
-bool feature_known(const std::string&) { return false; }
+bool feature_known(const std::string& f) { return f == "kv-lowrank"; }
 
 void check_metadata(const json& md) {
     if (!md.is_object()) corrupt("bundle: metadata is not a JSON object");
@@ -43,7 +43,7 @@ void check_metadata(const json& md) {
     }
     if (auto c = md.find("compression"); c != md.end()) {
         if (!c->is_object()) corrupt("bundle: metadata compression is not an object");
-        if (auto kv = c->find("kv"); kv != c->end() && *kv != "none")
+        if (auto kv = c->find("kv"); kv != c->end() && *kv != "none" && *kv != "star-kv")
             unsupported("bundle: KV compression " + kv->dump() + " is not supported by this starkv");
     }
 }

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -21,6 +23,8 @@
 #include "core/log.h"
 #include "core/mapped_file.h"
 #include "core/parallel_jobs.h"
+#include "model/dequant.h"
+#include "model/model.h"
 #include "model/model_source.h"
 #include "starkv/starkv.h"
 
@@ -131,19 +135,62 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
 
     // 1. The source, and proof that it loads.
     const ModelSource src = open_model_source(in_path, nullptr);
-    (void)build_model(src, report(0.0f, 0.2f));
+    LoadedModel loaded = build_model(src, report(0.0f, 0.2f));
+    std::string calib_text;
+    if (opt.kv) {
+        std::ifstream in(opt.calib_path, std::ios::binary);
+        if (opt.calib_path.empty() || !in) fail(STARKV_ERR_IO, "cannot read calibration text '" + opt.calib_path + "'");
+        std::ostringstream ss;
+        ss << in.rdbuf();
+        calib_text = ss.str();
+    }
     // Create the output early: an unwritable destination fails before the long part.
     TempFile out(out_path);
 
-    // 2. Tensors: the ones the runtime can read, in source order.
+    // 1b. STAR-KV calibration: the factors become F32 tensors of their own.
+    json kv_meta = {{"kv", "none"}};
+    std::vector<SourceTensor> extra;
+    std::vector<std::vector<float>> extra_data;
+    if (opt.kv) {
+        Model model(std::move(loaded));
+        kv_meta = lowrank::calibrate(model, calib_text, *opt.kv);
+        auto add = [&](const std::string& name, const Matrix& m) {
+            extra_data.push_back(m.data);
+            SourceTensor t;
+            t.name = name;
+            t.dtype = static_cast<uint32_t>(GgmlType::F32);
+            t.dtype_name = "F32";
+            t.shape = {m.rows, m.cols};
+            t.data = reinterpret_cast<const uint8_t*>(extra_data.back().data());
+            t.n_bytes = m.data.size() * sizeof(float);
+            extra.push_back(std::move(t));
+        };
+        extra_data.reserve(static_cast<size_t>(model.config().n_layer) * (2 * model.config().n_head_kv + 2));
+        for (int l = 0; l < model.config().n_layer; ++l) {
+            const LatentFactors& F = model.weights().layers[static_cast<size_t>(l)].lat;
+            if (!F.active()) continue;
+            const std::string b = "blk." + std::to_string(l) + ".";
+            for (size_t h = 0; h < F.k_a.size(); ++h) {
+                add(b + "attn_k_lat_a." + std::to_string(h), F.k_a[h]);
+                add(b + "attn_k_lat_u." + std::to_string(h), F.k_u[h]);
+            }
+            add(b + "attn_v_lat_a", F.v_a);
+            add(b + "attn_v_lat_u", F.v_u);
+        }
+    }
+
+    // 2. Tensors: the ones the runtime can read, in source order. A compressed
+    // source's old factors are dropped: its metadata no longer applies.
     std::vector<const SourceTensor*> tensors;
     for (const SourceTensor& t : src.tensors) {
+        if (t.name.find("_lat_") != std::string::npos) continue;
         if (!t.data) {
             log(STARKV_LOG_WARN, "pack: skipping tensor '" + t.name + "' of unsupported type " + t.dtype_name);
             continue;
         }
         tensors.push_back(&t);
     }
+    for (const SourceTensor& t : extra) tensors.push_back(&t);
     const size_t n = tensors.size();
     std::vector<b::DirEntry> entries(n);
     std::vector<std::vector<uint8_t>> packed(n);  // compressed bytes (empty: stored raw)
@@ -190,9 +237,11 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     json md;
     md["format"] = "starkv-bundle";
     md["required_features"] = json::array();
+    // Older readers must refuse a bundle whose K/V live only as latents.
+    if (kv_meta.value("kv", "none") != "none") md["required_features"].push_back("kv-lowrank");
     md["model"] = b::config_to_json(src.config);
     md["tokenizer"] = b::vocab_to_json(src.vocab);
-    md["compression"] = {{"kv", "none"}};
+    md["compression"] = kv_meta;
     md["provenance"] = {{"source", fs::path(in_path).filename().string()},
                         {"source_format", src.format},
                         {"source_size", src_size},
@@ -200,6 +249,7 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
                         {"tool", std::string("starkv ") + STARKV_VERSION_STRING},
                         {"created_utc", utc_now()},
                         {"settings", {{"zstd_level", opt.zstd_level}}}};
+    if (opt.kv) md["provenance"]["calibration_text"] = fs::path(opt.calib_path).filename().string();
     const std::string meta = md.dump(-1, ' ', false, json::error_handler_t::replace);
     h.metadata_offset = pos;
     h.metadata_size = meta.size();

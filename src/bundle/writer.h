@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+
+#include "calibration/lowrank.h"
 
 #include "model/loader.h"
 
@@ -12,6 +15,10 @@ namespace starkv {
 struct PackOptions {
     int zstd_level = 3;   // 0 = uncompressed (64-byte aligned, mappable); 1..22 zstd
     ProgressFn progress;  // on the calling thread; false cancels
+    // STAR-KV: calibrate on the text of calib_path and store low-rank K/V
+    // factors (bundle feature "kv-lowrank"). Unset = no KV compression.
+    std::optional<lowrank::Options> kv;
+    std::string calib_path;
 };
 
 struct PackStats {

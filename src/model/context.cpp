@@ -26,7 +26,7 @@ int resolve_ctx(const Model& model, int n_ctx) {
 
 Context::Context(std::shared_ptr<const Model> model, const ContextOptions& options)
     : model_(std::move(model)),
-      kv_(model_->config(), resolve_ctx(*model_, options.n_ctx)),
+      kv_(model_->config(), model_->weights(), resolve_ctx(*model_, options.n_ctx)),
       pool_(std::min(resolve_threads(options.n_threads), 256)),
       device_(backend::open_device_forward(*model_, kv_.n_ctx(), options.backend, options.device)) {}
 

@@ -45,7 +45,13 @@ public:
     void reset();
     void rewind(int n_past);
 
+    // Calibration only: sees each layer's K/V projection input (see ForwardScratch).
+    void set_kv_input_observer(std::function<void(int layer, const float* xn, int n)> fn) {
+        scratch_.observe_kv_input = std::move(fn);
+    }
+
     uint64_t kv_bytes_per_token() const { return kv_.bytes_per_token(); }
+    uint64_t kv_bytes_per_token_uncompressed() const { return kv_.bytes_per_token_uncompressed(); }
     uint64_t kv_bytes_reserved() const { return kv_.bytes_reserved(); }
     uint64_t device_bytes() const;
 

@@ -1,9 +1,88 @@
 #include "model/forward.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace starkv {
+namespace {
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+// Attention of a STAR-KV layer: writes the micro-batch's latents to the cache,
+// reconstructs each cached key once per KV head (U_h k_lat, then RoPE at the
+// key's own position), and sums values in latent space before expanding them
+// with the head's rows of U_v.
+void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s, ThreadPool& pool, int n,
+                      int pos0) {
+    const ModelConfig& c = model.config();
+    const LatentFactors& F = model.weights().layers[static_cast<size_t>(l)].lat;
+    const size_t hd = static_cast<size_t>(c.head_dim);
+    const size_t qd = static_cast<size_t>(c.n_head) * hd;
+    const int n_kv = c.n_head_kv, group = c.n_head / c.n_head_kv;
+    const size_t rv = static_cast<size_t>(F.v_a.rows);
+
+    size_t max_r = rv;
+    for (const Matrix& a : F.k_a) max_r = std::max(max_r, static_cast<size_t>(a.rows));
+    grow(s.lat, static_cast<size_t>(n) * max_r);
+    for (int h = 0; h < n_kv; ++h) {
+        const Matrix& a = F.k_a[static_cast<size_t>(h)];
+        cpu::matmul(a, s.xn.data(), n, s.lat.data(), pool);
+        for (int t = 0; t < n; ++t)
+            std::memcpy(kv.k(l, h, pos0 + t), &s.lat[static_cast<size_t>(t) * a.rows], a.rows * sizeof(float));
+    }
+    cpu::matmul(F.v_a, s.xn.data(), n, s.lat.data(), pool);
+    for (int t = 0; t < n; ++t) std::memcpy(kv.v(l, 0, pos0 + t), &s.lat[t * rv], rv * sizeof(float));
+
+    const size_t n_pos = static_cast<size_t>(pos0 + n);
+    grow(s.keys, static_cast<size_t>(n_kv) * n_pos * hd);
+    pool.parallel_for(static_cast<size_t>(n_kv) * n_pos, 64, [&](size_t i0, size_t i1) {
+        for (size_t i = i0; i < i1; ++i) {
+            const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
+            const Matrix& u = F.k_u[static_cast<size_t>(h)];
+            const float* z = kv.k(l, h, p);
+            float* out = &s.keys[i * hd];
+            for (size_t d = 0; d < hd; ++d) out[d] = cpu::dot(u.row(static_cast<int>(d)), z, static_cast<size_t>(u.cols));
+            model.rope().apply(out, 1, c.head_dim, p);
+        }
+    });
+
+    grow(s.lat_acc, static_cast<size_t>(pool.size()) * static_cast<size_t>(group) * rv);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    const float* vlat = kv.v(l, 0, 0);
+    pool.parallel_chunks(static_cast<size_t>(n) * n_kv, 1, [&](size_t i0, size_t i1, size_t chunk) {
+        float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
+        float* acc = s.lat_acc.data() + chunk * static_cast<size_t>(group) * rv;
+        for (size_t i = i0; i < i1; ++i) {
+            const int t = static_cast<int>(i / static_cast<size_t>(n_kv));
+            const int h = static_cast<int>(i % static_cast<size_t>(n_kv));
+            const size_t nk = static_cast<size_t>(pos0 + t + 1);
+            const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
+            const float* keys = &s.keys[static_cast<size_t>(h) * n_pos * hd];
+            for (size_t j = 0; j < nk; ++j)
+                for (int g = 0; g < group; ++g)
+                    scores[g * nk + j] = cpu::dot(&s.q[qo + g * hd], keys + j * hd, hd) * scale;
+            for (int g = 0; g < group; ++g) cpu::softmax(scores + g * nk, static_cast<int>(nk));
+            std::fill(acc, acc + static_cast<size_t>(group) * rv, 0.0f);
+            for (size_t j = 0; j < nk; ++j) {
+                const float* z = vlat + j * rv;
+                for (int g = 0; g < group; ++g) {
+                    const float p = scores[g * nk + j];
+                    float* a = acc + g * rv;
+                    for (size_t r = 0; r < rv; ++r) a[r] += p * z[r];
+                }
+            }
+            for (int g = 0; g < group; ++g)
+                for (size_t d = 0; d < hd; ++d)
+                    s.attn[qo + g * hd + d] = cpu::dot(F.v_u.row(static_cast<int>(h * hd + d)), acc + g * rv, rv);
+        }
+    });
+}
+
+}  // namespace
 
 void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads) {
     const size_t scores = static_cast<size_t>(n_threads) * static_cast<size_t>(c.n_head / c.n_head_kv) *
@@ -39,35 +118,41 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
     for (int l = 0; l < c.n_layer; ++l) {
         const LayerWeights& L = w.layers[static_cast<size_t>(l)];
         for (int t = 0; t < n; ++t) cpu::rms_norm(&s.x[t * E], L.attn_norm.data(), &s.xn[t * E], c.n_embd, c.rms_eps);
+        if (s.observe_kv_input) s.observe_kv_input(l, s.xn.data(), n);
         cpu::matmul(L.wq, s.xn.data(), n, s.q.data(), pool);
-        cpu::matmul(L.wk, s.xn.data(), n, s.k.data(), pool);
-        cpu::matmul(L.wv, s.xn.data(), n, s.v.data(), pool);
-        const size_t hd = static_cast<size_t>(c.head_dim);
-        for (int t = 0; t < n; ++t) {
-            model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
-            model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
-            for (int h = 0; h < c.n_head_kv; ++h) {
-                std::memcpy(kv.k(l, h, pos0 + t), &s.k[t * kvd + h * hd], hd * sizeof(float));
-                std::memcpy(kv.v(l, h, pos0 + t), &s.v[t * kvd + h * hd], hd * sizeof(float));
+        if (L.lat.active()) {
+            for (int t = 0; t < n; ++t) model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
+            latent_attention(model, l, kv, s, pool, n, pos0);
+        } else {
+            cpu::matmul(L.wk, s.xn.data(), n, s.k.data(), pool);
+            cpu::matmul(L.wv, s.xn.data(), n, s.v.data(), pool);
+            const size_t hd = static_cast<size_t>(c.head_dim);
+            for (int t = 0; t < n; ++t) {
+                model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
+                model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
+                for (int h = 0; h < c.n_head_kv; ++h) {
+                    std::memcpy(kv.k(l, h, pos0 + t), &s.k[t * kvd + h * hd], hd * sizeof(float));
+                    std::memcpy(kv.v(l, h, pos0 + t), &s.v[t * kvd + h * hd], hd * sizeof(float));
+                }
             }
+            // One work item per (token, KV head): the query heads of a group read
+            // each cached key and value once, and decode (one token) still uses
+            // every thread.
+            const int group = c.n_head / c.n_head_kv;
+            const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
+            const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
+            pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
+                float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
+                for (size_t i = i0; i < i1; ++i) {
+                    const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
+                    const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
+                    const int n_keys = pos0 + t + 1;
+                    const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
+                    cpu::attention_group(&s.q[qo], kv.k(l, h, 0), kv.v(l, h, 0), hd, n_keys, group, c.head_dim,
+                                         &s.attn[qo], scores);
+                }
+            });
         }
-        // One work item per (token, KV head): the query heads of a group read
-        // each cached key and value once, and decode (one token) still uses
-        // every thread.
-        const int group = c.n_head / c.n_head_kv;
-        const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
-        const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
-        pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
-            float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
-            for (size_t i = i0; i < i1; ++i) {
-                const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
-                const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
-                const int n_keys = pos0 + t + 1;
-                const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
-                cpu::attention_group(&s.q[qo], kv.k(l, h, 0), kv.v(l, h, 0), hd, n_keys, group, c.head_dim,
-                                     &s.attn[qo], scores);
-            }
-        });
         cpu::matmul(L.wo, s.attn.data(), n, s.proj.data(), pool);
         for (size_t i = 0; i < static_cast<size_t>(n) * E; ++i) s.x[i] += s.proj[i];
 

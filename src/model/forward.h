@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -17,6 +18,12 @@ struct ForwardScratch {
     std::vector<float> x, xn, q, k, v, attn, proj, gate, up;
     std::vector<float> att_scores;  // per pool thread: group * n_ctx attention scores
     size_t scores_per_thread = 0;
+    // STAR-KV layers: latents of the micro-batch, keys reconstructed for every
+    // cached position of one layer, per-thread latent value sums. Grown on use.
+    std::vector<float> lat, keys, lat_acc;
+    // Calibration only: called per layer with the K/V projections' input
+    // (n rows of n_embd normed hidden states). Unset in inference.
+    std::function<void(int layer, const float* xn, int n)> observe_kv_input;
     void reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads);
 };
 

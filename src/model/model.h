@@ -17,6 +17,8 @@ public:
 
     const ModelConfig& config() const { return loaded_.config; }
     const ModelWeights& weights() const { return loaded_.weights; }
+    // Calibration only (STAR-KV packing), before the model is shared.
+    ModelWeights& mutable_weights() { return loaded_.weights; }
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     const std::vector<TensorInfo>& tensors() const { return loaded_.tensors; }
     const std::string& format() const { return loaded_.format; }

@@ -96,6 +96,32 @@ private:
     std::vector<Job> jobs_;
 };
 
+// A factor's rank is its tensor's shape: [rank][n_embd] for the A matrices.
+int latent_rank(const ModelSource& src, const std::string& name, int max_rank) {
+    const SourceTensor* t = src.find(name);
+    if (!t) corrupt(src.label + ": missing tensor '" + name + "'");
+    if (t->shape.size() != 2 || t->shape[0] < 1 || t->shape[0] > max_rank)
+        corrupt(src.label + ": tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected a rank in [1, " +
+                std::to_string(max_rank) + "] rows");
+    return static_cast<int>(t->shape[0]);
+}
+
+// STAR-KV factors of one layer (blk.N.attn_k_lat_{a,u}.H, blk.N.attn_v_lat_{a,u}).
+void load_latent(const ModelSource& src, Planner& p, const ModelConfig& c, const std::string& b, LatentFactors& F) {
+    const int kv_dim = c.n_head_kv * c.head_dim;
+    const int rv = latent_rank(src, b + "attn_v_lat_a", std::min(kv_dim, c.n_embd));
+    F.v_a = p.matrix(b + "attn_v_lat_a", rv, c.n_embd);
+    F.v_u = p.matrix(b + "attn_v_lat_u", kv_dim, rv);
+    F.k_a.resize(static_cast<size_t>(c.n_head_kv));
+    F.k_u.resize(static_cast<size_t>(c.n_head_kv));
+    for (int h = 0; h < c.n_head_kv; ++h) {
+        const std::string a = b + "attn_k_lat_a." + std::to_string(h), u = b + "attn_k_lat_u." + std::to_string(h);
+        const int r = latent_rank(src, a, std::min(c.head_dim, c.n_embd));
+        F.k_a[static_cast<size_t>(h)] = p.matrix(a, r, c.n_embd);
+        F.k_u[static_cast<size_t>(h)] = p.matrix(u, c.head_dim, r);
+    }
+}
+
 }  // namespace
 
 LoadedModel build_model(const ModelSource& src, const ProgressFn& progress) {
@@ -129,6 +155,7 @@ LoadedModel build_model(const ModelSource& src, const ProgressFn& progress) {
         L.w_gate = p.matrix(b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = p.matrix(b + "ffn_up.weight", c.n_ff, c.n_embd);
         L.w_down = p.matrix(b + "ffn_down.weight", c.n_embd, c.n_ff);
+        if (src.find(b + "attn_v_lat_a")) load_latent(src, p, c, b, L.lat);
     }
     w.output_norm = p.vector("output_norm.weight", c.n_embd);
     // As transformers does: a tied model uses the embedding (a stray output is ignored).

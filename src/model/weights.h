@@ -21,6 +21,18 @@ struct Matrix {
     bool empty() const { return data.empty(); }
 };
 
+// STAR-KV low-rank K/V of one layer (empty = the ordinary cache). Keys: per
+// KV head h, k_h = U_h (A_h x) before RoPE, each head with its own rank;
+// values: v = U_v (A_v x) jointly over the layer's KV heads. The cache holds
+// only A_h x and A_v x.
+struct LatentFactors {
+    std::vector<Matrix> k_a;  // per KV head: [r_h][n_embd]
+    std::vector<Matrix> k_u;  // per KV head: [head_dim][r_h]
+    Matrix v_a;               // [r_v][n_embd]
+    Matrix v_u;               // [n_head_kv * head_dim][r_v]
+    bool active() const { return !k_a.empty(); }
+};
+
 struct LayerWeights {
     std::vector<float> attn_norm;  // [n_embd]
     Matrix wq;                     // [n_head * head_dim][n_embd]
@@ -31,6 +43,7 @@ struct LayerWeights {
     Matrix w_gate;                 // [n_ff][n_embd]
     Matrix w_up;                   // [n_ff][n_embd]
     Matrix w_down;                 // [n_embd][n_ff]
+    LatentFactors lat;             // STAR-KV factors; inactive = plain K/V
 };
 
 struct ModelWeights {

@@ -2,6 +2,7 @@
 // bundle (bit-identical logits to the source model), starkv_bundle_describe.
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -116,4 +117,77 @@ TEST(BundleApi, PackFailuresLeaveNothing) {
     pp.progress = [](float, void*) { return false; };
     EXPECT_EQ(starkv_pack(starkv_test::stories_model().c_str(), (dir + "/x.skv").c_str(), &pp), STARKV_ERR_CANCELLED);
     EXPECT_TRUE(std::filesystem::is_empty(dir));
+}
+
+// STAR-KV through the C API: pack params (appended fields), the bundle's
+// feature, and the KV statistics of a context on it.
+TEST(BundleApi, StarKvPackAndKvStats) {
+    const std::string dir = starkv_test::temp_dir() + "/api_starkv";
+    std::filesystem::create_directories(dir);
+    const std::string calib = starkv_test::shared_path("data/tinystories_val.txt"), out = dir + "/kv.skv";
+    starkv_pack_params pp;
+    starkv_pack_params_default(&pp);
+    EXPECT_EQ(pp.kv_compress, 0.0f);
+    pp.kv_compress = 0.5f;
+    pp.calib_path = calib.c_str();
+    pp.rank_strategy = "uniform";
+    pp.skip_layers = "none";
+    pp.calib_tokens = 1024;
+    ASSERT_EQ(starkv_pack(starkv_test::stories_model().c_str(), out.c_str(), &pp), STARKV_OK) << starkv_last_error();
+
+    size_t n = 0;
+    ASSERT_EQ(starkv_bundle_describe(out.c_str(), nullptr, 0, &n), STARKV_ERR_BUFFER_TOO_SMALL);
+    std::string doc(n, '\0');
+    ASSERT_EQ(starkv_bundle_describe(out.c_str(), doc.data(), doc.size(), &n), STARKV_OK);
+    EXPECT_NE(doc.find("\"kv-lowrank\""), std::string::npos);
+    EXPECT_NE(doc.find("\"star-kv\""), std::string::npos);
+
+    starkv_model* m = load(out);
+    ASSERT_NE(m, nullptr);
+    starkv_model_info info;
+    starkv_model_info_default(&info);
+    ASSERT_EQ(starkv_model_get_info(m, &info), STARKV_OK);
+    starkv_context* c = nullptr;
+    ASSERT_EQ(starkv_context_create(m, nullptr, &c), STARKV_OK);
+    const starkv_token toks[] = {1, 2, 3, 4};
+    ASSERT_EQ(starkv_context_eval(c, toks, 4, false), STARKV_OK);
+    starkv_kv_stats st;
+    starkv_kv_stats_default(&st);
+    ASSERT_EQ(starkv_context_kv_stats(c, &st), STARKV_OK);
+    const uint64_t kvd = static_cast<uint64_t>(info.n_head_kv) * info.head_dim;
+    EXPECT_EQ(st.bytes_per_token_uncompressed, 2 * kvd * info.n_layer * sizeof(float));
+    // Uniform at 0.5 in every layer: half of each head's dims, half of the joint values.
+    const uint64_t per_layer = info.n_head_kv * (info.head_dim / 2) + kvd / 2;
+    EXPECT_EQ(st.bytes_per_token, per_layer * info.n_layer * sizeof(float));
+    EXPECT_EQ(st.bytes_in_use, 4 * st.bytes_per_token);
+    starkv_context_free(c);
+    starkv_model_free(m);
+
+    // Bad settings are refused before anything is written.
+    const std::string bad = dir + "/bad.skv";
+    auto refused = [&](starkv_pack_params p) {
+        EXPECT_EQ(starkv_pack(starkv_test::stories_model().c_str(), bad.c_str(), &p), STARKV_ERR_INVALID_ARGUMENT);
+        EXPECT_FALSE(std::filesystem::exists(bad));
+    };
+    starkv_pack_params b = pp;
+    b.kv_compress = 1.5f;
+    refused(b);
+    b = pp;
+    b.calib_path = nullptr;
+    refused(b);
+    b = pp;
+    b.rank_strategy = "best";
+    refused(b);
+    b = pp;
+    b.skip_layers = "0,x";
+    refused(b);
+    b = pp;
+    b.skip_layers = "0,99";
+    refused(b);
+    // An old caller's struct (without the STAR-KV fields) packs uncompressed.
+    b = pp;
+    b.struct_size = offsetof(starkv_pack_params, kv_compress);
+    ASSERT_EQ(starkv_pack(starkv_test::stories_model().c_str(), bad.c_str(), &b), STARKV_OK);
+    ASSERT_EQ(starkv_bundle_describe(bad.c_str(), doc.data(), doc.size(), &n), STARKV_OK);
+    EXPECT_EQ(std::string(doc, 0, n).find("kv-lowrank"), std::string::npos);
 }

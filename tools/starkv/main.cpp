@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -141,12 +142,15 @@ int cmd_run(const RunArgs& a) {
     static const char* reasons[] = {"max tokens", "end of sequence", "callback", "context full"};
     std::fprintf(stderr,
                  "prompt: %u tokens, %.1f tokens/s | decode: %u tokens, %.1f tokens/s | stop: %s\n"
-                 "kv cache: %u/%u tokens, %llu bytes in use, %llu bytes/token, %llu bytes reserved\n",
+                 "kv cache: %u/%u tokens, %llu bytes in use, %llu bytes/token, %llu bytes reserved\n"
+                 "kv memory per token: %llu bytes vs %llu uncompressed (%.1f%%)\n",
                  r.n_prompt_tokens, r.prompt_seconds > 0 ? r.n_prompt_tokens / r.prompt_seconds : 0.0, r.n_generated,
                  r.decode_seconds > 0 ? r.n_generated / r.decode_seconds : 0.0,
                  reasons[r.stop_reason >= 0 && r.stop_reason < 4 ? r.stop_reason : 0], kv.n_tokens, kv.n_ctx,
                  static_cast<unsigned long long>(kv.bytes_in_use), static_cast<unsigned long long>(kv.bytes_per_token),
-                 static_cast<unsigned long long>(kv.bytes_reserved));
+                 static_cast<unsigned long long>(kv.bytes_reserved), static_cast<unsigned long long>(kv.bytes_per_token),
+                 static_cast<unsigned long long>(kv.bytes_per_token_uncompressed),
+                 kv.bytes_per_token_uncompressed ? 100.0 * kv.bytes_per_token / kv.bytes_per_token_uncompressed : 0.0);
     if (kv.device_bytes) std::fprintf(stderr, "device memory: %llu bytes\n", static_cast<unsigned long long>(kv.device_bytes));
     return 0;
 }
@@ -267,10 +271,26 @@ nlohmann::json describe(const std::string& path) {
     return nlohmann::json::parse(doc);
 }
 
-int cmd_pack(const std::string& in, const std::string& out, int level) {
+struct KvPackArgs {
+    float rate = 0.0f, rate_k = 0.0f, rate_v = 0.0f;
+    std::string calib, strategy = "adaptive", skip;
+    int calib_tokens = 4096;
+};
+
+int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
     starkv_pack_params pp;
     starkv_pack_params_default(&pp);
     pp.zstd_level = level;
+    if (kv.rate > 0.0f) {
+        if (kv.calib.empty()) throw CliError{"--kv-compress needs --calib FILE"};
+        pp.kv_compress = kv.rate;
+        pp.calib_path = kv.calib.c_str();
+        pp.rank_strategy = kv.strategy.c_str();
+        pp.skip_layers = kv.skip.empty() ? nullptr : kv.skip.c_str();
+        pp.calib_tokens = kv.calib_tokens;
+        pp.kv_compress_k = kv.rate_k;
+        pp.kv_compress_v = kv.rate_v;
+    }
     static char label[] = "packing";
     if (isatty(STDERR_FILENO)) {
         pp.progress = print_progress;
@@ -281,16 +301,78 @@ int cmd_pack(const std::string& in, const std::string& out, int level) {
     const double src = d["provenance"].value("source_size", 0.0), dst = d.value("file_size", 0.0);
     std::printf("wrote %s: %zu tensors, %s (source %s, %.1f%%)\n", out.c_str(), d["tensors"].size(),
                 human(dst).c_str(), human(src).c_str(), src > 0 ? 100.0 * dst / src : 0.0);
+    const auto& c = d["compression"];
+    if (c.value("kv", "none") != "none") {
+        const auto& b = c["budget"];
+        const auto& h = c["held_out"];
+        std::printf("STAR-KV %s: KV cache removed in compressed layers %.1f%%, K/V parameters removed %.1f%%, "
+                    "held-out perplexity %.4f (uncompressed %.4f, %llu tokens)\n",
+                    c["strategy"].get<std::string>().c_str(), 100.0 * b["kv_removed"].get<double>(),
+                    100.0 * b["kv_params_removed"].get<double>(), h["perplexity"].get<double>(),
+                    h["perplexity_uncompressed"].get<double>(), h["tokens"].get<unsigned long long>());
+    }
     return 0;
 }
 
-int cmd_inspect(const std::string& path) {
+// The rank map as an SVG heat map (rows: layers; columns: key heads, then the
+// value latent), shade = rank / full rank, like the paper's rank figures.
+void write_rank_svg(const nlohmann::json& d, const std::string& out) {
+    const auto& c = d["compression"];
+    const auto& m = d["model"];
+    const int n_layer = m["n_layer"].get<int>(), n_kv = m["n_head_kv"].get<int>(), hd = m["head_dim"].get<int>();
+    const int full_v = std::min(n_kv * hd, m["n_embd"].get<int>());
+    const int cell = 28, left = 70, top = 40, cols = n_kv + 1;
+    std::ostringstream svg;
+    svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << left + cols * cell + 20 << "\" height=\""
+        << top + n_layer * cell + 20 << "\" font-family=\"sans-serif\" font-size=\"10\">\n";
+    svg << "<text x=\"" << left << "\" y=\"14\">STAR-KV ranks (" << c["strategy"].get<std::string>() << ", rate "
+        << c["rate"].get<double>() << "): key heads | value</text>\n";
+    for (int l = 0; l < n_layer; ++l) {
+        const int y = top + l * cell;
+        svg << "<text x=\"4\" y=\"" << y + cell / 2 + 4 << "\">layer " << l << "</text>\n";
+        const auto& rk = c["ranks"]["k"][static_cast<size_t>(l)];
+        for (int j = 0; j < cols; ++j) {
+            const bool skipped = rk.empty();
+            const int r = skipped ? 0 : (j < n_kv ? rk[static_cast<size_t>(j)].get<int>() : c["ranks"]["v"][static_cast<size_t>(l)].get<int>());
+            const double f = skipped ? 1.0 : static_cast<double>(r) / (j < n_kv ? hd : full_v);
+            const int shade = static_cast<int>(255 - 200 * f);
+            svg << "<rect x=\"" << left + j * cell << "\" y=\"" << y << "\" width=\"" << cell - 2 << "\" height=\"" << cell - 2
+                << "\" fill=\"" << (skipped ? "rgb(200,200,200)" : "rgb(" + std::to_string(shade) + "," + std::to_string(shade) + ",255)")
+                << "\"/><text x=\"" << left + j * cell + 4 << "\" y=\"" << y + cell / 2 + 4 << "\">" << (skipped ? "-" : std::to_string(r))
+                << "</text>\n";
+        }
+    }
+    svg << "</svg>\n";
+    std::ofstream f(out, std::ios::binary);
+    f << svg.str();
+    if (!f) throw CliError{"cannot write '" + out + "'"};
+}
+
+int cmd_inspect(const std::string& path, const std::string& svg) {
     const nlohmann::json d = describe(path);
+    if (!svg.empty()) {
+        if (d["compression"].value("kv", "none") != "star-kv") throw CliError{"'" + path + "' has no STAR-KV rank map"};
+        write_rank_svg(d, svg);
+    }
     std::printf("file: %s\nformat version: %s\nsize: %s (%llu bytes)\n", path.c_str(),
                 d["format_version"].get<std::string>().c_str(), human(d["file_size"].get<double>()).c_str(),
                 d["file_size"].get<unsigned long long>());
     std::printf("required features: %s\ncompression: %s\n", d["required_features"].dump().c_str(),
                 d["compression"].dump().c_str());
+    if (const auto& c = d["compression"]; c.value("kv", "none") == "star-kv" && c.contains("ranks")) {
+        std::printf("STAR-KV rank map (%s, rate %.2f):\n", c["strategy"].get<std::string>().c_str(), c["rate"].get<double>());
+        const auto& rk = c["ranks"]["k"];
+        const auto& rv = c["ranks"]["v"];
+        for (size_t l = 0; l < rk.size(); ++l) {
+            if (rk[l].empty()) {
+                std::printf("  layer %2zu: skipped (full K/V)\n", l);
+                continue;
+            }
+            std::string ks;
+            for (const auto& r : rk[l]) ks += (ks.empty() ? "" : " ") + std::to_string(r.get<int>());
+            std::printf("  layer %2zu: k [%s] v %d\n", l, ks.c_str(), rv[l].get<int>());
+        }
+    }
     std::printf("model: %s\n", d["model"].dump().c_str());
     std::printf("tokenizer: %s\n", d["tokenizer"].dump().c_str());
     std::printf("provenance:\n");
@@ -358,10 +440,23 @@ int main(int argc, char** argv) {
     pack->add_option("--model,-m", pack_in, "GGUF file, Hugging Face directory or bundle")->required();
     pack->add_option("--out,-o", pack_out, "bundle to write")->required();
     pack->add_option("--zstd-level", pack_level, "0 = uncompressed, 1..22 (default 3)")->check(CLI::Range(0, 22));
+    KvPackArgs kvp;
+    pack->add_option("--kv-compress", kvp.rate, "STAR-KV: fraction of the KV cache removed in compressed layers (0 = off)")
+        ->check(CLI::Range(0.0, 0.99));
+    pack->add_option("--kv-compress-k", kvp.rate_k, "separate key target (with --kv-compress-v) instead of one shared budget")
+        ->check(CLI::Range(0.0, 0.99));
+    pack->add_option("--kv-compress-v", kvp.rate_v, "separate value target (with --kv-compress-k)")->check(CLI::Range(0.0, 0.99));
+    pack->add_option("--calib", kvp.calib, "calibration text (blank-line-separated paragraphs)");
+    pack->add_option("--rank-strategy", kvp.strategy, "adaptive (default), uniform or energy")
+        ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
+    pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
+    pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 4096)")->check(CLI::Range(1, 1 << 26));
 
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
     inspect->add_option("bundle", inspect_path, "bundle file (.skv)")->required();
+    std::string inspect_svg;
+    inspect->add_option("--svg", inspect_svg, "write the STAR-KV rank map as an SVG heat map");
 
     try {
         app.parse(argc, argv);
@@ -375,8 +470,8 @@ int main(int argc, char** argv) {
         if (*run) return cmd_run(ra);
         if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pthreads);
         if (*info) return cmd_info(imodel);
-        if (*pack) return cmd_pack(pack_in, pack_out, pack_level);
-        if (*inspect) return cmd_inspect(inspect_path);
+        if (*pack) return cmd_pack(pack_in, pack_out, pack_level, kvp);
+        if (*inspect) return cmd_inspect(inspect_path, inspect_svg);
     } catch (const CliError& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "starkv: error: %s\n", e.message.c_str());

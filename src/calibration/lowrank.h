@@ -1,0 +1,86 @@
+// STAR-KV calibration: activation-aware low-rank factors of the K/V
+// projections and the rank allocation (uniform, energy, adaptive soft
+// threshold). Used by `starkv pack --kv-compress`; nothing here runs at
+// inference time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model.h"
+
+namespace starkv::lowrank {
+
+enum class Strategy { Uniform, Energy, Adaptive };
+Strategy parse_strategy(const std::string& name);  // Error(INVALID_ARGUMENT) if unknown
+const char* strategy_name(Strategy s);
+
+struct Options {
+    float rate = 0.5f;                  // fraction of the KV cache removed in compressed layers
+    // Separate key and value targets (as the authors' script budgets), both in
+    // [0, 1) or both < 0 (default: one budget shared by keys and values).
+    float key_rate = -1.0f, value_rate = -1.0f;
+    Strategy strategy = Strategy::Adaptive;
+    bool default_skip = true;           // skip the first two and the last layer (as the paper)
+    std::vector<int> skip_layers;       // else: the layers that keep the plain cache
+    int calib_tokens = 4096;            // tokens of calibration text
+    int eval_tokens = 4096;             // held-out tokens (after the calibration ones) for perplexity
+    int probe_tokens = 512;             // tokens for the sensitivity probes (adaptive)
+    int seq_len = 256;                  // documents are cut to this many tokens
+    double ridge = 1e-6;                // Gram ridge, relative to its mean diagonal
+    double sharpness = 50.0;            // k of the soft threshold s * tanh(k (s - a))
+    int adaptive_rounds = 6;            // sensitivity re-measurements at the allocation's ranks
+    int n_threads = 0;
+};
+
+// Ranks per layer: k[l][h] per KV head, v[l] per layer; empty k[l] = skipped layer.
+struct RankMap {
+    std::vector<std::vector<int>> k;
+    std::vector<int> v;
+    bool compressed(int l) const { return !k[static_cast<size_t>(l)].empty(); }
+};
+
+struct Budget {
+    uint64_t latent = 0, full = 0;            // cache floats per token, compressed layers only
+    uint64_t params_kept = 0, params_full = 0;  // K/V projection parameters, compressed layers only
+    double kv_removed() const { return full ? 1.0 - double(latent) / double(full) : 0.0; }
+    double params_removed() const { return params_full ? 1.0 - double(params_kept) / double(params_full) : 0.0; }
+};
+Budget count_budget(const ModelConfig& c, const RankMap& r);
+
+// Soft-threshold activation error of one group (a key head or a value layer)
+// with whitened singular values s (descending): each s_i is gated as
+// s_i tanh(k (s_i / s_0 - a)) when s_i / s_0 > a, else 0; the error is
+// sum_i (s_i - gated_i)^2. grad (optional) receives d error / d a.
+double soft_error(const std::vector<double>& s, double a, double k, double* grad);
+
+// Singular values of every group, whitened (descending); groups of skipped layers empty.
+struct Spectra {
+    std::vector<std::vector<std::vector<double>>> k;  // [layer][head]
+    std::vector<std::vector<double>> v;               // [layer]
+};
+
+RankMap uniform_ranks(const ModelConfig& c, const std::vector<bool>& compressed, float rate);
+// Each allocation reaches at most `target` latent floats per token (then fills
+// the remaining room greedily), so strategies compare at one budget.
+RankMap energy_ranks(const ModelConfig& c, const Spectra& sp, uint64_t target);
+// The paper's soft threshold: learnable a per key head and per value layer,
+// gradient descent on sum_g w_g err_g(a_g) + lambda sum_g exp(-a_g); lambda
+// is searched until the budget is met. w_k / w_v: per-layer sensitivities.
+RankMap adaptive_ranks(const ModelConfig& c, const Spectra& sp, const std::vector<double>& w_k,
+                       const std::vector<double>& w_v, uint64_t target, double sharpness);
+
+// Whole pipeline on a model (its weights gain the latent factors): Gram
+// matrices, whitened factorizations, sensitivities, ranks, held-out
+// perplexity. Returns the compression metadata of the bundle.
+nlohmann::json calibrate(Model& model, const std::string& calib_text, const Options& opt);
+
+// Installs factors at full rank computed without whitening data (identity
+// Gram): for tests of the runtime path.
+void install_full_rank(Model& model, const std::vector<int>& layers);
+
+}  // namespace starkv::lowrank
