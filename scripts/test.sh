@@ -26,5 +26,5 @@ fi
 # libFuzzer over the model readers (clang only; bounded: FUZZ_SECONDS per target).
 if [ "${STARKV_NO_FUZZ:-0}" != "1" ] && command -v clang++ >/dev/null 2>&1; then
   echo "== fuzzing the model readers ==" >&2
-  FUZZ_SECONDS="${FUZZ_SECONDS:-60}" "$root/scripts/fuzz.sh"
+  FUZZ_SECONDS="${FUZZ_SECONDS:-30}" "$root/scripts/fuzz.sh"
 fi
