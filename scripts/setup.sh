@@ -17,6 +17,7 @@ PACKAGES=(
   swig                              # Python and Java bindings (generated wrappers)
   python3-dev python3-numpy python3-pytest  # Python binding, its tests (Debian's /usr/bin/python3)
   default-jdk-headless junit5       # Java binding (JNI, javac/jar), its JUnit 5 tests
+  clang                             # libFuzzer targets (scripts/fuzz.sh; brings the clang runtimes)
 )
 
 missing=()
