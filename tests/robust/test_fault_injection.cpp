@@ -134,7 +134,8 @@ TEST(FaultInjection, EveryAllocationOfContextCreateEvalGenerate) {
 
     long injected = 0, n = 0;
     const long limit = env_int("STARKV_FAULT_MAX_POINTS", 5000);
-    for (; n < limit; ++n) {
+    const long ctx_stride = env_int("STARKV_FAULT_CTX_STRIDE", sanitized() ? 3 : 1);
+    for (; n < limit; n += ctx_stride) {
         starkv_status create_st = STARKV_OK, gen_st = STARKV_OK;
         std::vector<starkv_token> got;
         bool fired;
@@ -158,7 +159,7 @@ TEST(FaultInjection, EveryAllocationOfContextCreateEvalGenerate) {
             EXPECT_EQ(failed, STARKV_ERR_OUT_OF_MEMORY) << "allocation " << n << ": " << starkv_last_error();
         }
         // The model is still usable: a fresh context gives the reference text.
-        if (n % 16 == 0) {
+        if (injected % 16 == 1) {
             ContextPtr ctx(make_ctx(model.get(), 64, &st));
             ASSERT_EQ(st, STARKV_OK);
             ASSERT_EQ(generate_greedy(model.get(), ctx.get(), prompt), reference) << "after failing allocation " << n;
@@ -167,7 +168,8 @@ TEST(FaultInjection, EveryAllocationOfContextCreateEvalGenerate) {
     EXPECT_LT(n, limit) << "sweep did not reach the end";
     EXPECT_GT(injected, 10);
     RecordProperty("faults_injected", static_cast<int>(injected));
-    std::printf("[ fault ] context create + eval + generate: %ld allocation points, each failed once\n", injected);
+    std::printf("[ fault ] context create + eval + generate: %ld allocation points failed (stride %ld)\n", injected,
+                ctx_stride);
 }
 
 TEST(FaultInjection, KvCacheGrowthFailureKeepsContextUsable) {
