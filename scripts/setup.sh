@@ -20,6 +20,7 @@ PACKAGES=(
   default-jdk-headless junit5       # Java binding (JNI, javac/jar), its JUnit 5 tests
   dpkg-dev file                     # CPack .deb: dpkg-shlibdeps computes Depends
   doxygen                           # API reference from the header (docs/Doxyfile)
+  clang                             # libFuzzer targets (scripts/fuzz.sh; brings the clang runtimes)
 )
 
 missing=()

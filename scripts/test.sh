@@ -23,8 +23,21 @@ if [ "${STARKV_NO_SANITIZE:-0}" != "1" ]; then
     ctest --output-on-failure -j "$jobs" --timeout 2400)
 fi
 
-# libFuzzer over the model readers (clang only; bounded: FUZZ_SECONDS per target).
+# The concurrency tests (names with Thread, Concurrent or Parallel, the soak
+# included) under ThreadSanitizer (skip with STARKV_NO_TSAN=1).
+if [ "${STARKV_NO_TSAN:-0}" != "1" ]; then
+  echo "== the concurrency tests under ThreadSanitizer ==" >&2
+  cmake -S "$root" -B "$root/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTARKV_TSAN=ON \
+    -DSTARKV_BUILD_BENCH=OFF -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST \
+    ${STARKV_SHARED_DIR:+-DSTARKV_SHARED_DIR="$STARKV_SHARED_DIR"} >/dev/null
+  cmake --build "$root/build-tsan" -j "$jobs" --target starkv_unit_tests starkv_api_tests starkv_soak_tests
+  (cd "$root/build-tsan" && \
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 STARKV_SOAK_THREADS=4 STARKV_SOAK_SESSIONS=6 \
+    ctest --output-on-failure -j 1 --timeout 1200 -R 'Thread|Concurrent|Parallel')
+fi
+
+# libFuzzer over every parser (clang only; bounded: FUZZ_SECONDS per target).
 if [ "${STARKV_NO_FUZZ:-0}" != "1" ] && command -v clang++ >/dev/null 2>&1; then
-  echo "== fuzzing the model readers ==" >&2
-  FUZZ_SECONDS="${FUZZ_SECONDS:-60}" "$root/scripts/fuzz.sh"
+  echo "== fuzzing every parser (FUZZ_SECONDS per target) ==" >&2
+  FUZZ_SECONDS="${FUZZ_SECONDS:-30}" "$root/scripts/fuzz.sh"
 fi

@@ -12,6 +12,13 @@ using json = nlohmann::json;
 
 namespace {
 
+// j == "text" without nlohmann's operator==(json, scalar): that one is noexcept
+// and builds a json from the literal, so an allocation failure there is
+// std::terminate (found by tests/robust/test_fault_injection.cpp).
+bool str_is(const json& j, const char* text) {
+    return j.is_string() && j.get_ref<const std::string&>() == text;
+}
+
 bool valid_utf8(const std::string& s) {
     size_t i = 0;
     const size_t n = s.size();
@@ -179,13 +186,13 @@ ModelConfig config_from_json(const json& j) {
     c.rope.theta = get_float(r, "theta", rw);
     c.rope.n_dims = static_cast<int>(get_int(r, "n_dims", rw, 0, kMax));
     const json& layout = need(r, "layout", rw);
-    if (layout == "adjacent") c.rope.layout = RopeLayout::Adjacent;
-    else if (layout == "half_split") c.rope.layout = RopeLayout::HalfSplit;
+    if (str_is(layout, "adjacent")) c.rope.layout = RopeLayout::Adjacent;
+    else if (str_is(layout, "half_split")) c.rope.layout = RopeLayout::HalfSplit;
     else corrupt("bundle metadata: unknown model.rope.layout " + layout.dump());
     const json& scaling = need(r, "scaling", rw);
-    if (scaling == "none") c.rope.scaling = RopeScaling::None;
-    else if (scaling == "linear") c.rope.scaling = RopeScaling::Linear;
-    else if (scaling == "llama3") c.rope.scaling = RopeScaling::Llama3;
+    if (str_is(scaling, "none")) c.rope.scaling = RopeScaling::None;
+    else if (str_is(scaling, "linear")) c.rope.scaling = RopeScaling::Linear;
+    else if (str_is(scaling, "llama3")) c.rope.scaling = RopeScaling::Llama3;
     else unsupported("bundle: rope scaling " + scaling.dump() + " is not supported");
     c.rope.factor = get_float(r, "factor", rw);
     c.rope.low_freq_factor = get_float(r, "low_freq_factor", rw);
@@ -225,8 +232,8 @@ Vocab vocab_from_json(const json& j) {
     if (!j.is_object()) corrupt("bundle metadata: 'tokenizer' is not an object");
     Vocab v;
     const json& kind = need(j, "kind", w);
-    if (kind == "spm") v.kind = TokenizerKind::Spm;
-    else if (kind == "bpe") v.kind = TokenizerKind::Bpe;
+    if (str_is(kind, "spm")) v.kind = TokenizerKind::Spm;
+    else if (str_is(kind, "bpe")) v.kind = TokenizerKind::Bpe;
     else unsupported("bundle: tokenizer kind " + kind.dump() + " is not supported");
     const json& tokens = need(j, "tokens", w);
     if (!tokens.is_array()) corrupt("bundle metadata: tokenizer.tokens is not an array");

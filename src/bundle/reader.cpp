@@ -161,7 +161,7 @@ std::string describe_bundle(const std::string& path) {
         const json& md = L.metadata;
         const ModelConfig c = b::config_from_json(section(md, "model"));
         const Vocab v = b::vocab_from_json(section(md, "tokenizer"));
-        json out;
+        json out = json::object();  // not null: see pack_bundle (writer.cpp)
         out["path"] = path;
         out["file_size"] = L.header.file_size;
         out["format_version"] = std::to_string(L.header.major) + "." + std::to_string(L.header.minor);

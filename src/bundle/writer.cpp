@@ -45,7 +45,9 @@ public:
         std::string tmpl = (dir / ("." + fs::path(target).filename().string() + ".tmp-XXXXXX")).string();
         fd_ = ::mkstemp(tmpl.data());
         if (fd_ < 0) fail(STARKV_ERR_IO, "cannot create a file in '" + dir.string() + "': " + std::strerror(errno));
-        path_ = tmpl;
+        // A move (no allocation): a copy throwing bad_alloc here would leave the
+        // file, since the destructor of a half-built object does not run.
+        path_ = std::move(tmpl);
     }
     ~TempFile() {
         if (fd_ >= 0) ::close(fd_);
@@ -234,7 +236,10 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     h.data_size = pos - h.data_offset;
 
     const auto [src_size, src_hash] = hash_input(in_path);
-    json md;
+    // An object from the start: nlohmann's operator[] on a null json marks it an
+    // object before allocating one, so a bad_alloc there leaves a json whose
+    // destructor crashes (found by tests/robust/test_fault_injection.cpp).
+    json md = json::object();
     md["format"] = "starkv-bundle";
     md["required_features"] = json::array();
     // Older readers must refuse a bundle whose K/V live only as latents.
@@ -274,9 +279,15 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     s.raw_tensor_bytes = raw_total;
     s.n_tensors = n;
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log(STARKV_LOG_INFO, "packed '" + in_path + "' -> '" + out_path + "': " + std::to_string(n) + " tensors, " +
-                             std::to_string(src_size) + " -> " + std::to_string(h.file_size) + " bytes in " +
-                             std::to_string(sec) + " s");
+    // The bundle is committed: from here nothing may fail the call (an
+    // out-of-memory building this message would report a failed pack that
+    // left a complete bundle behind).
+    try {
+        log(STARKV_LOG_INFO, "packed '" + in_path + "' -> '" + out_path + "': " + std::to_string(n) + " tensors, " +
+                                 std::to_string(src_size) + " -> " + std::to_string(h.file_size) + " bytes in " +
+                                 std::to_string(sec) + " s");
+    } catch (const std::bad_alloc&) {
+    }
     return s;
 }
 

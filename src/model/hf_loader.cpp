@@ -119,7 +119,8 @@ ModelConfig parse_config(const json& cfg, const std::string& dir) {
     // Features Llama-style weights here cannot express.
     if (get_bool_or(cfg, "attention_bias", false) || get_bool_or(cfg, "mlp_bias", false))
         unsupported("config.json: attention/mlp biases are not supported");
-    if (const json* act = field(cfg, "hidden_act"); act && act->is_string() && *act != "silu")
+    // (not *act != "silu": nlohmann's json-vs-literal comparison is noexcept and allocates)
+    if (const json* act = field(cfg, "hidden_act"); act && act->is_string() && act->get_ref<const std::string&>() != "silu")
         unsupported("config.json: hidden_act '" + act->get<std::string>() + "' is not supported");
 
     ModelConfig c;
