@@ -1,5 +1,6 @@
-/*
- * starkv: embeddable LLM inference runtime with a low-rank (STAR-KV) KV cache.
+/**
+ * @file starkv/starkv.h
+ * @brief starkv: embeddable LLM inference runtime with a low-rank (STAR-KV) KV cache.
  * Public C ABI (C11). Everything exported starts with starkv_ / STARKV_.
  *
  * Conventions
@@ -52,7 +53,7 @@ extern "C" {
     (STARKV_VERSION_MAJOR * 10000 + STARKV_VERSION_MINOR * 100 + STARKV_VERSION_PATCH)
 #define STARKV_VERSION_STRING "0.1.0"
 
-/* Runtime version of the loaded library: compare with STARKV_VERSION_NUMBER
+/** Runtime version of the loaded library: compare with STARKV_VERSION_NUMBER
  * to detect a header/library mismatch (the major versions must be equal). */
 STARKV_API unsigned starkv_version_number(void);
 STARKV_API const char *starkv_version_string(void);
@@ -60,21 +61,22 @@ STARKV_API const char *starkv_version_string(void);
 /* ---- Status and errors -------------------------------------------------- */
 typedef enum starkv_status {
     STARKV_OK = 0,
-    STARKV_ERR_INVALID_ARGUMENT = 1, /* null pointer, out-of-range value */
-    STARKV_ERR_IO = 2,               /* missing file, unreadable path */
-    STARKV_ERR_CORRUPT = 3,          /* wrong magic, truncated or inconsistent file */
-    STARKV_ERR_UNSUPPORTED = 4,      /* valid file, but a model/feature we do not run */
+    STARKV_ERR_INVALID_ARGUMENT = 1, /**< null pointer, out-of-range value */
+    STARKV_ERR_IO = 2,               /**< missing file, unreadable path */
+    STARKV_ERR_CORRUPT = 3,          /**< wrong magic, truncated or inconsistent file */
+    STARKV_ERR_UNSUPPORTED = 4,      /**< valid file, but a model/feature we do not run */
     STARKV_ERR_OUT_OF_MEMORY = 5,
-    STARKV_ERR_CONTEXT_FULL = 6,     /* the tokens do not fit in the context */
-    STARKV_ERR_CANCELLED = 7,        /* a callback asked to stop */
-    STARKV_ERR_BUFFER_TOO_SMALL = 8, /* output buffer too small; *n_out has the size needed */
-    STARKV_ERR_KV_POOL_FULL = 9,     /* no free KV pages left */
-    STARKV_ERR_INTERNAL = 10
+    STARKV_ERR_CONTEXT_FULL = 6,     /**< the tokens do not fit in the context */
+    STARKV_ERR_CANCELLED = 7,        /**< a callback asked to stop */
+    STARKV_ERR_BUFFER_TOO_SMALL = 8, /**< output buffer too small; *n_out has the size needed */
+    STARKV_ERR_KV_POOL_FULL = 9,     /**< no free KV pages left */
+    STARKV_ERR_INTERNAL = 10,
+    STARKV_ERR_NO_DEVICE = 11        /**< a GPU backend was asked for: no driver, device or backend library */
 } starkv_status;
 
-/* Static name of a status ("STARKV_ERR_IO", ...); never NULL. */
+/** Static name of a status ("STARKV_ERR_IO", ...); never NULL. */
 STARKV_API const char *starkv_status_name(starkv_status status);
-/* Message of the last failed call on this thread ("" if none); never NULL. */
+/** Message of the last failed call on this thread ("" if none); never NULL. */
 STARKV_API const char *starkv_last_error(void);
 
 /* ---- Logging ------------------------------------------------------------ */
@@ -85,25 +87,25 @@ typedef enum starkv_log_level {
     STARKV_LOG_ERROR = 3
 } starkv_log_level;
 typedef void (*starkv_log_fn)(starkv_log_level level, const char *message, void *user_data);
-/* Process-wide. NULL (the default) discards all log messages. */
+/** Process-wide. NULL (the default) discards all log messages. */
 STARKV_API void starkv_set_log_callback(starkv_log_fn fn, void *user_data);
 
 /* ---- Model -------------------------------------------------------------- */
 typedef struct starkv_model starkv_model;
 typedef int32_t starkv_token;
 
-/* Called during a load with progress in [0, 1]; return false to cancel the
+/** Called during a load with progress in [0, 1]; return false to cancel the
  * load (it then fails with STARKV_ERR_CANCELLED). */
 typedef bool (*starkv_progress_fn)(float progress, void *user_data);
 
 typedef struct starkv_model_params {
     uint32_t struct_size;
-    starkv_progress_fn progress; /* optional */
+    starkv_progress_fn progress; /**< optional */
     void *progress_user_data;
 } starkv_model_params;
 STARKV_API void starkv_model_params_default(starkv_model_params *params);
 
-/* path: a GGUF file, a starkv bundle (.skv, see starkv_pack) or a Hugging Face
+/** path: a GGUF file, a starkv bundle (.skv, see starkv_pack) or a Hugging Face
  * model directory (config.json, model.safetensors or
  * model.safetensors.index.json, tokenizer.json); files are told apart by their
  * magic bytes. A bundle whose data fails its checksums is STARKV_ERR_CORRUPT;
@@ -115,7 +117,7 @@ STARKV_API starkv_status starkv_model_load(const char *path, const starkv_model_
 STARKV_API void starkv_model_free(starkv_model *model);
 
 typedef enum starkv_tokenizer_kind {
-    STARKV_TOKENIZER_SPM = 0, /* SentencePiece-style BPE with scores and byte fallback */
+    STARKV_TOKENIZER_SPM = 0, /**< SentencePiece-style BPE with scores and byte fallback */
     STARKV_TOKENIZER_BPE = 1  /* byte-level BPE with merges (GPT-2, Llama 3) */
 } starkv_tokenizer_kind;
 
@@ -129,7 +131,7 @@ typedef struct starkv_model_info {
     uint32_t struct_size;
     char architecture[32];
     char name[64];
-    char format[16]; /* "gguf", "hf", "bundle" */
+    char format[16]; /**< "gguf", "hf", "bundle" */
     int32_t n_vocab;
     int32_t n_embd;
     int32_t n_layer;
@@ -139,30 +141,30 @@ typedef struct starkv_model_info {
     int32_t n_ff;
     int32_t n_ctx_train;
     float rope_theta;
-    int32_t rope_scaling; /* starkv_rope_scaling */
+    int32_t rope_scaling; /**< starkv_rope_scaling */
     float rope_scaling_factor;
     float rms_norm_eps;
     bool tied_embeddings;
-    int32_t tokenizer; /* starkv_tokenizer_kind */
-    starkv_token bos_token; /* -1 when the model has none */
+    int32_t tokenizer; /**< starkv_tokenizer_kind */
+    starkv_token bos_token; /**< -1 when the model has none */
     starkv_token eos_token;
     starkv_token unk_token;
     starkv_token pad_token;
     uint64_t n_params;
 } starkv_model_info;
 STARKV_API void starkv_model_info_default(starkv_model_info *info);
-/* info->struct_size must be set (use starkv_model_info_default). */
+/** info->struct_size must be set (use starkv_model_info_default). */
 STARKV_API starkv_status starkv_model_get_info(const starkv_model *model, starkv_model_info *info);
 
-/* The file's tensor table (for inspection tools). */
+/** The file's tensor table (for inspection tools). */
 typedef struct starkv_tensor_info {
     uint32_t struct_size;
     char name[128];
-    char dtype[16];  /* as stored: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1" */
+    char dtype[16];  /**< as stored: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1" */
     int32_t n_dims;
-    int64_t shape[4]; /* outermost first, e.g. {rows, cols} */
-    uint64_t offset;  /* byte offset in its file */
-    uint64_t n_bytes; /* stored bytes */
+    int64_t shape[4]; /**< outermost first, e.g. {rows, cols} */
+    uint64_t offset;  /**< byte offset in its file */
+    uint64_t n_bytes; /**< stored bytes */
 } starkv_tensor_info;
 STARKV_API void starkv_tensor_info_default(starkv_tensor_info *info);
 STARKV_API size_t starkv_model_n_tensors(const starkv_model *model);
@@ -170,26 +172,40 @@ STARKV_API starkv_status starkv_model_tensor(const starkv_model *model, size_t i
                                              starkv_tensor_info *info);
 
 /* ---- Bundles ------------------------------------------------------------ */
-/* A bundle (.skv) is one self-describing file with everything the runtime needs
+/** A bundle (.skv) is one self-describing file with everything the runtime needs
  * for a model (docs/bundle-format.md): tensors stored exactly as in the source
  * (so a Q4_1 GGUF stays Q4_1), each an independent zstd frame (or raw at level
  * 0), with checksums, the config, the tokenizer and provenance. */
 typedef struct starkv_pack_params {
     uint32_t struct_size;
-    int32_t zstd_level;          /* 0 = uncompressed (64-byte aligned); 1..22; default 3 */
-    starkv_progress_fn progress; /* optional, [0, 1]; return false to cancel */
+    int32_t zstd_level;          /**< 0 = uncompressed (64-byte aligned); 1..22; default 3 */
+    starkv_progress_fn progress; /**< optional, [0, 1]; return false to cancel */
     void *progress_user_data;
+    /* STAR-KV low-rank KV cache (docs/quality.md). kv_compress is the fraction
+     * of the KV cache removed in compressed layers (0 = no compression, the
+     * default; e.g. 0.5, 0.75); it needs calib_path, a text file whose
+     * blank-line-separated paragraphs calibrate the factors (its later
+     * paragraphs measure the held-out perplexity stored in the bundle). */
+    float kv_compress;
+    const char *calib_path;
+    const char *rank_strategy; /* "adaptive" (default, NULL), "uniform" or "energy" */
+    const char *skip_layers;   /* NULL = first two and last; "none"; or "0,1,29" */
+    int32_t calib_tokens;      /* calibration tokens; default 4096 */
+    /* Separate key and value targets (fractions removed), both > 0, instead
+     * of one budget shared by keys and values; 0 (default) = shared. */
+    float kv_compress_k;
+    float kv_compress_v;
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 
-/* Packs in_path (anything starkv_model_load accepts; it is loaded first, so a
+/** Packs in_path (anything starkv_model_load accepts; it is loaded first, so a
  * model that does not load is not packed) into the bundle out_path. The bundle
  * is written to a temporary file in the same directory and renamed at the end:
  * a failed or cancelled pack leaves no file. params may be NULL. */
 STARKV_API starkv_status starkv_pack(const char *in_path, const char *out_path,
                                      const starkv_pack_params *params);
 
-/* A JSON document describing the bundle at path without loading its weights:
+/** A JSON document describing the bundle at path without loading its weights:
  * format_version, required_features, model (config), tokenizer (summary),
  * compression, provenance, tensors (name, dtype, shape, codec, offset,
  * stored_size, raw_size, xxh64) and totals. Not NUL-terminated; *n_out gets
@@ -198,20 +214,20 @@ STARKV_API starkv_status starkv_bundle_describe(const char *path, char *json_buf
                                                 size_t *n_out);
 
 /* ---- Tokenizer ---------------------------------------------------------- */
-/* Tokenize len bytes of text. With parse_special, text like "<s>" that spells a
+/** Tokenize len bytes of text. With parse_special, text like "<s>" that spells a
  * control token becomes that token; otherwise it is plain text. Writes up to
  * capacity tokens; *n_out always receives the number of tokens of the result
  * (STARKV_ERR_BUFFER_TOO_SMALL when it exceeds capacity). */
 STARKV_API starkv_status starkv_tokenize(const starkv_model *model, const char *text, size_t len,
                                          bool add_bos, bool parse_special, starkv_token *tokens,
                                          size_t capacity, size_t *n_out);
-/* Bytes of one token as it reads inside text (byte-fallback tokens give their
+/** Bytes of one token as it reads inside text (byte-fallback tokens give their
  * byte, SPM's U+2581 gives a space). Control tokens give "" unless
  * render_special. Not NUL-terminated; *n_out as for starkv_tokenize. */
 STARKV_API starkv_status starkv_token_to_piece(const starkv_model *model, starkv_token token,
                                                bool render_special, char *buf, size_t capacity,
                                                size_t *n_out);
-/* Text of a token sequence: control tokens are dropped and, for SPM, the space
+/** Text of a token sequence: control tokens are dropped and, for SPM, the space
  * the tokenizer put before the first word is removed, so that
  * detokenize(tokenize(s, add_bos)) == s. Not NUL-terminated. */
 STARKV_API starkv_status starkv_detokenize(const starkv_model *model, const starkv_token *tokens,
@@ -223,10 +239,17 @@ typedef struct starkv_context starkv_context;
 
 typedef struct starkv_context_params {
     uint32_t struct_size;
-    uint32_t n_ctx;     /* tokens of KV cache; 0 = the model's training context */
-    uint32_t n_threads; /* 0 = all hardware threads */
-    uint64_t seed;      /* seed of the default sampler of starkv_generate (sampler NULL) */
+    uint32_t n_ctx;     /**< tokens of KV cache; 0 = the model's training context */
+    uint32_t n_threads; /**< 0 = all hardware threads */
+    uint64_t seed;      /**< seed of the default sampler of starkv_generate (sampler NULL) */
+    int32_t backend;    /**< STARKV_BACKEND_*; default CPU */
+    int32_t device;     /**< GPU ordinal for the CUDA backend; default 0 */
 } starkv_context_params;
+
+/** Where a context runs. CUDA loads libstarkv_cuda.so (beside libstarkv, or the
+ * path in $STARKV_CUDA_LIBRARY) and fails with STARKV_ERR_NO_DEVICE when it,
+ * the driver or the device is missing; AUTO then uses the CPU and logs why. */
+enum { STARKV_BACKEND_CPU = 0, STARKV_BACKEND_CUDA = 1, STARKV_BACKEND_AUTO = 2 };
 STARKV_API void starkv_context_params_default(starkv_context_params *params);
 
 STARKV_API starkv_status starkv_context_create(const starkv_model *model,
@@ -234,24 +257,24 @@ STARKV_API starkv_status starkv_context_create(const starkv_model *model,
                                                starkv_context **out_ctx);
 STARKV_API void starkv_context_free(starkv_context *ctx);
 
-/* Run n_tokens tokens at positions n_past, n_past+1, ... and append them to the
+/** Run n_tokens tokens at positions n_past, n_past+1, ... and append them to the
  * KV cache. Logits are kept for the last token, or for every token when
  * all_logits. STARKV_ERR_CONTEXT_FULL (nothing changed) when they do not fit. */
 STARKV_API starkv_status starkv_context_eval(starkv_context *ctx, const starkv_token *tokens,
                                              size_t n_tokens, bool all_logits);
-/* One decode step: starkv_context_eval of one token. */
+/** One decode step: starkv_context_eval of one token. */
 STARKV_API starkv_status starkv_context_decode(starkv_context *ctx, starkv_token token);
-/* Logits (n_vocab floats) of the i-th token of the last eval; i = -1 is the
+/** Logits (n_vocab floats) of the i-th token of the last eval; i = -1 is the
  * last one. Valid until the next eval, reset or rewind. */
 STARKV_API starkv_status starkv_context_logits(const starkv_context *ctx, int32_t i,
                                                const float **out_logits);
 STARKV_API uint32_t starkv_context_n_past(const starkv_context *ctx);
 STARKV_API uint32_t starkv_context_n_ctx(const starkv_context *ctx);
 STARKV_API starkv_status starkv_context_reset(starkv_context *ctx);
-/* Forget every token at position >= n_past (n_past <= current position). */
+/** Forget every token at position >= n_past (n_past <= current position). */
 STARKV_API starkv_status starkv_context_rewind(starkv_context *ctx, uint32_t n_past);
 
-/* Scores a text: resets the context, evaluates the tokens and sums, in double,
+/** Scores a text: resets the context, evaluates the tokens and sums, in double,
  * -log p(tokens[i] | tokens[0..i)) for every i >= 1 (*out_n_scored = n - 1).
  * perplexity = exp(nll_sum / n_scored). Needs n_tokens >= 2. */
 STARKV_API starkv_status starkv_context_score(starkv_context *ctx, const starkv_token *tokens,
@@ -260,11 +283,13 @@ STARKV_API starkv_status starkv_context_score(starkv_context *ctx, const starkv_
 
 typedef struct starkv_kv_stats {
     uint32_t struct_size;
-    uint32_t n_tokens;        /* tokens held */
-    uint32_t n_ctx;           /* capacity in tokens */
-    uint64_t bytes_in_use;    /* bytes holding the n_tokens tokens */
-    uint64_t bytes_reserved;  /* bytes allocated now (grows with use, up to n_ctx tokens) */
-    uint64_t bytes_per_token; /* all layers, keys and values */
+    uint32_t n_tokens;        /**< tokens held */
+    uint32_t n_ctx;           /**< capacity in tokens */
+    uint64_t bytes_in_use;    /**< bytes holding the n_tokens tokens */
+    uint64_t bytes_reserved;  /**< bytes allocated now (grows with use, up to n_ctx tokens) */
+    uint64_t bytes_per_token; /**< all layers, keys and values */
+    uint64_t device_bytes;    /**< GPU memory of a GPU-backed context (weights, KV, buffers); 0 on the CPU */
+    uint64_t bytes_per_token_uncompressed; /**< the same model's cache without STAR-KV */
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);
 STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, starkv_kv_stats *stats);
@@ -272,36 +297,36 @@ STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, star
 /* ---- Sampling ----------------------------------------------------------- */
 typedef struct starkv_sampler starkv_sampler;
 
-/* Order of application: penalties, top-k, top-p, min-p, temperature, draw.
+/** Order of application: penalties, top-k, top-p, min-p, temperature, draw.
  * temperature <= 0 is greedy (argmax after penalties). */
 typedef struct starkv_sampler_params {
     uint32_t struct_size;
-    float temperature;       /* default 0.8 */
-    int32_t top_k;           /* <= 0 disables; default 40 */
-    float top_p;             /* >= 1 disables; default 0.95 */
-    float min_p;             /* <= 0 disables; default 0.05 */
-    float repeat_penalty;    /* 1 disables; default 1 */
-    float presence_penalty;  /* 0 disables */
-    float frequency_penalty; /* 0 disables */
-    int32_t penalty_last_n;  /* tokens looked back for penalties; default 64 */
-    uint64_t seed;           /* same seed, same draws */
+    float temperature;       /**< default 0.8 */
+    int32_t top_k;           /**< <= 0 disables; default 40 */
+    float top_p;             /**< >= 1 disables; default 0.95 */
+    float min_p;             /**< <= 0 disables; default 0.05 */
+    float repeat_penalty;    /**< 1 disables; default 1 */
+    float presence_penalty;  /**< 0 disables */
+    float frequency_penalty; /**< 0 disables */
+    int32_t penalty_last_n;  /**< tokens looked back for penalties; default 64 */
+    uint64_t seed;           /**< same seed, same draws */
 } starkv_sampler_params;
 STARKV_API void starkv_sampler_params_default(starkv_sampler_params *params);
 
 STARKV_API starkv_status starkv_sampler_create(const starkv_sampler_params *params,
                                                starkv_sampler **out_sampler);
 STARKV_API void starkv_sampler_free(starkv_sampler *sampler);
-/* Pick a token from n_vocab logits (not modified). Does not record it: call
+/** Pick a token from n_vocab logits (not modified). Does not record it: call
  * starkv_sampler_accept for the tokens that enter the sequence. */
 STARKV_API starkv_status starkv_sampler_sample(starkv_sampler *sampler, const float *logits,
                                                size_t n_vocab, starkv_token *out_token);
-/* Record a token of the sequence (prompt or generated) for the penalties. */
+/** Record a token of the sequence (prompt or generated) for the penalties. */
 STARKV_API starkv_status starkv_sampler_accept(starkv_sampler *sampler, starkv_token token);
-/* Forget accepted tokens and restart the random stream from the seed. */
+/** Forget accepted tokens and restart the random stream from the seed. */
 STARKV_API starkv_status starkv_sampler_reset(starkv_sampler *sampler);
 
 /* ---- Generation --------------------------------------------------------- */
-/* Receives each generated piece as soon as it is complete UTF-8 (a token that
+/** Receives each generated piece as soon as it is complete UTF-8 (a token that
  * ends inside a multi-byte character is held back until the character is
  * complete). Return false to stop generation. */
 typedef bool (*starkv_piece_fn)(const char *piece, size_t len, starkv_token token,
@@ -316,9 +341,9 @@ typedef enum starkv_stop_reason {
 
 typedef struct starkv_generate_params {
     uint32_t struct_size;
-    int32_t max_tokens;        /* default 128 */
-    bool stop_at_eos;          /* default true */
-    starkv_piece_fn on_piece;  /* optional */
+    int32_t max_tokens;        /**< default 128 */
+    bool stop_at_eos;          /**< default true */
+    starkv_piece_fn on_piece;  /**< optional */
     void *user_data;
 } starkv_generate_params;
 STARKV_API void starkv_generate_params_default(starkv_generate_params *params);
@@ -327,13 +352,13 @@ typedef struct starkv_generate_result {
     uint32_t struct_size;
     uint32_t n_prompt_tokens;
     uint32_t n_generated;
-    int32_t stop_reason; /* starkv_stop_reason */
+    int32_t stop_reason; /**< starkv_stop_reason */
     double prompt_seconds;
     double decode_seconds;
 } starkv_generate_result;
 STARKV_API void starkv_generate_result_default(starkv_generate_result *result);
 
-/* Evaluate the prompt tokens after what the context already holds, then sample
+/** Evaluate the prompt tokens after what the context already holds, then sample
  * and evaluate up to max_tokens tokens, streaming each piece. The sampler
  * accepts the prompt and every generated token. Afterwards the context holds
  * the prompt and every emitted token (also the one at which the callback
