@@ -25,6 +25,7 @@ class Status(enum.IntEnum):
     BUFFER_TOO_SMALL = 8
     KV_POOL_FULL = 9
     INTERNAL = 10
+    NO_DEVICE = 11
 
 
 class StarkvError(Exception):

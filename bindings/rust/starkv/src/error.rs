@@ -27,6 +27,8 @@ pub enum Status {
     KvPoolFull,
     /// `STARKV_ERR_INTERNAL`.
     Internal,
+    /// `STARKV_ERR_NO_DEVICE`: a GPU backend was asked for and none is usable.
+    NoDevice,
     /// A status this version of the crate does not know (a newer library).
     Unknown(u32),
 }
@@ -47,6 +49,7 @@ impl Status {
             sys::STARKV_ERR_BUFFER_TOO_SMALL => Status::BufferTooSmall,
             sys::STARKV_ERR_KV_POOL_FULL => Status::KvPoolFull,
             sys::STARKV_ERR_INTERNAL => Status::Internal,
+            sys::STARKV_ERR_NO_DEVICE => Status::NoDevice,
             other => Status::Unknown(other as u32),
         })
     }
@@ -65,6 +68,7 @@ impl Status {
             Status::BufferTooSmall => sys::STARKV_ERR_BUFFER_TOO_SMALL,
             Status::KvPoolFull => sys::STARKV_ERR_KV_POOL_FULL,
             Status::Internal => sys::STARKV_ERR_INTERNAL,
+            Status::NoDevice => sys::STARKV_ERR_NO_DEVICE,
             Status::Unknown(v) => v as sys::starkv_status,
         }
     }

@@ -3,7 +3,8 @@ package ai.starkv;
 /** Mirror of {@code starkv_status}: why a call failed. */
 public enum Status {
     OK(0), INVALID_ARGUMENT(1), IO(2), CORRUPT(3), UNSUPPORTED(4), OUT_OF_MEMORY(5),
-    CONTEXT_FULL(6), CANCELLED(7), BUFFER_TOO_SMALL(8), KV_POOL_FULL(9), INTERNAL(10);
+    CONTEXT_FULL(6), CANCELLED(7), BUFFER_TOO_SMALL(8), KV_POOL_FULL(9), INTERNAL(10),
+    NO_DEVICE(11);
 
     private final int code;
 
