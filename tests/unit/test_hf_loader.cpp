@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "model/dequant.h"
 #include "model/loader.h"
+#include "hf_checkpoint.h"
 #include "test_paths.h"
 
 using namespace starkv;
@@ -56,25 +57,7 @@ std::string st_serialize(const std::map<std::string, Blob>& ts) {
 }
 
 // GPT-2's byte-to-unicode map, so the byte tokens look like a real byte-level BPE.
-std::string byte_token(int b) {
-    int cp;
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) {
-        cp = b;
-    } else {
-        int n = 0;
-        for (int x = 0; x < b; ++x)
-            if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) ++n;
-        cp = 256 + n;
-    }
-    std::string s;
-    if (cp < 0x80) {
-        s += static_cast<char>(cp);
-    } else {
-        s += static_cast<char>(0xC0 | (cp >> 6));
-        s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return s;
-}
+std::string byte_token(int b) { return starkv_test::hf_byte_token(b); }
 
 // 256 byte tokens + <s> + </s>: the smallest byte-level BPE tokenizer.json.
 json minimal_tokenizer_json() {
