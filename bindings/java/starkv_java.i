@@ -119,6 +119,8 @@ STARKV_ARRAY(float, out, n, jfloatArray, float, jfloat, Float, 0)
 %apply (const char *STRING, size_t LENGTH) { (const char *piece, size_t len) };
 
 /* ---- replaced by helpers (callbacks) ------------------------------------------------- */
+/* The abort callback (0.2) is not bound yet: generation stops through the piece callback. */
+%ignore starkv_context_set_abort_callback;
 %ignore starkv_set_log_callback;
 %ignore starkv_model_params;
 %ignore starkv_model_params_default;

@@ -100,6 +100,8 @@ STARKV_ARRAY_IN(float, NPY_FLOAT32, logits, n_vocab)
 %thread starkv_sampler_sample;
 
 /* ---- replaced by the helpers below (callbacks, sized outputs) -------------------- */
+/* The abort callback (0.2) is not bound yet: generation stops through the piece callback. */
+%ignore starkv_context_set_abort_callback;
 %ignore starkv_set_log_callback;
 %ignore starkv_model_params;
 %ignore starkv_model_params_default;

@@ -274,6 +274,18 @@ STARKV_API starkv_status starkv_context_reset(starkv_context *ctx);
 /** Forget every token at position >= n_past (n_past <= current position). */
 STARKV_API starkv_status starkv_context_rewind(starkv_context *ctx, uint32_t n_past);
 
+/** Asked between steps of long work on a context (each micro-batch of a
+ * prompt's evaluation, each generated token, each scored chunk); return true to
+ * stop it. The stopped call fails with STARKV_ERR_CANCELLED: an eval or a
+ * prompt being evaluated leaves the context as it was before the call (the last
+ * logits are dropped); starkv_generate keeps the tokens already generated. */
+typedef bool (*starkv_abort_fn)(void *user_data);
+/** Sets (fn non-NULL) or clears (fn NULL) the context's abort callback. It runs
+ * on the thread using the context; to cancel from another thread, have it read
+ * an atomic flag that thread sets. Since 0.2. */
+STARKV_API starkv_status starkv_context_set_abort_callback(starkv_context *ctx, starkv_abort_fn fn,
+                                                           void *user_data);
+
 /** Scores a text: resets the context, evaluates the tokens and sums, in double,
  * -log p(tokens[i] | tokens[0..i)) for every i >= 1 (*out_n_scored = n - 1).
  * perplexity = exp(nll_sum / n_scored). Needs n_tokens >= 2. */

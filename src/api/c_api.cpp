@@ -396,6 +396,14 @@ starkv_status starkv_context_eval(starkv_context* ctx, const starkv_token* token
     return guarded([&] { ctx->ctx->eval(tokens, n_tokens, all_logits); });
 }
 
+starkv_status starkv_context_set_abort_callback(starkv_context* ctx, starkv_abort_fn fn, void* user_data) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    return guarded([&] {
+        if (fn) ctx->ctx->set_abort([fn, user_data] { return fn(user_data); });
+        else ctx->ctx->set_abort(nullptr);
+    });
+}
+
 starkv_status starkv_context_decode(starkv_context* ctx, starkv_token token) {
     return starkv_context_eval(ctx, &token, 1, false);
 }

@@ -34,7 +34,7 @@ Context::~Context() = default;
 
 uint64_t Context::device_bytes() const { return device_ ? device_->device_bytes() : 0; }
 
-void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
+void Context::eval(const int32_t* tokens, size_t n, bool all_logits, bool check_abort) {
     if (n == 0) fail(STARKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
     if (n > static_cast<size_t>(kv_.n_ctx() - n_past_))
         fail(STARKV_ERR_CONTEXT_FULL, "context full: " + std::to_string(n_past_) + " + " + std::to_string(n) +
@@ -52,7 +52,15 @@ void Context::eval(const int32_t* tokens, size_t n, bool all_logits) {
     } catch (const std::bad_alloc&) {
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot allocate buffers for " + std::to_string(n) + " tokens");
     }
+    const int n_past_before = n_past_;
     for (size_t done = 0; done < n;) {
+        if (check_abort && aborted()) {
+            // Positions past n_past_before hold a partial prompt: forget them.
+            n_past_ = n_past_before;
+            n_logits_ = 0;
+            fail(STARKV_ERR_CANCELLED, "evaluation cancelled by the abort callback after " + std::to_string(done) +
+                                           " of " + std::to_string(n) + " tokens");
+        }
         const int m = static_cast<int>(std::min<size_t>(n - done, kMicroBatch));
         const bool last = done + static_cast<size_t>(m) == n;
         // Without all_logits only the final micro-batch's last row is needed.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,11 +40,19 @@ public:
     // Appends tokens (Error STARKV_ERR_CONTEXT_FULL when they do not fit,
     // STARKV_ERR_INVALID_ARGUMENT for an id outside the vocabulary; nothing
     // changes in either case).
-    void eval(const int32_t* tokens, size_t n, bool all_logits);
+    // check_abort = false: the caller has asked the abort callback itself
+    // (generate does, before sampling, so every emitted token is cached).
+    void eval(const int32_t* tokens, size_t n, bool all_logits, bool check_abort = true);
     // Logits of the i-th token of the last eval (-1 = last); nullptr if none.
     const float* logits(int i) const;
     void reset();
     void rewind(int n_past);
+
+    // Asked before each micro-batch of eval (and by callers between their
+    // steps); true cancels: eval then throws Error(STARKV_ERR_CANCELLED) and
+    // leaves the sequence as it was before the call.
+    void set_abort(std::function<bool()> fn) { abort_ = std::move(fn); }
+    bool aborted() const { return abort_ && abort_(); }
 
     // Calibration only: sees each layer's K/V projection input (see ForwardScratch).
     void set_kv_input_observer(std::function<void(int layer, const float* xn, int n)> fn) {
@@ -60,6 +69,7 @@ private:
     KvCache kv_;
     ThreadPool pool_;
     ForwardScratch scratch_;
+    std::function<bool()> abort_;
     std::vector<float> logits_;
     int n_logits_ = 0;
     int n_past_ = 0;

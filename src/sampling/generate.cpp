@@ -55,6 +55,8 @@ GenerateResult generate(Context& ctx, Sampler& sampler, const std::vector<int32_
     Utf8Stream stream;
     int32_t prev = prompt.empty() ? -1 : prompt.back();
     for (int i = 0; i < max_tokens; ++i) {
+        if (ctx.aborted()) fail(STARKV_ERR_CANCELLED, "generation cancelled by the abort callback after " +
+                                                          std::to_string(r.n_generated) + " tokens");
         const int32_t next = sampler.sample(ctx.logits(-1), ctx.model().config().n_vocab);
         sampler.accept(next);
         if (stop_at_eos && next == vocab.eos) {
@@ -77,7 +79,7 @@ GenerateResult generate(Context& ctx, Sampler& sampler, const std::vector<int32_
             r.stop = go_on ? StopReason::ContextFull : StopReason::Callback;
             break;
         }
-        ctx.eval(&next, 1, false);
+        ctx.eval(&next, 1, false, /*check_abort=*/false);
         if (!go_on) {
             r.stop = StopReason::Callback;
             break;
