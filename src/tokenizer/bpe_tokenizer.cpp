@@ -75,9 +75,9 @@ CodePtr compile(const char* pattern) {
     return CodePtr(code);
 }
 
-class BpeTokenizer final : public Tokenizer {
+class BpeTokenizer final : public PieceTokenizer {
 public:
-    explicit BpeTokenizer(Vocab v) : Tokenizer(std::move(v)), special_(vocab_) {
+    explicit BpeTokenizer(Vocab v) : PieceTokenizer(std::move(v)) {
         const std::string& pre = vocab_.pre;
         if (pre == "llama3" || pre == "llama-bpe") {
             regexes_.push_back(compile(kLlama3Pattern));
@@ -122,7 +122,6 @@ public:
             merges_.emplace(pair_key(l, rr), Merge{static_cast<int32_t>(r), res});
         }
 
-        pieces_.resize(n);
         for (size_t i = 0; i < n; ++i) pieces_[i] = decode_piece(i);
     }
 
@@ -148,13 +147,6 @@ public:
             else encode_raw(f.text);
         }
         return out;
-    }
-
-    std::string token_to_piece(int32_t token, bool render_special) const override {
-        check_token(token);
-        if (vocab_.types[token] == TokenType::Control)
-            return render_special ? vocab_.tokens[token] : std::string();
-        return pieces_[token];
     }
 
     std::string detokenize(const std::vector<int32_t>& tokens) const override {
@@ -201,12 +193,6 @@ private:
         return it == map_.end() ? -1 : it->second;
     }
 
-    void check_token(int32_t token) const {
-        if (token < 0 || token >= n_vocab())
-            fail(STARKV_ERR_INVALID_ARGUMENT,
-                 "token id " + std::to_string(token) + " out of range (n_vocab " +
-                     std::to_string(n_vocab()) + ")");
-    }
 
     std::string decode_piece(size_t i) const {
         const std::string& text = vocab_.tokens[i];
@@ -342,8 +328,6 @@ private:
     std::array<int32_t, 256> byte_ids_{};
     std::array<std::string, 256> byte_chars_;
     std::unordered_map<uint32_t, uint8_t> unicode_to_byte_;
-    std::vector<std::string> pieces_;
-    SpecialMatcher special_;
 };
 
 }  // namespace

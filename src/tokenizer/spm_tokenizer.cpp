@@ -37,12 +37,11 @@ bool mergeable(TokenType t) {
     return t == TokenType::Normal || t == TokenType::UserDefined || t == TokenType::Undefined;
 }
 
-class SpmTokenizer final : public Tokenizer {
+class SpmTokenizer final : public PieceTokenizer {
 public:
-    explicit SpmTokenizer(Vocab v) : Tokenizer(std::move(v)), special_(vocab_) {
+    explicit SpmTokenizer(Vocab v) : PieceTokenizer(std::move(v)) {
         const size_t n = vocab_.tokens.size();
         byte_ids_.fill(-1);
-        pieces_.resize(n);
         for (size_t i = 0; i < n; ++i) {
             const std::string& text = vocab_.tokens[i];
             const TokenType type = vocab_.types[i];
@@ -106,13 +105,6 @@ public:
         return out;
     }
 
-    std::string token_to_piece(int32_t token, bool render_special) const override {
-        check_token(token);
-        if (vocab_.types[token] == TokenType::Control)
-            return render_special ? vocab_.tokens[token] : std::string();
-        return pieces_[token];
-    }
-
     std::string detokenize(const std::vector<int32_t>& tokens) const override {
         std::string out;
         bool strip = vocab_.add_space_prefix;
@@ -153,12 +145,6 @@ private:
         }
     };
 
-    void check_token(int32_t token) const {
-        if (token < 0 || token >= n_vocab())
-            fail(STARKV_ERR_INVALID_ARGUMENT,
-                 "token id " + std::to_string(token) + " out of range (n_vocab " +
-                     std::to_string(n_vocab()) + ")");
-    }
 
     int32_t lookup(std::string_view s) const {
         auto it = map_.find(s);
@@ -240,8 +226,6 @@ private:
 
     TokenMap map_;
     std::array<int32_t, 256> byte_ids_{};
-    std::vector<std::string> pieces_;
-    SpecialMatcher special_;
 };
 
 }  // namespace

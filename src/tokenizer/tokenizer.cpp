@@ -36,6 +36,12 @@ SpecialMatcher::SpecialMatcher(const Vocab& vocab) {
     }
 }
 
+void PieceTokenizer::check_token(int32_t token) const {
+    if (token < 0 || token >= n_vocab())
+        fail(STARKV_ERR_INVALID_ARGUMENT,
+             "token id " + std::to_string(token) + " out of range (n_vocab " + std::to_string(n_vocab()) + ")");
+}
+
 std::vector<Fragment> SpecialMatcher::split(std::string_view text) const {
     std::vector<Fragment> out;
     if (empty_) {

@@ -63,6 +63,27 @@ inline size_t utf8_char_len(const char* s, size_t n) {
     return len;
 }
 
+// What SPM and BPE share: a decoded piece per token, the special-token
+// matcher, and the id check every public call makes.
+class PieceTokenizer : public Tokenizer {
+public:
+    std::string token_to_piece(int32_t token, bool render_special) const override {
+        check_token(token);
+        if (vocab_.types[token] == TokenType::Control) return render_special ? vocab_.tokens[token] : std::string();
+        return pieces_[token];
+    }
+
+protected:
+    explicit PieceTokenizer(Vocab vocab) : Tokenizer(std::move(vocab)), special_(vocab_) {
+        pieces_.resize(vocab_.tokens.size());
+    }
+    // Throws Error(STARKV_ERR_INVALID_ARGUMENT) for an id outside the vocabulary.
+    void check_token(int32_t token) const;
+
+    SpecialMatcher special_;
+    std::vector<std::string> pieces_;  // bytes of each token as it reads in text
+};
+
 std::unique_ptr<Tokenizer> make_spm_tokenizer(Vocab vocab);
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(Vocab vocab);
 
