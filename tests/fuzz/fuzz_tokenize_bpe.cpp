@@ -13,28 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "byte_level.h"
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
-std::string byte_token(int b) {
-    auto direct = [](int x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF); };
-    int cp = b;
-    if (!direct(b)) {
-        int n = 0;
-        for (int x = 0; x < b; ++x) n += !direct(x);
-        cp = 256 + n;
-    }
-    std::string s;
-    if (cp < 0x80) {
-        s += static_cast<char>(cp);
-    } else {
-        s += static_cast<char>(0xC0 | (cp >> 6));
-        s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return s;
-}
-
+using starkv_test::hf_byte_token;
 std::unique_ptr<starkv::Tokenizer> make(const char* pre) {
     starkv::Vocab v;
     v.kind = starkv::TokenizerKind::Bpe;
@@ -46,15 +30,15 @@ std::unique_ptr<starkv::Tokenizer> make(const char* pre) {
         v.tokens.push_back(t);
         v.types.push_back(type);
     };
-    for (int b = 0; b < 256; ++b) add(byte_token(b), starkv::TokenType::Normal);
+    for (int b = 0; b < 256; ++b) add(hf_byte_token(b), starkv::TokenType::Normal);
     // Merges: pairs of a small English corpus, greedily, as a BPE trainer would.
     const char* words[] = {" the", " and", " of", " to", " in", " is", " that", " it", " was", " for",
                            " on", " are", " with", " as", " he", " she", " they", "ing", "tion", " 123",
                            "\n\n", "  ", " caf\xc3\xa9", " \xe4\xb8\xad\xe6\x96\x87", "Hello", " world"};
     for (const char* w : words) {
-        std::string cur = byte_token(static_cast<unsigned char>(w[0]));
+        std::string cur = hf_byte_token(static_cast<unsigned char>(w[0]));
         for (size_t i = 1; w[i]; ++i) {
-            const std::string next = byte_token(static_cast<unsigned char>(w[i]));
+            const std::string next = hf_byte_token(static_cast<unsigned char>(w[i]));
             v.merges.push_back(cur + " " + next);
             cur += next;
             add(cur, starkv::TokenType::Normal);

@@ -3,6 +3,8 @@
 // minimal byte-level tokenizer.json. Header-only; shared by unit and API tests.
 #pragma once
 
+#include "byte_level.h"
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -33,25 +35,6 @@ inline uint16_t hf_f32_to_f16(float f) {  // round-to-nearest-even, finite input
     const uint32_t rest = mant & 0x1FFF;
     if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
     return static_cast<uint16_t>(h);
-}
-
-// GPT-2's byte-to-unicode map, as a real byte-level BPE vocabulary spells bytes.
-inline std::string hf_byte_token(int b) {
-    auto direct = [](int x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF); };
-    int cp = b;
-    if (!direct(b)) {
-        int n = 0;
-        for (int x = 0; x < b; ++x) n += !direct(x);
-        cp = 256 + n;
-    }
-    std::string s;
-    if (cp < 0x80) {
-        s += static_cast<char>(cp);
-    } else {
-        s += static_cast<char>(0xC0 | (cp >> 6));
-        s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return s;
 }
 
 class HfCheckpoint {
