@@ -21,6 +21,8 @@ PACKAGES=(
   dpkg-dev file                     # CPack .deb: dpkg-shlibdeps computes Depends
   doxygen                           # API reference from the header (docs/Doxyfile)
   clang                             # libFuzzer targets (scripts/fuzz.sh; brings the clang runtimes)
+  libgtk-4-dev                      # samples/desktop (GTK 4 chat window; optional, built when found)
+  xvfb xauth fonts-dejavu-core      # samples/desktop's test: a virtual X server (xvfb-run) and a font
 )
 
 missing=()

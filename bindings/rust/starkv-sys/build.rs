@@ -1,8 +1,11 @@
 //! Generates the bindings from the public header and links the shared library.
 //!
 //! Environment:
-//! - `STARKV_INCLUDE_DIR`: folder holding `starkv/starkv.h` (default: `<repo>/include`).
-//! - `STARKV_LIB_DIR`: folder holding `libstarkv.so` (default: `<repo>/build`).
+//! - `STARKV_INCLUDE_DIR`: folder holding `starkv/starkv.h` (default: the crate's
+//!   `include/`, which in the repository is a link to `<repo>/include/starkv/starkv.h`
+//!   and in the packaged crate the header itself, so the .crate builds on its own).
+//! - `STARKV_LIB_DIR`: folder holding `libstarkv.so` (default: `<repo>/build`; from
+//!   the packaged crate there is no default: set it, e.g. to an install's `lib/`).
 //!
 //! The library folder is passed on as `cargo:libdir=` (dependent crates read it as
 //! `DEP_STARKV_LIBDIR`, e.g. to set an rpath on their tests and binaries).
@@ -12,7 +15,7 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    // bindings/rust/starkv-sys -> the repository root
+    // bindings/rust/starkv-sys -> the repository root (meaningless in the packaged crate)
     let repo = manifest.join("../../..");
 
     println!("cargo:rerun-if-env-changed=STARKV_INCLUDE_DIR");
@@ -20,7 +23,7 @@ fn main() {
 
     let include_dir = env::var_os("STARKV_INCLUDE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("include"));
+        .unwrap_or_else(|| manifest.join("include"));
     let header = include_dir.join("starkv").join("starkv.h");
     if !header.is_file() {
         panic!(

@@ -1,0 +1,1 @@
+../../../../../include/starkv/starkv.h
