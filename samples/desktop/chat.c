@@ -184,6 +184,13 @@ static bool on_piece(const char *piece, size_t len, starkv_token token, void *us
     return !g_atomic_int_get(&app->cancel_requested);
 }
 
+/* Asked by the library before each chunk of a long prompt and each token: Cancel
+ * also stops a prefill, which the piece callback cannot reach. */
+static bool on_abort(void *user_data) {
+    App *app = user_data;
+    return g_atomic_int_get(&app->cancel_requested) != 0;
+}
+
 static gpointer generate_worker(gpointer data) {
     Job *job = data;
     App *app = job->app;
@@ -195,7 +202,17 @@ static gpointer generate_worker(gpointer data) {
     gp.on_piece = on_piece;
     gp.user_data = app;
     starkv_generate_result_default(&done->result);
+    const uint32_t n_past_before = starkv_context_n_past(app->ctx);
     done->status = starkv_generate(app->ctx, app->sampler, job->tokens, job->n_tokens, &gp, &done->result);
+    if (done->status == STARKV_ERR_CANCELLED) {
+        /* Stopped by on_abort: an ordinary Cancel. A cancelled prompt left the
+         * context as it was; otherwise every emitted token is cached. */
+        const uint32_t held = starkv_context_n_past(app->ctx) - n_past_before;
+        done->status = STARKV_OK;
+        done->result.stop_reason = STARKV_STOP_CALLBACK;
+        done->result.n_prompt_tokens = held ? (uint32_t)job->n_tokens : 0;
+        done->result.n_generated = held ? held - (uint32_t)job->n_tokens : 0;
+    }
     if (done->status != STARKV_OK) g_strlcpy(done->error, starkv_last_error(), sizeof done->error);
     starkv_kv_stats_default(&done->kv);
     starkv_context_kv_stats(app->ctx, &done->kv);
@@ -431,6 +448,7 @@ int main(int argc, char **argv) {
     starkv_sampler_params_default(&sp);
     sp.temperature = app.temperature;
     if (starkv_context_create(app.model, &cp, &app.ctx) != STARKV_OK ||
+        starkv_context_set_abort_callback(app.ctx, on_abort, &app) != STARKV_OK ||
         starkv_sampler_create(&sp, &app.sampler) != STARKV_OK) {
         fprintf(stderr, "starkv-desktop: %s\n", starkv_last_error());
         starkv_context_free(app.ctx);
