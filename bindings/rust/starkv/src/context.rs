@@ -4,6 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use starkv_sys as sys;
@@ -72,6 +73,10 @@ pub struct KvStats {
     pub bytes_reserved: u64,
     /// All layers, keys and values.
     pub bytes_per_token: u64,
+    /// The same model's cache without STAR-KV (compare with `bytes_per_token`).
+    pub bytes_per_token_uncompressed: u64,
+    /// GPU memory of a GPU-backed context; 0 on the CPU.
+    pub device_bytes: u64,
 }
 
 /// Result of [`Context::score`].
@@ -185,6 +190,8 @@ pub struct Context<'m> {
     n_vocab: usize,
     // Dropped after Drop::drop has freed the C context.
     _shared: Option<Arc<Model>>,
+    // The flag the abort callback reads; kept alive while it is installed.
+    cancel: Option<Arc<AtomicBool>>,
     _model: PhantomData<&'m Model>,
 }
 
@@ -229,7 +236,27 @@ where
     }
 }
 
+unsafe extern "C" fn abort_trampoline(user_data: *mut c_void) -> bool {
+    // SAFETY: user_data is the AtomicBool of the Arc the context keeps in `cancel`.
+    unsafe { (*(user_data as *const AtomicBool)).load(Ordering::Acquire) }
+}
+
 impl<'m> Context<'m> {
+    /// Lets another thread cancel this context's long work: while `flag` is set,
+    /// an eval (between 64-token chunks), a generation (before each token) or a
+    /// score stops with [`Status::Cancelled`]. A cancelled eval leaves the context
+    /// as it was; a generation keeps the tokens it emitted. `None` removes it.
+    pub fn set_cancel_flag(&mut self, flag: Option<Arc<AtomicBool>>) -> Result<()> {
+        let (cb, user): (sys::starkv_abort_fn, *mut c_void) = match &flag {
+            Some(f) => (Some(abort_trampoline), Arc::as_ptr(f) as *mut c_void),
+            None => (None, ptr::null_mut()),
+        };
+        check(unsafe { sys::starkv_context_set_abort_callback(self.raw.as_ptr(), cb, user) })?;
+        self.cancel = flag;
+        Ok(())
+    }
+
+
     /// A context on a borrowed model. With an `Arc<Model>`, `Context::new(&arc, ..)`
     /// borrows through it; [`Context::with_shared_model`] gives a `'static` context.
     pub fn new(model: &'m Model, params: &ContextParams) -> Result<Context<'m>> {
@@ -245,6 +272,7 @@ impl<'m> Context<'m> {
             raw: NonNull::new(raw).ok_or_else(|| Error::new(Status::Internal, "context_create returned NULL"))?,
             n_vocab,
             _shared: shared,
+            cancel: None,
             _model: PhantomData,
         })
     }
@@ -314,6 +342,8 @@ impl<'m> Context<'m> {
             bytes_in_use: s.bytes_in_use,
             bytes_reserved: s.bytes_reserved,
             bytes_per_token: s.bytes_per_token,
+            bytes_per_token_uncompressed: s.bytes_per_token_uncompressed,
+            device_bytes: s.device_bytes,
         })
     }
 

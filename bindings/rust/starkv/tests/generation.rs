@@ -268,3 +268,26 @@ fn logits_rewind_kv_stats_and_score() {
         "ppl {ppl}"
     );
 }
+
+#[test]
+fn cancel_flag_stops_eval_and_generation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let model = common::load();
+    let mut ctx = Context::new(&model, &ContextParams::default().n_ctx(512).n_threads(1)).unwrap();
+    let tokens = model.tokenize("Once upon a time", true, false).unwrap();
+    let flag = Arc::new(AtomicBool::new(true));
+    ctx.set_cancel_flag(Some(flag.clone())).unwrap();
+    let err = ctx.eval(&tokens, false).unwrap_err();
+    assert_eq!(err.status(), starkv::Status::Cancelled);
+    assert_eq!(ctx.n_past(), 0); // a cancelled eval leaves the context as it was
+    flag.store(false, Ordering::Release);
+    ctx.eval(&tokens, false).unwrap();
+    assert_eq!(ctx.n_past() as usize, tokens.len());
+    let kv = ctx.kv_stats().unwrap();
+    assert_eq!(kv.bytes_per_token, kv.bytes_per_token_uncompressed); // a plain GGUF: nothing compressed
+    assert_eq!(kv.device_bytes, 0);
+    ctx.set_cancel_flag(None).unwrap();
+    flag.store(true, Ordering::Release); // no longer asked
+    ctx.decode(tokens[1]).unwrap();
+}
