@@ -118,6 +118,7 @@ STARKV_ARRAY_IN(float, NPY_FLOAT32, logits, n_vocab)
 
 /* ---- helpers: C signatures Python can call, with callbacks as callables ----------- */
 %{
+#include <atomic>
 namespace {
 
 /* user_data of the trampolines: the callable and the first exception it raised. */
@@ -290,6 +291,28 @@ PyObject *py_generate(starkv_context *ctx, starkv_sampler *sampler, const starkv
     Py_END_ALLOW_THREADS
     if (cb.restore()) return nullptr;
     if (st != STARKV_OK) { starkv_py_raise(st); return nullptr; }
+    Py_RETURN_NONE;
+}
+
+/* A context's cancel flag, as a capsule that owns it: installed as the
+ * context's abort callback, which reads it without the GIL, so another Python
+ * thread can stop an eval, score or generation that runs with the GIL released. */
+PyObject *py_cancel_flag_install(starkv_context *ctx) {
+    auto *flag = new std::atomic<bool>(false);
+    auto read = [](void *user) { return static_cast<std::atomic<bool> *>(user)->load(std::memory_order_acquire); };
+    starkv_status st = starkv_context_set_abort_callback(ctx, read, flag);
+    if (st != STARKV_OK) { delete flag; starkv_py_raise(st); return nullptr; }
+    PyObject *cap = PyCapsule_New(flag, "starkv.cancel_flag", [](PyObject *c) {
+        delete static_cast<std::atomic<bool> *>(PyCapsule_GetPointer(c, "starkv.cancel_flag"));
+    });
+    if (!cap) delete flag;
+    return cap;
+}
+
+PyObject *py_cancel_flag_set(PyObject *capsule, bool on) {
+    auto *flag = static_cast<std::atomic<bool> *>(PyCapsule_GetPointer(capsule, "starkv.cancel_flag"));
+    if (!flag) return nullptr;
+    flag->store(on, std::memory_order_release);
     Py_RETURN_NONE;
 }
 

@@ -133,6 +133,8 @@ class KVStats:
     bytes_in_use: int
     bytes_reserved: int
     bytes_per_token: int
+    device_bytes: int = 0
+    bytes_per_token_uncompressed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +336,10 @@ class Sampler:
         capi.starkv_sampler_reset(self._h())
 
 
+def _free_context(handle: Any, cancel_flag: Any) -> None:
+    capi.starkv_context_free(handle)  # cancel_flag (its abort callback's data) dies after this
+
+
 class Context:
     """An inference session on a :class:`Model`: KV cache, scratch and logits.
     Used by one thread at a time. Frees its native memory on :meth:`close`, at
@@ -354,7 +360,13 @@ class Context:
             p.seed = seed
         self._model = model  # keeps the model alive while the context is
         self._handle = capi.starkv_context_create(model._h(), p)
-        self._finalizer = weakref.finalize(self, capi.starkv_context_free, self._handle)
+        try:
+            self._cancel_flag = capi.py_cancel_flag_install(self._handle)
+        except BaseException:
+            capi.starkv_context_free(self._handle)
+            raise
+        # The flag outlives the context: the finalizer holds it until the free.
+        self._finalizer = weakref.finalize(self, _free_context, self._handle, self._cancel_flag)
         self._busy: Optional[str] = None
         self._n_last_eval = 0
         model._contexts.add(self)
@@ -394,6 +406,18 @@ class Context:
         ref = getattr(self, "_gen_ref", None)
         return ref() if ref is not None else None
 
+    def cancel(self) -> None:
+        """Stop the :meth:`eval`, :meth:`score` or :meth:`generate` running on this
+        context in another thread: it raises :class:`CancelledError` (an eval
+        leaves the context as it was; a generation keeps the tokens it emitted).
+        Thread-safe. Each of those calls clears the request when it starts, so
+        a cancel() with nothing running has no effect."""
+        if self._finalizer.alive:
+            capi.py_cancel_flag_set(self._cancel_flag, True)
+
+    def _arm(self) -> None:
+        capi.py_cancel_flag_set(self._cancel_flag, False)
+
     # -- state ------------------------------------------------------------------------
     @property
     def n_past(self) -> int:
@@ -427,7 +451,9 @@ class Context:
 
         :raises ContextFullError: they do not fit (nothing changed)."""
         arr = _tokens_array(tokens)
-        capi.starkv_context_eval(self._h(), arr, all_logits)
+        h = self._h()
+        self._arm()
+        capi.starkv_context_eval(h, arr, all_logits)
         self._n_last_eval = arr.size if all_logits else 1
 
     def decode(self, token: int) -> None:
@@ -448,7 +474,9 @@ class Context:
     def score(self, tokens: TokensLike) -> Tuple[float, int]:
         """``starkv_context_score``: resets the context, evaluates the tokens and
         returns (sum of -log p(token_i | tokens before), number scored)."""
-        return tuple(capi.starkv_context_score(self._h(), _tokens_array(tokens)))  # type: ignore[return-value]
+        h = self._h()
+        self._arm()
+        return tuple(capi.starkv_context_score(h, _tokens_array(tokens)))  # type: ignore[return-value]
 
     def perplexity(self, text_or_tokens: Union[str, TokensLike]) -> float:
         """Perplexity of a text (tokenized with BOS) or of token ids: exp(mean NLL).
@@ -531,6 +559,7 @@ class Context:
              cb: Optional[Callable[[bytes, int], Optional[bool]]], handle: Any = None) -> GenerateResult:
         res = capi.starkv_generate_result()
         capi.starkv_generate_result_default(res)
+        self._arm()
         capi.py_generate(handle if handle is not None else self._h(),
                          sampler._h() if sampler is not None else None,
                          tokens, max_tokens, stop_at_eos, cb, res)

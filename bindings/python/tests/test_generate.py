@@ -186,3 +186,47 @@ def test_contexts_in_threads(model):
         t.join()
     assert not errors
     assert results == [expected] * 12
+
+
+def test_cancel_from_the_piece_callback_keeps_the_emitted_tokens(model):
+    with model.context(n_ctx=2048, n_threads=1) as ctx:
+        prompt = model.tokenize("Once upon a time", add_bos=True)
+        seen = []
+
+        def on_piece(piece, token):
+            seen.append(piece)
+            if len(seen) == 5:
+                ctx.cancel()  # from the same thread here; the flag is what another thread would set
+            return True
+
+        with pytest.raises(starkv.CancelledError):
+            ctx.generate(prompt, max_tokens=1000, stop_at_eos=False, temperature=0, on_piece=on_piece)
+        assert ctx.n_past == len(prompt) + 5  # every emitted token is cached
+        # The request is cleared by the next call, which continues the same greedy text.
+        rest = ctx.generate(None, max_tokens=20, stop_at_eos=False, temperature=0,
+                            on_piece=lambda piece, token: seen.append(piece))
+        assert rest.n_generated == 20
+        with model.context(n_threads=1) as ref:
+            assert "".join(seen) == ref.complete(prompt, max_tokens=25, stop_at_eos=False, temperature=0)
+
+
+def test_cancel_from_another_thread_stops_a_generation(model):
+    with model.context(n_ctx=2048, n_threads=1) as ctx:
+        started = threading.Event()
+
+        def on_piece(piece, token):
+            started.set()
+            return True
+
+        canceller = threading.Thread(target=lambda: (started.wait(10), ctx.cancel()))
+        canceller.start()
+        with pytest.raises(starkv.CancelledError):
+            ctx.generate([model.bos_token], max_tokens=2040, stop_at_eos=False, temperature=0, on_piece=on_piece)
+        canceller.join()
+        assert 1 < ctx.n_past < 2041
+
+
+def test_kv_stats_report_the_uncompressed_bytes(ctx):
+    s = ctx.kv_stats()
+    assert s.bytes_per_token == s.bytes_per_token_uncompressed > 0  # a plain GGUF
+    assert s.device_bytes == 0
