@@ -15,6 +15,7 @@
 %javaconst(1);
 
 %{
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include "starkv/starkv.h"
@@ -210,6 +211,20 @@ starkv_status starkv_jni_model_load(const char *path, NativeProgressCallback *pr
     }
     return starkv_model_load(path, &params, out_model);
 }
+
+/* A context's cancel flag (an address, as a long): installed as its abort
+ * callback, read without any lock, so another thread can stop an eval, score or
+ * generation. 0 when the callback cannot be installed (see starkv_last_error). */
+int64_t starkv_jni_cancel_install(starkv_context *ctx) {
+    auto *flag = new std::atomic<bool>(false);
+    auto read = [](void *user) { return static_cast<std::atomic<bool> *>(user)->load(std::memory_order_acquire); };
+    if (starkv_context_set_abort_callback(ctx, read, flag) != STARKV_OK) { delete flag; return 0; }
+    return static_cast<int64_t>(reinterpret_cast<intptr_t>(flag));
+}
+void starkv_jni_cancel_set(int64_t flag, bool on) {
+    reinterpret_cast<std::atomic<bool> *>(static_cast<intptr_t>(flag))->store(on, std::memory_order_release);
+}
+void starkv_jni_cancel_free(int64_t flag) { delete reinterpret_cast<std::atomic<bool> *>(static_cast<intptr_t>(flag)); }
 
 /* starkv_context_logits copied into out (n floats, n <= n_vocab). */
 starkv_status starkv_jni_logits(const starkv_context *ctx, int32_t i, float *out, size_t n) {

@@ -13,16 +13,20 @@ import java.nio.charset.StandardCharsets;
 public final class Context implements AutoCloseable {
     private static final class Free implements Runnable {
         final long ptr;
+        final long cancelFlag;
         final Model.Handle model;
-        Free(long ptr, Model.Handle model) { this.ptr = ptr; this.model = model; }
+        Free(long ptr, long cancelFlag, Model.Handle model) { this.ptr = ptr; this.cancelFlag = cancelFlag; this.model = model; }
         @Override public void run() {
             StarkvNative.starkv_context_free(ptr);
+            StarkvNative.starkv_jni_cancel_free(cancelFlag); // after the context that reads it
             model.release();
         }
     }
 
     private final Model model;
     private final long ptr;
+    private final long cancelFlag;
+    private final Object cancelLock = new Object(); // cancel() against close(): the flag is freed with the context
     private final Cleaner.Cleanable cleanable;
     private volatile boolean closed;
     private TokenStream stream; // the running stream, if any
@@ -45,7 +49,14 @@ public final class Context implements AutoCloseable {
         } finally {
             p.delete();
         }
-        cleanable = Model.CLEANER.register(this, new Free(ptr, mh));
+        cancelFlag = StarkvNative.starkv_jni_cancel_install(ptr);
+        if (cancelFlag == 0) {
+            StarkvException e = new StarkvException(Status.INTERNAL, StarkvNative.starkv_last_error());
+            StarkvNative.starkv_context_free(ptr);
+            mh.release();
+            throw e;
+        }
+        cleanable = Model.CLEANER.register(this, new Free(ptr, cancelFlag, mh));
     }
 
     /** The model this context runs. */
@@ -63,10 +74,25 @@ public final class Context implements AutoCloseable {
         synchronized (this) { s = stream; }
         if (s != null) s.close();
         synchronized (this) {
-            closed = true;
+            synchronized (cancelLock) { closed = true; }
             cleanable.clean();
         }
     }
+
+    /**
+     * Stops the eval, score or generation running on this context in another thread:
+     * it throws {@link StarkvException} with {@link Status#CANCELLED} (an eval leaves
+     * the context as it was; a generation keeps the tokens it emitted). Thread-safe and
+     * not blocked by the running call. Each of those calls clears the request when it
+     * starts, so a cancel with nothing running has no effect.
+     */
+    public void cancel() {
+        synchronized (cancelLock) {
+            if (!closed) StarkvNative.starkv_jni_cancel_set(cancelFlag, true);
+        }
+    }
+
+    private void arm() { StarkvNative.starkv_jni_cancel_set(cancelFlag, false); }
 
     /** Whether {@link #close} was called. */
     public boolean isClosed() { return closed; }
@@ -90,7 +116,9 @@ public final class Context implements AutoCloseable {
      * @throws StarkvException {@link Status#CONTEXT_FULL} when they do not fit (nothing changed)
      */
     public synchronized void eval(int[] tokens, boolean allLogits) {
-        StarkvException.check(StarkvNative.starkv_context_eval(ptr(), tokens, allLogits));
+        long p = ptr();
+        arm();
+        StarkvException.check(StarkvNative.starkv_context_eval(p, tokens, allLogits));
     }
 
     /** One decode step. */
@@ -107,7 +135,9 @@ public final class Context implements AutoCloseable {
     public synchronized Score score(int[] tokens) {
         double[] nll = new double[1];
         long[] n = new long[1];
-        StarkvException.check(StarkvNative.starkv_context_score(ptr(), tokens, nll, n));
+        long p = ptr();
+        arm();
+        StarkvException.check(StarkvNative.starkv_context_score(p, tokens, nll, n));
         return new Score(nll[0], n[0]);
     }
 
@@ -121,7 +151,7 @@ public final class Context implements AutoCloseable {
             StarkvNative.starkv_kv_stats_default(s);
             StarkvException.check(StarkvNative.starkv_context_kv_stats(ptr(), s));
             return new KvStats(s.getN_tokens(), s.getN_ctx(), s.getBytes_in_use(), s.getBytes_reserved(),
-                    s.getBytes_per_token());
+                    s.getBytes_per_token(), s.getBytes_per_token_uncompressed(), s.getDevice_bytes());
         } finally {
             s.delete();
         }
@@ -146,7 +176,9 @@ public final class Context implements AutoCloseable {
      */
     public synchronized GenerateResult generate(int[] prompt, Sampler sampler, int maxTokens, boolean stopAtEos,
                                                 PieceListener listener) {
-        return run(ptr(), prompt, sampler, maxTokens, stopAtEos, listener);
+        long p = ptr();
+        arm();
+        return run(p, prompt, sampler, maxTokens, stopAtEos, listener);
     }
 
     /** {@link #generate(int[], Sampler, int, boolean, PieceListener)} of a text prompt (BOS when empty), stopping at EOS. */
@@ -183,6 +215,7 @@ public final class Context implements AutoCloseable {
 
     synchronized long claim(TokenStream s) {
         long p = ptr();
+        arm();
         stream = s;
         return p;
     }

@@ -237,4 +237,29 @@ class GenerateTest {
             if (line.startsWith("VmRSS:")) return Long.parseLong(line.replaceAll("[^0-9]", ""));
         throw new IllegalStateException("no VmRSS");
     }
+
+    @Test void cancelKeepsTheEmittedTokensAndTheNextCallRuns() {
+        try (Context ctx = model.newContext(); Sampler greedy = Sampler.greedy()) {
+            int[] prompt = model.tokenize("Once upon a time");
+            List<String> seen = new ArrayList<>();
+            StarkvException e = assertThrows(StarkvException.class, () ->
+                    ctx.generate(prompt, greedy, 1000, false, (piece, token) -> {
+                        seen.add(piece);
+                        if (seen.size() == 5) ctx.cancel(); // another thread would do the same
+                        return true;
+                    }));
+            assertEquals(Status.CANCELLED, e.getStatus());
+            assertEquals(prompt.length + 5, ctx.nPast()); // every emitted token is cached
+            GenerateResult r = ctx.generate(new int[0], greedy, 20, false, (piece, token) -> { seen.add(piece); return true; });
+            assertEquals(20, r.generated());
+            try (Context ref = model.newContext(); Sampler g2 = Sampler.greedy()) {
+                StringBuilder sb = new StringBuilder();
+                ref.generate(prompt, g2, 25, false, (piece, token) -> { sb.append(piece); return true; });
+                assertEquals(sb.toString(), String.join("", seen));
+            }
+            KvStats kv = ctx.kvStats();
+            assertEquals(kv.bytesPerTokenUncompressed(), kv.bytesPerToken()); // a plain GGUF
+            assertEquals(0, kv.deviceBytes());
+        }
+    }
 }
