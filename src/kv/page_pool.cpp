@@ -246,12 +246,20 @@ void PagePool::make_writable(SeqId seq, int pos) {
     make_page_writable(s, static_cast<size_t>(pos / page_tokens_));
 }
 
-bool PagePool::can_append(SeqId seq, int n_tokens) const {
+uint64_t PagePool::pages_to_append(SeqId seq, int n_tokens) const {
     const Sequence& s = seq_ref(seq);
-    if (n_tokens < 0 || static_cast<uint64_t>(s.length) + n_tokens > capacity_tokens()) return false;
-    const size_t want = (static_cast<size_t>(s.length) + n_tokens + page_tokens_ - 1) / page_tokens_;
-    const bool copy = n_tokens > 0 && s.length % page_tokens_ != 0 && pages_[s.pages.back()].refs > 1;
-    return want - s.pages.size() + (copy ? 1 : 0) <= pages_available();
+    if (n_tokens <= 0) return 0;
+    const uint64_t want = (static_cast<uint64_t>(s.length) + n_tokens + page_tokens_ - 1) / page_tokens_;
+    const bool copy = s.length % page_tokens_ != 0 && pages_[s.pages.back()].refs > 1;
+    return want - s.pages.size() + (copy ? 1 : 0);
+}
+
+bool PagePool::can_append(SeqId seq, int n_tokens) const {
+    const int length = seq_ref(seq).length;
+    if (n_tokens < 0 || static_cast<uint64_t>(length) + n_tokens > capacity_tokens() ||
+        static_cast<uint64_t>(length) + n_tokens > INT_MAX)
+        return false;
+    return pages_to_append(seq, n_tokens) <= pages_available();
 }
 
 void PagePool::append(SeqId seq, std::span<const int32_t> tokens) {

@@ -122,7 +122,10 @@ public:
     // cannot be had, STARKV_ERR_OUT_OF_MEMORY when memory cannot be: either
     // way nothing changed.
     void append(SeqId seq, std::span<const int32_t> tokens);
-    // Whether append(seq, n tokens) would succeed as far as pages go.
+    // Pages append(seq, n tokens) would take (a batch sums them and compares
+    // with pages_available() before computing anything).
+    uint64_t pages_to_append(SeqId seq, int n_tokens) const;
+    // Whether append(seq, n tokens) alone would succeed as far as pages go.
     bool can_append(SeqId seq, int n_tokens) const;
 
     // ---- rows: pointers stay valid until the next non-const call on the pool.

@@ -315,6 +315,8 @@ TEST(PagePool, ExhaustionLeavesThePoolUsable) {
     pool.append(0, iota_tokens(10));  // 3 pages
     const PagePoolStats before = pool.stats();
     EXPECT_EQ(status_of([&] { pool.append(0, iota_tokens(3)); }), STARKV_ERR_KV_POOL_FULL);
+    EXPECT_EQ(pool.pages_to_append(0, 3), 1u);
+    EXPECT_EQ(pool.pages_to_append(0, 2), 0u);
     EXPECT_FALSE(pool.can_append(0, 3));
     EXPECT_TRUE(pool.can_append(0, 2));
     pool.create(1);
@@ -346,6 +348,8 @@ TEST(PagePool, ForkCopiesOnWriteAndNeverTouchesTheSibling) {
     pool.fork(0, 1);
     EXPECT_EQ(pool.page_id(0, 0), pool.page_id(1, 0));
     EXPECT_EQ(pool.stats().pages_used, 2u);
+    EXPECT_EQ(pool.pages_to_append(1, 1), 1u);  // the shared partial page is copied
+    EXPECT_EQ(pool.pages_to_append(1, 3), 2u);
     // A write into a shared full page copies it.
     std::memset(pool.mutable_row(1, 0, 0, KvKind::K, 1), 0x11, 12);
     EXPECT_NE(pool.page_id(0, 0), pool.page_id(1, 0));
