@@ -196,7 +196,8 @@ std::vector<SeqId> restore_kv_state(PagePool& pool, uint64_t bundle_hash, std::s
         corrupt("KV state: a payload of " + std::to_string(raw_size) + " bytes cannot hold " + std::to_string(n_seq) +
                 " sequences of this pool");
     const uint8_t* frame = h + kKvStateHeaderBytes + 4 * n_streams;
-    if (ZSTD_getFrameContentSize(frame, stored) != raw_size)
+    const unsigned long long content = ZSTD_getFrameContentSize(frame, stored);
+    if (content >= ZSTD_CONTENTSIZE_ERROR || content != raw_size)  // the first: an error or unknown size
         corrupt("KV state: the zstd frame does not hold " + std::to_string(raw_size) + " bytes");
     std::unique_ptr<uint8_t[]> raw;
     try {
