@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kv/kv_state.h"
 #include "kv/page_pool.h"
 
 namespace starkv {
@@ -249,6 +250,16 @@ TEST_P(PagePoolRandom, MatchesFlatReference) {
         }
         hx.check();
         if (::testing::Test::HasFatalFailure()) return;
+        if (step % 250 == 249) {
+            // The whole pool saved and restored into one of another page size
+            // holds the reference's tokens and rows too.
+            const std::vector<uint8_t> saved = save_kv_state(hx.pool, 77, hx.pool.sequences(), 1);
+            Harness copy({prm.page_tokens + 1, 1u << 20});
+            ASSERT_EQ(restore_kv_state(copy.pool, 77, saved), hx.pool.sequences());
+            copy.ref = hx.ref;
+            copy.check();
+            if (::testing::Test::HasFatalFailure()) return;
+        }
     }
     const PagePoolStats st = hx.pool.stats();
     // The run went where it should: full pool, reuse, copies, evictions.
