@@ -72,6 +72,7 @@ const PagePool::Sequence& PagePool::seq_ref(SeqId seq) const {
 }
 
 void PagePool::create(SeqId seq) {
+    if (seq < 0) bad("KV pool: sequence id " + std::to_string(seq) + " is negative");
     if (has(seq)) bad("KV pool: sequence " + std::to_string(seq) + " exists");
     seqs_.emplace(seq, Sequence{});
 }
@@ -100,6 +101,7 @@ void PagePool::truncate(SeqId seq, int n_tokens) {
 
 void PagePool::fork(SeqId src, SeqId dst) {
     const Sequence& s = seq_ref(src);
+    if (dst < 0) bad("KV pool: sequence id " + std::to_string(dst) + " is negative");
     if (has(dst)) bad("KV pool: sequence " + std::to_string(dst) + " exists");
     try {
         seqs_.emplace(dst, s);  // copies first; nothing is shared until it is in

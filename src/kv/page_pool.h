@@ -17,7 +17,7 @@ namespace starkv {
 
 enum class KvKind : uint8_t { K = 0, V = 1 };
 
-using SeqId = int32_t;
+using SeqId = int32_t;  // >= 0
 
 // Row sizes in bytes of every (layer, KV head, K|V) stream; 0 is allowed (a
 // STAR-KV layer keeps its value latent in KV head 0's V stream only).

@@ -350,6 +350,8 @@ TEST(PagePool, ExhaustionLeavesThePoolUsable) {
     EXPECT_EQ(status_of([&] { pool.truncate(0, 5); }), STARKV_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(status_of([&] { pool.create(0); }), STARKV_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(status_of([&] { pool.fork(0, 1); }), STARKV_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(status_of([&] { pool.fork(0, -2); }), STARKV_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(status_of([&] { pool.create(-1); }), STARKV_ERR_INVALID_ARGUMENT);
 }
 
 TEST(PagePool, ForkCopiesOnWriteAndNeverTouchesTheSibling) {
