@@ -11,6 +11,10 @@ under tests/fuzz/corpus/ (all small: the whole corpus stays well under 200 KB):
                               joined by "\n--starkv-file--\n"
   fuzz_tokenizer_json/*       byte-level BPE and SPM-style tokenizer.json files
   fuzz_tokenize_spm/*, fuzz_tokenize_bpe/*   flag byte + text samples
+  fuzz_kv_state/*             saved KV states written from docs/kv-pool.md alone
+                              (mode byte 1: the target recomputes the XXH3
+                              checksum, the zstd frame holds raw blocks) and raw
+                              payloads (mode byte 2); valid_* must restore
 Python 3 stdlib only."""
 import os
 import random
@@ -224,8 +228,54 @@ def others(corpus):
             write(os.path.join(corpus, name, "text%d" % i), bytes([i * 7 % 64]) + t)
 
 
+# The layout and bundle hash of tests/fuzz/kv_state_input.h.
+KV_ROW_BYTES = [8, 4, 2, 0, 6, 3, 1, 0]
+KV_BUNDLE = 0x5EEDB0D1E5
+
+
+def kv_payload(rng, seqs):
+    """seqs: [(id, tokens, parent record or -1, n_shared)] -> raw payload."""
+    out = b""
+    for sid, toks, parent, shared in seqs:
+        out += struct.pack("<iIiI", sid, len(toks), parent, shared)
+        out += b"".join(struct.pack("<i", t) for t in toks)
+        for rb in KV_ROW_BYTES:  # stream-major rows of the positions it does not share
+            out += bytes(rng.randrange(256) for _ in range(rb * (len(toks) - shared)))
+    return out
+
+
+def zstd_raw_frame(data):
+    """A zstd frame of raw (stored) blocks with an 8-byte content size."""
+    frame = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", len(data))
+    chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)] or [b""]
+    for i, c in enumerate(chunks):
+        last = 1 if i == len(chunks) - 1 else 0
+        frame += struct.pack("<I", last | (len(c) << 3))[:3] + c
+    return frame
+
+
+def kv_container(n_seq, payload):
+    frame = zstd_raw_frame(payload)
+    head = b"SKVSTATE" + struct.pack("<IIQIIIIQQQ", 1, 0, KV_BUNDLE, 2, 2, n_seq, 0, len(payload), len(frame), 0)
+    body = head + b"".join(struct.pack("<I", b) for b in KV_ROW_BYTES) + frame
+    return body + b"\0" * 8  # checksum: recomputed by the target in mode 1
+
+
+def kv_states(corpus):
+    rng = random.Random(13)
+    d = os.path.join(corpus, "fuzz_kv_state")
+    one = [(0, [1, 2, 3, 4, 5], -1, 0)]
+    forks = [(0, [1, 2, 3, 4, 5, 6], -1, 0), (3, [1, 2, 3, 4, 5, 6, 7, 8, 9], 0, 6), (5, [1, 2, 3, 9], 0, 3), (8, [], -1, 0)]
+    write(os.path.join(d, "valid_one_sequence"), b"\x01" + kv_container(1, kv_payload(rng, one)))
+    write(os.path.join(d, "valid_forks"), b"\x01" + kv_container(4, kv_payload(rng, forks)))
+    write(os.path.join(d, "valid_empty"), b"\x01" + kv_container(0, b""))
+    write(os.path.join(d, "valid_raw_forks"), b"\x02" + bytes([4]) + kv_payload(rng, forks))
+    write(os.path.join(d, "raw_bad_parent"), b"\x02" + bytes([1]) + kv_payload(rng, [(0, [1], 0, 0)]))
+
+
 if __name__ == "__main__":
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     corpus = os.path.join(root, "tests/fuzz/corpus")
     main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(corpus, "fuzz_model_load/tiny.gguf"))
     others(corpus)
+    kv_states(corpus)
