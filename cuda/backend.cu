@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -16,6 +17,7 @@
 #include "backend/backend_api.h"
 #include "elementwise.cuh"
 #include "gemm.cuh"
+#include "latent_ops.cuh"
 #include "starkv/starkv.h"
 
 #define STARKV_CUDA_EXPORT extern "C" __attribute__((visibility("default")))
@@ -60,12 +62,26 @@ void check(cudaError_t e, const char* what) {
 
 struct Layer {
     DeviceBuffer attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down, k_cache, v_cache;
+    // STAR-KV: the stacked projections to every latent ([R][n_embd]: each KV
+    // head's key rows, then the value rows), U_h back to back, U_v, and the
+    // latent cache [n_ctx][R] (fp32 whatever kv_dtype says).
+    bool latent = false;
+    int R = 0, v_off = 0, v_rank = 0;
+    DeviceBuffer lat_a, k_u, v_u, k_off, k_rank, lat_cache;
+};
+
+// Page-locked host memory (async copies, no staging); RAII.
+struct PinnedBuffer {
+    void* p = nullptr;
+    ~PinnedBuffer() { if (p) cudaFreeHost(p); }
+    template <typename T> T* as() const { return static_cast<T*>(p); }
 };
 
 class Model {
 public:
     explicit Model(const starkv_backend_model& d) : d_(d) {}
     ~Model() {
+        if (graph_) cudaGraphExecDestroy(graph_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -82,6 +98,7 @@ public:
         upload_f32(output_norm_, d_.output_norm, E);
         upload_matrix(output_, d_.output, V * E);
         layers_.resize(static_cast<size_t>(d_.n_layer));
+        size_t max_r = 0;
         const size_t kv_elems = static_cast<size_t>(d_.n_head_kv) * d_.n_ctx * hd;
         for (int l = 0; l < d_.n_layer; ++l) {
             const starkv_backend_layer& s = d_.layers[l];
@@ -89,15 +106,25 @@ public:
             upload_f32(L.attn_norm, s.attn_norm, E);
             upload_f32(L.ffn_norm, s.ffn_norm, E);
             upload_matrix(L.wq, s.wq, qd * E);
-            upload_matrix(L.wk, s.wk, kvd * E);
-            upload_matrix(L.wv, s.wv, kvd * E);
             upload_matrix(L.wo, s.wo, E * qd);
             upload_matrix(L.w_gate, s.w_gate, F * E);
             upload_matrix(L.w_up, s.w_up, F * E);
             upload_matrix(L.w_down, s.w_down, E * F);
+            if (s.k_rank) {
+                upload_latent(L, s);
+                max_r = std::max(max_r, static_cast<size_t>(L.R));
+                continue;
+            }
+            upload_matrix(L.wk, s.wk, kvd * E);
+            upload_matrix(L.wv, s.wv, kvd * E);
             const size_t kv_bytes = kv_elems * (kv_bf16_ ? 2 : 4);
             alloc(L.k_cache, kv_bytes);
             alloc(L.v_cache, kv_bytes);
+        }
+        // Keys rebuilt from latents, one layer at a time.
+        if (max_r > 0) {
+            alloc(keys_, kv_elems * 4);
+            alloc(lat_, static_cast<size_t>(d_.max_tokens) * max_r * 4);
         }
         const size_t T = static_cast<size_t>(d_.max_tokens);
         alloc(tokens_, T * sizeof(int32_t));
@@ -111,6 +138,11 @@ public:
         alloc(gate_, T * F * 4);
         alloc(up_, T * F * 4);
         alloc(logits_, T * V * 4);
+        alloc(step_, 2 * sizeof(int32_t));
+        check(cudaMallocHost(&step_host_.p, 2 * sizeof(int32_t)), "cudaMallocHost");
+        check(cudaMallocHost(&logits_host_.p, T * V * 4), "cudaMallocHost");
+        const char* g = std::getenv("STARKV_CUDA_GRAPH");
+        use_graph_ = !(g && std::strcmp(g, "0") == 0);
         // bf16 copy of whichever activation feeds a GEMM (widest: n_ff).
         alloc(act16_, T * std::max(std::max(E, F), qd) * 2);
         alloc(inv_freq_, static_cast<size_t>(d_.rope_n_dims / 2) * sizeof(double));
@@ -122,39 +154,109 @@ public:
     void forward(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits) {
         if (n <= 0 || n > d_.max_tokens || pos0 < 0 || pos0 + n > d_.n_ctx)
             throw Fail{STARKV_ERR_INVALID_ARGUMENT, "tokens outside the device buffers"};
+        cudaStream_t s = stream_;
+        check(cudaSetDevice(d_.device), "cudaSetDevice");
+        const size_t V = static_cast<size_t>(d_.n_vocab);
+        size_t n_out = 0;
+        if (n == 1 && use_graph_) {
+            // Decode: the token and position go to device memory, then one
+            // launch replays the whole step captured on the first call.
+            step_host_.as<int32_t>()[0] = tokens[0];
+            step_host_.as<int32_t>()[1] = pos0;
+            check(cudaMemcpyAsync(step_.as<void>(), step_host_.p, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+                  "upload step");
+            if (!graph_) capture_decode();
+            check(cudaGraphLaunch(graph_, s), "cudaGraphLaunch");
+            n_out = logits ? 1 : 0;
+        } else {
+            check(cudaMemcpyAsync(tokens_.as<void>(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+                  "upload tokens");
+            const int first = all_logits ? 0 : n - 1;
+            enqueue(tokens_.as<int32_t>(), n, pos0, nullptr, first, logits != nullptr);
+            n_out = logits ? static_cast<size_t>(n - first) : 0;
+        }
+        if (n_out)
+            check(cudaMemcpyAsync(logits_host_.p, logits_.as<void>(), n_out * V * 4, cudaMemcpyDeviceToHost, s),
+                  "download logits");
+        check(cudaStreamSynchronize(s), "forward");
+        if (n_out) std::memcpy(logits, logits_host_.p, n_out * V * 4);
+    }
+
+    uint64_t device_bytes() const { return bytes_; }
+
+private:
+    // The decode step (one token, position and token read from step_) as a
+    // CUDA graph: ~15 launches per layer become one.
+    void capture_decode() {
+        check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        try {
+            enqueue(step_.as<int32_t>(), 1, 0, step_.as<int32_t>() + 1, 0, true);
+        } catch (...) {
+            cudaGraph_t g = nullptr;
+            cudaStreamEndCapture(stream_, &g);
+            if (g) cudaGraphDestroy(g);
+            throw;
+        }
+        cudaGraph_t g = nullptr;
+        check(cudaStreamEndCapture(stream_, &g), "cudaStreamEndCapture");
+        const cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
+        cudaGraphDestroy(g);
+        check(e, "cudaGraphInstantiate");
+    }
+
+    // The forward pass of n tokens at pos0 (or *pos_dev) on the stream; with
+    // head, logits of tokens first.. into logits_. No host synchronisation.
+    void enqueue(const int32_t* tokens_dev, int n, int pos0, const int32_t* pos_dev, int first, bool head) {
         const int E = d_.n_embd, F = d_.n_ff, hd = d_.head_dim;
         const int qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
         cudaStream_t s = stream_;
-        check(cudaSetDevice(d_.device), "cudaSetDevice");
-        check(cudaMemcpyAsync(tokens_.as<void>(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s),
-              "upload tokens");
-        check(embed_gather(tok_embd_.as<float>(), tokens_.as<int32_t>(), n, E, x_.as<float>(), s), "embed");
+        check(embed_gather(tok_embd_.as<float>(), tokens_dev, n, E, x_.as<float>(), s), "embed");
         const bool half = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
+        const double* inv_freq = inv_freq_.as<double>();
         for (int l = 0; l < d_.n_layer; ++l) {
             Layer& L = layers_[static_cast<size_t>(l)];
             check(rms_norm(x_.as<float>(), L.attn_norm.as<float>(), xn_.as<float>(), n, E, d_.rms_eps, s), "rms_norm");
             const void* xin = gemm_input(xn_, static_cast<size_t>(n) * E, s);
             matmul(L.wq, xin, q_, qd, E, n, s);
-            matmul(L.wk, xin, k_, kvd, E, n, s);
-            matmul(L.wv, xin, v_, kvd, E, n, s);
-            check(rope(q_.as<float>(), n, d_.n_head, hd, qd, d_.rope_n_dims, inv_freq_.as<double>(), half, pos0, s),
+            check(rope(q_.as<float>(), n, d_.n_head, hd, qd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
                   "rope q");
-            check(rope(k_.as<float>(), n, d_.n_head_kv, hd, kvd, d_.rope_n_dims, inv_freq_.as<double>(), half, pos0,
-                       s),
-                  "rope k");
-            if (kv_bf16_) {
-                using B = __nv_bfloat16;
-                check(kv_store(k_.as<float>(), L.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv k");
-                check(kv_store(v_.as<float>(), L.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv v");
-                check(attention(q_.as<float>(), L.k_cache.as<B>(), L.v_cache.as<B>(), attn_.as<float>(), n, d_.n_head,
-                                d_.n_head_kv, hd, d_.n_ctx, pos0, s),
-                      "attention");
+            if (L.latent) {
+                matmul(L.lat_a, xin, lat_, L.R, E, n, s);
+                check(latent_store(lat_.as<float>(), L.lat_cache.as<float>(), n, L.R, d_.n_ctx, pos0, pos_dev, s),
+                      "latent store");
+                check(latent_keys(L.lat_cache.as<float>(), L.R, L.k_u.as<float>(), L.k_off.as<int32_t>(),
+                                  L.k_rank.as<int32_t>(), d_.n_head_kv, hd, d_.rope_n_dims, inv_freq, half,
+                                  keys_.as<float>(), d_.n_ctx, n, pos0, pos_dev, s),
+                      "latent keys");
+                check(latent_attention_ref(q_.as<float>(), keys_.as<float>(), L.lat_cache.as<float>(), L.R, L.v_off,
+                                           L.v_rank, L.v_u.as<float>(), attn_.as<float>(), n, d_.n_head,
+                                           d_.n_head_kv, hd, d_.n_ctx, pos0, pos_dev, s),
+                      "latent attention");
             } else {
-                check(kv_store(k_.as<float>(), L.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv k");
-                check(kv_store(v_.as<float>(), L.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv v");
-                check(attention(q_.as<float>(), L.k_cache.as<float>(), L.v_cache.as<float>(), attn_.as<float>(), n,
-                                d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s),
-                      "attention");
+                matmul(L.wk, xin, k_, kvd, E, n, s);
+                matmul(L.wv, xin, v_, kvd, E, n, s);
+                check(rope(k_.as<float>(), n, d_.n_head_kv, hd, kvd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
+                      "rope k");
+                if (kv_bf16_) {
+                    using B = __nv_bfloat16;
+                    check(kv_store(k_.as<float>(), L.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "kv k");
+                    check(kv_store(v_.as<float>(), L.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "kv v");
+                    check(attention(q_.as<float>(), L.k_cache.as<B>(), L.v_cache.as<B>(), attn_.as<float>(), n,
+                                    d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "attention");
+                } else {
+                    check(kv_store(k_.as<float>(), L.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                                   pos_dev),
+                          "kv k");
+                    check(kv_store(v_.as<float>(), L.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                                   pos_dev),
+                          "kv v");
+                    check(attention(q_.as<float>(), L.k_cache.as<float>(), L.v_cache.as<float>(), attn_.as<float>(),
+                                    n, d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "attention");
+                }
             }
             matmul(L.wo, gemm_input(attn_, static_cast<size_t>(n) * qd, s), proj_, E, qd, n, s);
             check(add_inplace(x_.as<float>(), proj_.as<float>(), static_cast<size_t>(n) * E, s), "residual");
@@ -167,21 +269,45 @@ public:
             matmul(L.w_down, gemm_input(gate_, static_cast<size_t>(n) * F, s), proj_, E, F, n, s);
             check(add_inplace(x_.as<float>(), proj_.as<float>(), static_cast<size_t>(n) * E, s), "residual");
         }
-        if (logits) {
-            const int first = all_logits ? 0 : n - 1, n_out = n - first;
-            const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
-            check(rms_norm(xlast, output_norm_.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
-            matmul(output_, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
-            check(cudaMemcpyAsync(logits, logits_.as<void>(), static_cast<size_t>(n_out) * d_.n_vocab * 4,
-                                  cudaMemcpyDeviceToHost, s),
-                  "download logits");
-        }
-        check(cudaStreamSynchronize(s), "forward");
+        if (!head) return;
+        const int n_out = n - first;
+        const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
+        check(rms_norm(xlast, output_norm_.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
+        matmul(output_, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
     }
 
-    uint64_t device_bytes() const { return bytes_; }
+    // A STAR-KV layer's factors: A's stacked so one GEMM gives every latent.
+    void upload_latent(Layer& L, const starkv_backend_layer& s) {
+        const int n_kv = d_.n_head_kv, hd = d_.head_dim;
+        const size_t E = static_cast<size_t>(d_.n_embd);
+        std::vector<int32_t> off(static_cast<size_t>(n_kv)), rank(s.k_rank, s.k_rank + n_kv);
+        int R = 0;
+        for (int h = 0; h < n_kv; ++h) {
+            if (rank[h] <= 0 || rank[h] > d_.n_embd) throw Fail{STARKV_ERR_INVALID_ARGUMENT, "bad key latent rank"};
+            off[h] = R;
+            R += rank[h];
+        }
+        if (s.v_rank <= 0 || s.v_rank > d_.n_embd) throw Fail{STARKV_ERR_INVALID_ARGUMENT, "bad value latent rank"};
+        L.latent = true;
+        L.v_off = R;
+        L.v_rank = s.v_rank;
+        L.R = R + s.v_rank;
+        std::vector<float> a(static_cast<size_t>(L.R) * E), u(static_cast<size_t>(hd) * R);
+        for (int h = 0; h < n_kv; ++h) {
+            std::memcpy(&a[off[h] * E], s.k_a[h], rank[h] * E * 4);
+            std::memcpy(&u[static_cast<size_t>(hd) * off[h]], s.k_u[h], static_cast<size_t>(hd) * rank[h] * 4);
+        }
+        std::memcpy(&a[static_cast<size_t>(R) * E], s.v_a, static_cast<size_t>(s.v_rank) * E * 4);
+        upload_matrix(L.lat_a, a.data(), a.size());
+        upload_f32(L.k_u, u.data(), u.size());
+        upload_f32(L.v_u, s.v_u, static_cast<size_t>(n_kv) * hd * s.v_rank);
+        alloc(L.k_off, off.size() * 4);
+        check(cudaMemcpy(L.k_off.as<void>(), off.data(), off.size() * 4, cudaMemcpyHostToDevice), "upload");
+        alloc(L.k_rank, rank.size() * 4);
+        check(cudaMemcpy(L.k_rank.as<void>(), rank.data(), rank.size() * 4, cudaMemcpyHostToDevice), "upload");
+        alloc(L.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
+    }
 
-private:
     void alloc(DeviceBuffer& b, size_t bytes) {
         check(b.alloc(bytes), "cudaMalloc");
         bytes_ += bytes;
@@ -212,12 +338,14 @@ private:
     }
 
     starkv_backend_model d_;
-    bool bf16_ = false, kv_bf16_ = false;
-    cudaStream_t stream_ = nullptr;
+    bool bf16_ = false, kv_bf16_ = false, use_graph_ = true;
+    cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap
+    cudaGraphExec_t graph_ = nullptr;
     Gemm gemm_;
     uint64_t bytes_ = 0;
     DeviceBuffer tok_embd_, output_norm_, output_, inv_freq_, tokens_;
-    DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_;
+    DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_, keys_, lat_, step_;
+    PinnedBuffer step_host_, logits_host_;
     std::vector<Layer> layers_;
 };
 

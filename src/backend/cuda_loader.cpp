@@ -88,14 +88,6 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
         }
         fail(STARKV_ERR_NO_DEVICE, why);
     };
-    // The CUDA forward has no latent-attention kernels yet: a STAR-KV bundle
-    // runs on the CPU (AUTO) or is refused (CUDA), never silently wrong.
-    for (const LayerWeights& L : model.weights().layers)
-        if (L.lat.active()) {
-            const std::string what = "the CUDA backend does not run STAR-KV latent layers yet";
-            if (backend == STARKV_BACKEND_AUTO) return unavailable(what);
-            fail(STARKV_ERR_UNSUPPORTED, what);
-        }
     std::string why;
     const starkv_backend_api* api = load_cuda_api(&why);
     if (!api) return unavailable(why);
@@ -108,10 +100,26 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     const ModelConfig& c = model.config();
     const ModelWeights& w = model.weights();
     std::vector<starkv_backend_layer> layers(w.layers.size());
+    // STAR-KV layers: per-head ranks and factor pointers, alive until create returns.
+    std::vector<std::vector<int32_t>> ranks(w.layers.size());
+    std::vector<std::vector<const float*>> k_a(w.layers.size()), k_u(w.layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
         const LayerWeights& L = w.layers[i];
         layers[i] = {L.attn_norm.data(), L.wq.data.data(), L.wk.data.data(), L.wv.data.data(), L.wo.data.data(),
-                     L.ffn_norm.data(), L.w_gate.data.data(), L.w_up.data.data(), L.w_down.data.data()};
+                     L.ffn_norm.data(), L.w_gate.data.data(), L.w_up.data.data(), L.w_down.data.data(),
+                     nullptr, nullptr, nullptr, 0, nullptr, nullptr};
+        if (!L.lat.active()) continue;
+        for (size_t h = 0; h < L.lat.k_a.size(); ++h) {
+            ranks[i].push_back(L.lat.k_a[h].rows);
+            k_a[i].push_back(L.lat.k_a[h].data.data());
+            k_u[i].push_back(L.lat.k_u[h].data.data());
+        }
+        layers[i].k_rank = ranks[i].data();
+        layers[i].k_a = k_a[i].data();
+        layers[i].k_u = k_u[i].data();
+        layers[i].v_rank = L.lat.v_a.rows;
+        layers[i].v_a = L.lat.v_a.data.data();
+        layers[i].v_u = L.lat.v_u.data.data();
     }
     starkv_backend_model d{};
     d.struct_size = sizeof d;
