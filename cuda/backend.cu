@@ -183,6 +183,7 @@ public:
     }
 
     uint64_t device_bytes() const { return bytes_; }
+    uint64_t weight_bytes() const { return weight_bytes_; }
 
 private:
     // The decode step (one token, position and token read from step_) as a
@@ -301,6 +302,7 @@ private:
         upload_matrix(L.lat_a, a.data(), a.size());
         upload_f32(L.k_u, u.data(), u.size());
         upload_f32(L.v_u, s.v_u, static_cast<size_t>(n_kv) * hd * s.v_rank);
+        weight_bytes_ += L.k_u.bytes() + L.v_u.bytes();
         alloc(L.k_off, off.size() * 4);
         check(cudaMemcpy(L.k_off.as<void>(), off.data(), off.size() * 4, cudaMemcpyHostToDevice), "upload");
         alloc(L.k_rank, rank.size() * 4);
@@ -318,6 +320,7 @@ private:
     }
     // Matrices in the GEMM's input type: bf16 converted on the device.
     void upload_matrix(DeviceBuffer& b, const float* src, size_t n) {
+        weight_bytes_ += n * (bf16_ ? 2 : 4);
         if (!bf16_) return upload_f32(b, src, n);
         DeviceBuffer tmp;
         check(tmp.alloc(n * 4), "cudaMalloc");
@@ -342,7 +345,7 @@ private:
     cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap
     cudaGraphExec_t graph_ = nullptr;
     Gemm gemm_;
-    uint64_t bytes_ = 0;
+    uint64_t bytes_ = 0, weight_bytes_ = 0;
     DeviceBuffer tok_embd_, output_norm_, output_, inv_freq_, tokens_;
     DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_, keys_, lat_, step_;
     PinnedBuffer step_host_, logits_host_;
@@ -417,8 +420,44 @@ uint64_t api_device_bytes(const void* h) { return h ? static_cast<const Model*>(
 
 void api_destroy(void* h) { delete static_cast<Model*>(h); }
 
+uint64_t api_weight_bytes(const void* h) { return h ? static_cast<const Model*>(h)->weight_bytes() : 0; }
+
+// 256 MiB copied 10 times between two buffers, timed with events.
+int32_t api_copy_bandwidth(int32_t device, double* out, char* msg, size_t cap) {
+    if (!out) {
+        set_msg(msg, cap, "null output");
+        return STARKV_ERR_INVALID_ARGUMENT;
+    }
+    *out = 0;
+    if (int32_t st = api_probe(device, msg, cap); st != STARKV_OK) return st;
+    return guarded(msg, cap, [&] {
+        check(cudaSetDevice(device), "cudaSetDevice");
+        const size_t bytes = 256u << 20;
+        const int reps = 10;
+        DeviceBuffer a, b;
+        check(a.alloc(bytes), "cudaMalloc");
+        check(b.alloc(bytes), "cudaMalloc");
+        check(cudaMemset(a.as<void>(), 0, bytes), "cudaMemset");
+        check(cudaMemcpy(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice), "warm-up copy");
+        cudaEvent_t e0 = nullptr, e1 = nullptr;
+        check(cudaEventCreate(&e0), "cudaEventCreate");
+        check(cudaEventCreate(&e1), "cudaEventCreate");
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice);
+        cudaEventRecord(e1);
+        const cudaError_t e = cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        check(e, "copy");
+        *out = 2.0 * bytes * reps / (ms * 1e-3);
+    });
+}
+
 const starkv_backend_api kApi = {STARKV_BACKEND_ABI_VERSION, sizeof(starkv_backend_api), "cuda", api_probe,
-                                 api_create, api_forward, api_device_bytes, api_destroy};
+                                 api_create, api_forward, api_device_bytes, api_destroy, api_weight_bytes,
+                                 api_copy_bandwidth};
 
 }  // namespace
 }  // namespace starkv::cuda

@@ -7,7 +7,8 @@
 namespace starkv::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 1024;       // argmax
+constexpr int kFilterThreads = 256;  // the filter's block (its double scans need registers)
 
 // One block per row; (value, index) pairs reduced so the lowest index wins ties.
 __global__ void argmax_kernel(const float* logits, int n, int32_t* out) {
@@ -50,9 +51,9 @@ __global__ void iota_kernel(int32_t* ids, int n) {
     if (i < n) ids[i] = i;
 }
 
-using Scan = cub::BlockScan<double, kThreads>;
+using Scan = cub::BlockScan<double, kFilterThreads>;
 
-// Inclusive prefix sums of f(i) for i < count, in chunks of kThreads, in
+// Inclusive prefix sums of f(i) for i < count, in chunks of kFilterThreads, in
 // double as the CPU; stops at the first i with prefix >= target, returning
 // count when none. Every thread gets the result.
 template <typename F>
@@ -64,7 +65,7 @@ __device__ int first_reaching(int count, double target, F f, Scan::TempStorage& 
         carry = 0.0;
     }
     __syncthreads();
-    for (int c0 = 0; c0 < count; c0 += kThreads) {
+    for (int c0 = 0; c0 < count; c0 += kFilterThreads) {
         const int i = c0 + threadIdx.x;
         const double v = i < count ? f(i) : 0.0;
         double incl, chunk;
@@ -83,7 +84,7 @@ __device__ int first_reaching(int count, double target, F f, Scan::TempStorage& 
 }
 
 // Single block over the sorted candidates: the filters, the distribution and the draw.
-__global__ void filter_kernel(const float* sorted, const int32_t* ids, int n, SampleParams p, double u, float* probs,
+__global__ void __launch_bounds__(kFilterThreads) filter_kernel(const float* sorted, const int32_t* ids, int n, SampleParams p, double u, float* probs,
                               int32_t* token) {
     __shared__ Scan::TempStorage tmp;
     const float l0 = sorted[0];
@@ -160,7 +161,7 @@ cudaError_t Sampling::sample(const float* logits, const SampleParams& p, double 
                                                                   0, 32, s);
         e != cudaSuccess)
         return e;
-    filter_kernel<<<1, kThreads, 0, s>>>(keys_, ids_, n_, p, u, probs, token);
+    filter_kernel<<<1, kFilterThreads, 0, s>>>(keys_, ids_, n_, p, u, probs, token);
     return cudaGetLastError();
 }
 

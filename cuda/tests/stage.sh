@@ -10,4 +10,4 @@ cp -P "$build"/libstarkv.so* "$build"/libstarkv_cuda.so "$dest/lib/"
 for l in libpcre2-8.so.0 libzstd.so.1 libxxhash.so.0; do cp -L "/lib/x86_64-linux-gnu/$l" "$dest/lib/"; done
 cp "$shared/models/stories260K.gguf" "$dest/shared/models/"
 cp "$shared/data/tinystories_val.txt" "$dest/shared/data/"  # calibration text of the STAR-KV test
-cp "$(dirname "$0")/run_gpu.sh" "$dest/"
+cp "$(dirname "$0")/run_gpu.sh" "$(dirname "$0")/bench_synthetic.sh" "$dest/"

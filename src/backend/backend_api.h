@@ -65,6 +65,10 @@ typedef struct starkv_backend_api {
                        float *logits, char *msg, size_t msg_cap);
     uint64_t (*device_bytes)(const void *handle);
     void (*destroy)(void *handle);
+    /* Bytes of weights one decode step reads (matrices in their device type). */
+    uint64_t (*weight_bytes)(const void *handle);
+    /* Device-to-device copy speed: bytes read + written per second. */
+    int32_t (*copy_bandwidth)(int32_t device, double *bytes_per_second, char *msg, size_t msg_cap);
 } starkv_backend_api;
 
 typedef const starkv_backend_api *(*starkv_backend_api_fn)(void);

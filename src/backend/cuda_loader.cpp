@@ -78,6 +78,19 @@ void DeviceForward::forward(const int32_t* tokens, int n, int pos0, bool all_log
 
 uint64_t DeviceForward::device_bytes() const { return api_->device_bytes(handle_); }
 
+uint64_t DeviceForward::weight_bytes() const { return api_->weight_bytes(handle_); }
+
+double copy_bandwidth(int device) {
+    std::string why;
+    const starkv_backend_api* api = load_cuda_api(&why);
+    if (!api) fail(STARKV_ERR_NO_DEVICE, why);
+    char msg[512] = {};
+    double bw = 0;
+    if (int32_t st = api->copy_bandwidth(device, &bw, msg, sizeof msg); st != STARKV_OK)
+        fail(static_cast<starkv_status>(st), std::string("cuda: ") + msg);
+    return bw;
+}
+
 std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device) {
     if (backend == STARKV_BACKEND_CPU) return nullptr;
     // AUTO falls back for a missing device; any other failure is reported.
