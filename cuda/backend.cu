@@ -90,7 +90,10 @@ public:
         check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
         std::string why;
         if (!gemm_.init(32u << 20, &why)) throw Fail{STARKV_ERR_INTERNAL, why};
-        bf16_ = d_.weight_dtype == STARKV_DTYPE_BF16;
+        if (d_.weight_dtype < STARKV_DTYPE_F32 || d_.weight_dtype > STARKV_DTYPE_F16 ||
+            (d_.kv_dtype != STARKV_DTYPE_F32 && d_.kv_dtype != STARKV_DTYPE_BF16))
+            throw Fail{STARKV_ERR_UNSUPPORTED, "unsupported weight or KV type"};
+        input_ = d_.weight_dtype;
         kv_bf16_ = d_.kv_dtype == STARKV_DTYPE_BF16;
         const size_t E = d_.n_embd, F = d_.n_ff, V = d_.n_vocab, hd = d_.head_dim;
         const size_t qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
@@ -318,30 +321,36 @@ private:
         alloc(b, n * 4);
         check(cudaMemcpy(b.as<void>(), src, n * 4, cudaMemcpyHostToDevice), "upload");
     }
-    // Matrices in the GEMM's input type: bf16 converted on the device.
+    // 16-bit conversion of n floats into out (the GEMM's input type).
+    cudaError_t to_half_type(const float* x, void* out, size_t n, cudaStream_t s) const {
+        return input_ == kGemmBf16 ? to_bf16(x, static_cast<__nv_bfloat16*>(out), n, s)
+                                   : to_f16(x, static_cast<__half*>(out), n, s);
+    }
+    // Matrices in the GEMM's input type: bf16 / fp16 converted on the device.
     void upload_matrix(DeviceBuffer& b, const float* src, size_t n) {
-        weight_bytes_ += n * (bf16_ ? 2 : 4);
-        if (!bf16_) return upload_f32(b, src, n);
+        weight_bytes_ += n * (input_ == kGemmF32 ? 4 : 2);
+        if (input_ == kGemmF32) return upload_f32(b, src, n);
         DeviceBuffer tmp;
         check(tmp.alloc(n * 4), "cudaMalloc");
         check(cudaMemcpy(tmp.as<void>(), src, n * 4, cudaMemcpyHostToDevice), "upload");
         alloc(b, n * 2);
-        check(to_bf16(tmp.as<float>(), b.as<__nv_bfloat16>(), n, stream_), "to bf16");
-        check(cudaStreamSynchronize(stream_), "to bf16");
+        check(to_half_type(tmp.as<float>(), b.as<void>(), n, stream_), "to 16 bits");
+        check(cudaStreamSynchronize(stream_), "to 16 bits");
     }
     const void* gemm_input(const DeviceBuffer& x, size_t n, cudaStream_t s) {
-        if (!bf16_) return x.as<void>();
-        check(to_bf16(x.as<float>(), act16_.as<__nv_bfloat16>(), n, s), "to bf16");
+        if (input_ == kGemmF32) return x.as<void>();
+        check(to_half_type(x.as<float>(), act16_.as<void>(), n, s), "to 16 bits");
         return act16_.as<void>();
     }
     void matmul(const DeviceBuffer& w, const void* x, DeviceBuffer& y, int rows, int cols, int n, cudaStream_t s) {
         std::string why;
-        if (!gemm_.run(w.as<void>(), x, y.as<float>(), rows, cols, n, bf16_, s, &why))
+        if (!gemm_.run(w.as<void>(), x, y.as<float>(), rows, cols, n, input_, s, &why))
             throw Fail{STARKV_ERR_INTERNAL, why};
     }
 
     starkv_backend_model d_;
-    bool bf16_ = false, kv_bf16_ = false, use_graph_ = true;
+    int input_ = kGemmF32;  // weights' and GEMM activations' type
+    bool kv_bf16_ = false, use_graph_ = true;
     cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap
     cudaGraphExec_t graph_ = nullptr;
     Gemm gemm_;

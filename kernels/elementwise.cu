@@ -72,6 +72,11 @@ __global__ void bf16_kernel(const float* x, __nv_bfloat16* out, size_t n) {
     if (i < n) out[i] = __float2bfloat16_rn(x[i]);
 }
 
+__global__ void f16_kernel(const float* x, __half* out, size_t n) {
+    const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+    if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
 __device__ inline void store(float* p, float v) { *p = v; }
 __device__ inline void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
@@ -126,6 +131,12 @@ cudaError_t add_inplace(float* x, const float* y, size_t n, cudaStream_t s) {
 cudaError_t to_bf16(const float* x, __nv_bfloat16* out, size_t n, cudaStream_t s) {
     if (n == 0) return cudaSuccess;
     bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, out, n);
+    return cudaGetLastError();
+}
+
+cudaError_t to_f16(const float* x, __half* out, size_t n, cudaStream_t s) {
+    if (n == 0) return cudaSuccess;
+    f16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, out, n);
     return cudaGetLastError();
 }
 

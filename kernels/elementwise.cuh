@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
 
@@ -24,6 +25,8 @@ cudaError_t swiglu(const float* gate, const float* up, float* out, size_t n, cud
 cudaError_t add_inplace(float* x, const float* y, size_t n, cudaStream_t s);
 // fp32 -> bf16 (round to nearest even).
 cudaError_t to_bf16(const float* x, __nv_bfloat16* out, size_t n, cudaStream_t s);
+// fp32 -> fp16 (round to nearest even; beyond 65504 becomes inf).
+cudaError_t to_f16(const float* x, __half* out, size_t n, cudaStream_t s);
 // Writes n tokens' keys/values ([t][n_kv * hd]) into a cache laid out
 // [kv_head][n_ctx][hd] at positions pos0.. ; T = float or __nv_bfloat16.
 template <typename T>

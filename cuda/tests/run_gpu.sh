@@ -45,6 +45,33 @@ if has bench; then
   done
   OUT="$OUT" timeout 420 bash "$here/bench_synthetic.sh" ${BENCH_LAYERS:-8} 2>&1 | tee "$OUT/bench_synthetic.txt"
 fi
+if has extra; then
+  {
+    for b in cpu cuda; do
+      echo "== starkv perplexity --backend $b (20 TinyStories documents)"
+      timeout 60 "$here/bin/starkv" perplexity -m "$model" -f "$here/shared/data/tinystories_val.txt" --docs 20 --backend $b | tail -1
+    done
+    echo "== starkv perplexity --backend cuda --cuda-dtype f16"
+    timeout 60 "$here/bin/starkv" perplexity -m "$model" -f "$here/shared/data/tinystories_val.txt" --docs 20 --backend cuda --cuda-dtype f16 | tail -1
+    for bt in 1 4; do
+      echo "== starkv bench stories260K --batch $bt"
+      timeout 60 "$here/bin/starkv" bench -m "$model" --ctx 256 --gen 256 --batch $bt --json "$OUT/bench_stories_b$bt.json"
+    done
+    b=/tmp/syn7b.skv
+    timeout 120 "$here/bin/starkv" pack --synthetic llama2-7b --layers 8 -o $b
+    for dt in f16 bf16; do
+      echo "== llama2-7b 8 layers --cuda-dtype $dt ctx 512"
+      timeout 120 "$here/bin/starkv" bench -m $b --cuda-dtype $dt --ctx 512 --gen 64 --json "$OUT/bench_llama2-7b_kv0_$dt.json"
+    done
+    echo "== llama2-7b 8 layers bf16 ctx 2048"
+    timeout 120 "$here/bin/starkv" bench -m $b --cuda-dtype bf16 --ctx 2048 --gen 64 --json "$OUT/bench_llama2-7b_kv0_bf16_ctx2048.json"
+    b2=/tmp/syn7b_kv05.skv
+    timeout 120 "$here/bin/starkv" pack --synthetic llama2-7b --layers 8 --kv-compress 0.5 -o $b2
+    echo "== llama2-7b 8 layers kv 0.5 bf16 ctx 2048"
+    timeout 120 "$here/bin/starkv" bench -m $b2 --cuda-dtype bf16 --ctx 2048 --gen 64 --json "$OUT/bench_llama2-7b_kv0.5_bf16_ctx2048.json"
+    rm -f $b $b2
+  } 2>&1 | tee "$OUT/extra.txt"
+fi
 if has memcheck; then
   {
     timeout 180 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/bin/starkv_cuda_kernel_tests" --gtest_filter='CudaKernels.*:CudaSampling.*'

@@ -202,3 +202,20 @@ TEST_F(Fixture, Bf16CloseToCpu) {
     if (HasFatalFailure() || IsSkipped()) return;
     EXPECT_LT(ppl_rel, 2e-2);
 }
+
+// fp16 weights (fp32 KV): closer than bf16 (3 more mantissa bits).
+TEST_F(Fixture, F16CloseToCpu) {
+    setenv("STARKV_CUDA_DTYPE", "f16", 1);
+    int agree = 0;
+    double rel = 0, ppl_rel = 1;
+    greedy(std::min(64, steps_from_env()), &agree, &rel);
+    if (HasFatalFailure() || IsSkipped()) {
+        unsetenv("STARKV_CUDA_DTYPE");
+        return;
+    }
+    perplexity(&ppl_rel);
+    unsetenv("STARKV_CUDA_DTYPE");
+    if (HasFatalFailure() || IsSkipped()) return;
+    EXPECT_LT(rel, 1e-2);
+    EXPECT_LT(ppl_rel, 5e-3);
+}

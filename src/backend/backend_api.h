@@ -14,7 +14,7 @@ extern "C" {
 
 #define STARKV_BACKEND_ABI_VERSION 2u /* 2: STAR-KV latent layers */
 
-enum { STARKV_DTYPE_F32 = 0, STARKV_DTYPE_BF16 = 1 };
+enum { STARKV_DTYPE_F32 = 0, STARKV_DTYPE_BF16 = 1, STARKV_DTYPE_F16 = 2 /* weights only */ };
 enum { STARKV_ROPE_ADJACENT = 0, STARKV_ROPE_HALF_SPLIT = 1 };
 
 /* Row-major fp32 host weights; the backend copies what it needs during create.

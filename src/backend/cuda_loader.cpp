@@ -149,10 +149,14 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     d.rope_layout = c.rope.layout == RopeLayout::Adjacent ? STARKV_ROPE_ADJACENT : STARKV_ROPE_HALF_SPLIT;
     d.rope_n_dims = c.rope.n_dims;
     d.rope_inv_freq = model.rope().inv_freq().data();
-    const char* dt = std::getenv("STARKV_CUDA_DTYPE");
-    const bool bf16 = dt && std::strcmp(dt, "bf16") == 0;
-    d.weight_dtype = bf16 ? STARKV_DTYPE_BF16 : STARKV_DTYPE_F32;
-    d.kv_dtype = d.weight_dtype;
+    // f32 (default), bf16 (weights and KV), f16 (weights; KV stays fp32: the
+    // attention kernels read fp32 or bf16).
+    const char* env = std::getenv("STARKV_CUDA_DTYPE");
+    const std::string dt = env && *env ? env : "f32";
+    if (dt != "f32" && dt != "bf16" && dt != "f16")
+        fail(STARKV_ERR_INVALID_ARGUMENT, "STARKV_CUDA_DTYPE '" + dt + "' is not f32, bf16 or f16");
+    d.weight_dtype = dt == "bf16" ? STARKV_DTYPE_BF16 : dt == "f16" ? STARKV_DTYPE_F16 : STARKV_DTYPE_F32;
+    d.kv_dtype = dt == "bf16" ? STARKV_DTYPE_BF16 : STARKV_DTYPE_F32;
     d.device = device;
     d.tok_embd = w.tok_embd.data.data();
     d.output_norm = w.output_norm.data();
@@ -161,8 +165,7 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     void* handle = nullptr;
     if (int32_t st = api->create(&d, &handle, msg, sizeof msg); st != STARKV_OK)
         fail(static_cast<starkv_status>(st), std::string("cuda: ") + msg);
-    log(STARKV_LOG_INFO, std::string("backend cuda: device ") + std::to_string(device) + ", " +
-                             (bf16 ? "bf16" : "fp32") + " weights");
+    log(STARKV_LOG_INFO, "backend cuda: device " + std::to_string(device) + ", " + dt + " weights");
     return std::make_unique<DeviceForward>(api, handle);
 }
 

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -91,8 +92,14 @@ struct RunArgs {
     uint64_t seed = 0;
     unsigned ctx = 0, threads = 0;
     bool ignore_eos = false;
-    std::string backend = "cpu";
+    std::string backend = "cpu", cuda_dtype;
 };
+
+// --cuda-dtype: the weights' type on the GPU, read by the backend from
+// $STARKV_CUDA_DTYPE when a context is created.
+void set_cuda_dtype(const std::string& dtype) {
+    if (!dtype.empty()) setenv("STARKV_CUDA_DTYPE", dtype.c_str(), 1);
+}
 
 // Warnings (e.g. why --backend auto runs on the CPU) go to stderr.
 void log_to_stderr(starkv_log_level level, const char* msg, void*) {
@@ -106,6 +113,7 @@ bool print_piece(const char* piece, size_t len, starkv_token, void*) {
 }
 
 int cmd_run(const RunArgs& a) {
+    set_cuda_dtype(a.cuda_dtype);
     ModelPtr model = load(a.model);
     starkv_set_log_callback(log_to_stderr, nullptr);
     const int backend = a.backend == "cuda" ? STARKV_BACKEND_CUDA : a.backend == "auto" ? STARKV_BACKEND_AUTO
@@ -180,7 +188,8 @@ std::vector<std::string> split_documents(const std::string& text) {
 }
 
 int cmd_perplexity(const std::string& model_path, const std::string& text_path, int docs_limit, unsigned n_ctx,
-                   const std::string& backend_name, unsigned threads) {
+                   const std::string& backend_name, const std::string& cuda_dtype, unsigned threads) {
+    set_cuda_dtype(cuda_dtype);
     ModelPtr model = load(model_path);
     if (n_ctx == 0) n_ctx = 512;
     starkv_set_log_callback(log_to_stderr, nullptr);
@@ -328,7 +337,7 @@ int cmd_pack_synthetic(const std::string& shape, int layers, float rate, const s
 }
 
 struct BenchArgs {
-    std::string model, backend = "cuda", json;
+    std::string model, backend = "cuda", json, cuda_dtype;
     int batch = 1, gen = 128;
     unsigned ctx = 512, threads = 0;
 };
@@ -336,6 +345,7 @@ struct BenchArgs {
 // Prefill and decode speed of a model beside the bandwidth floor of a decode
 // step: (weight bytes + KV bytes read) / measured device copy bandwidth.
 int cmd_bench(const BenchArgs& a) {
+    set_cuda_dtype(a.cuda_dtype);
     ModelPtr model = load(a.model);
     starkv_set_log_callback(log_to_stderr, nullptr);
     const int backend = a.backend == "cuda" ? STARKV_BACKEND_CUDA : a.backend == "auto" ? STARKV_BACKEND_AUTO
@@ -521,6 +531,8 @@ int main(int argc, char** argv) {
     run->add_flag("--ignore-eos", ra.ignore_eos, "keep generating after end of sequence");
     run->add_option("--backend", ra.backend, "cpu, cuda or auto (cuda when a GPU is there, else cpu)")
         ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    run->add_option("--cuda-dtype", ra.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")
+        ->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string pmodel, ptext;
     int pdocs = 0;
@@ -533,6 +545,8 @@ int main(int argc, char** argv) {
     ppl->add_option("--threads,-t", pthreads, "threads (0 = all)")->check(CLI::Range(0u, 1024u));
     std::string pbackend = "cpu";
     ppl->add_option("--backend", pbackend, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    std::string pdtype;
+    ppl->add_option("--cuda-dtype", pdtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string imodel;
     auto* info = app.add_subcommand("info", "what a model file holds");
@@ -570,6 +584,7 @@ int main(int argc, char** argv) {
     bench->add_option("--gen", ba.gen, "decode steps per sequence")->check(CLI::Range(1, 1 << 20));
     bench->add_option("--threads,-t", ba.threads, "CPU threads (0 = all)")->check(CLI::Range(0u, 1024u));
     bench->add_option("--json", ba.json, "also write the results as JSON to this file");
+    bench->add_option("--cuda-dtype", ba.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
@@ -587,7 +602,7 @@ int main(int argc, char** argv) {
     }
     try {
         if (*run) return cmd_run(ra);
-        if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pbackend, pthreads);
+        if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pbackend, pdtype, pthreads);
         if (*info) return cmd_info(imodel);
         if (*pack && !synthetic.empty()) {
             if (!pack_in.empty()) throw CliError{"--synthetic and --model exclude each other"};
