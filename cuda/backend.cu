@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -16,6 +17,7 @@
 #include "backend/backend_api.h"
 #include "elementwise.cuh"
 #include "gemm.cuh"
+#include "latent_ops.cuh"
 #include "starkv/starkv.h"
 
 #define STARKV_CUDA_EXPORT extern "C" __attribute__((visibility("default")))
@@ -60,12 +62,26 @@ void check(cudaError_t e, const char* what) {
 
 struct Layer {
     DeviceBuffer attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down, k_cache, v_cache;
+    // STAR-KV: the stacked projections to every latent ([R][n_embd]: each KV
+    // head's key rows, then the value rows), U_h back to back, U_v, and the
+    // latent cache [n_ctx][R] (fp32 whatever kv_dtype says).
+    bool latent = false;
+    int R = 0, v_off = 0, v_rank = 0;
+    DeviceBuffer lat_a, k_u, v_u, k_off, k_rank, lat_cache;
+};
+
+// Page-locked host memory (async copies, no staging); RAII.
+struct PinnedBuffer {
+    void* p = nullptr;
+    ~PinnedBuffer() { if (p) cudaFreeHost(p); }
+    template <typename T> T* as() const { return static_cast<T*>(p); }
 };
 
 class Model {
 public:
     explicit Model(const starkv_backend_model& d) : d_(d) {}
     ~Model() {
+        if (graph_) cudaGraphExecDestroy(graph_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -74,7 +90,10 @@ public:
         check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
         std::string why;
         if (!gemm_.init(32u << 20, &why)) throw Fail{STARKV_ERR_INTERNAL, why};
-        bf16_ = d_.weight_dtype == STARKV_DTYPE_BF16;
+        if (d_.weight_dtype < STARKV_DTYPE_F32 || d_.weight_dtype > STARKV_DTYPE_F16 ||
+            (d_.kv_dtype != STARKV_DTYPE_F32 && d_.kv_dtype != STARKV_DTYPE_BF16))
+            throw Fail{STARKV_ERR_UNSUPPORTED, "unsupported weight or KV type"};
+        input_ = d_.weight_dtype;
         kv_bf16_ = d_.kv_dtype == STARKV_DTYPE_BF16;
         const size_t E = d_.n_embd, F = d_.n_ff, V = d_.n_vocab, hd = d_.head_dim;
         const size_t qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
@@ -82,6 +101,7 @@ public:
         upload_f32(output_norm_, d_.output_norm, E);
         upload_matrix(output_, d_.output, V * E);
         layers_.resize(static_cast<size_t>(d_.n_layer));
+        size_t max_r = 0;
         const size_t kv_elems = static_cast<size_t>(d_.n_head_kv) * d_.n_ctx * hd;
         for (int l = 0; l < d_.n_layer; ++l) {
             const starkv_backend_layer& s = d_.layers[l];
@@ -89,15 +109,25 @@ public:
             upload_f32(L.attn_norm, s.attn_norm, E);
             upload_f32(L.ffn_norm, s.ffn_norm, E);
             upload_matrix(L.wq, s.wq, qd * E);
-            upload_matrix(L.wk, s.wk, kvd * E);
-            upload_matrix(L.wv, s.wv, kvd * E);
             upload_matrix(L.wo, s.wo, E * qd);
             upload_matrix(L.w_gate, s.w_gate, F * E);
             upload_matrix(L.w_up, s.w_up, F * E);
             upload_matrix(L.w_down, s.w_down, E * F);
+            if (s.k_rank) {
+                upload_latent(L, s);
+                max_r = std::max(max_r, static_cast<size_t>(L.R));
+                continue;
+            }
+            upload_matrix(L.wk, s.wk, kvd * E);
+            upload_matrix(L.wv, s.wv, kvd * E);
             const size_t kv_bytes = kv_elems * (kv_bf16_ ? 2 : 4);
             alloc(L.k_cache, kv_bytes);
             alloc(L.v_cache, kv_bytes);
+        }
+        // Keys rebuilt from latents, one layer at a time.
+        if (max_r > 0) {
+            alloc(keys_, kv_elems * 4);
+            alloc(lat_, static_cast<size_t>(d_.max_tokens) * max_r * 4);
         }
         const size_t T = static_cast<size_t>(d_.max_tokens);
         alloc(tokens_, T * sizeof(int32_t));
@@ -111,6 +141,11 @@ public:
         alloc(gate_, T * F * 4);
         alloc(up_, T * F * 4);
         alloc(logits_, T * V * 4);
+        alloc(step_, 2 * sizeof(int32_t));
+        check(cudaMallocHost(&step_host_.p, 2 * sizeof(int32_t)), "cudaMallocHost");
+        check(cudaMallocHost(&logits_host_.p, T * V * 4), "cudaMallocHost");
+        const char* g = std::getenv("STARKV_CUDA_GRAPH");
+        use_graph_ = !(g && std::strcmp(g, "0") == 0);
         // bf16 copy of whichever activation feeds a GEMM (widest: n_ff).
         alloc(act16_, T * std::max(std::max(E, F), qd) * 2);
         alloc(inv_freq_, static_cast<size_t>(d_.rope_n_dims / 2) * sizeof(double));
@@ -122,39 +157,110 @@ public:
     void forward(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits) {
         if (n <= 0 || n > d_.max_tokens || pos0 < 0 || pos0 + n > d_.n_ctx)
             throw Fail{STARKV_ERR_INVALID_ARGUMENT, "tokens outside the device buffers"};
+        cudaStream_t s = stream_;
+        check(cudaSetDevice(d_.device), "cudaSetDevice");
+        const size_t V = static_cast<size_t>(d_.n_vocab);
+        size_t n_out = 0;
+        if (n == 1 && use_graph_) {
+            // Decode: the token and position go to device memory, then one
+            // launch replays the whole step captured on the first call.
+            step_host_.as<int32_t>()[0] = tokens[0];
+            step_host_.as<int32_t>()[1] = pos0;
+            check(cudaMemcpyAsync(step_.as<void>(), step_host_.p, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+                  "upload step");
+            if (!graph_) capture_decode();
+            check(cudaGraphLaunch(graph_, s), "cudaGraphLaunch");
+            n_out = logits ? 1 : 0;
+        } else {
+            check(cudaMemcpyAsync(tokens_.as<void>(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+                  "upload tokens");
+            const int first = all_logits ? 0 : n - 1;
+            enqueue(tokens_.as<int32_t>(), n, pos0, nullptr, first, logits != nullptr);
+            n_out = logits ? static_cast<size_t>(n - first) : 0;
+        }
+        if (n_out)
+            check(cudaMemcpyAsync(logits_host_.p, logits_.as<void>(), n_out * V * 4, cudaMemcpyDeviceToHost, s),
+                  "download logits");
+        check(cudaStreamSynchronize(s), "forward");
+        if (n_out) std::memcpy(logits, logits_host_.p, n_out * V * 4);
+    }
+
+    uint64_t device_bytes() const { return bytes_; }
+    uint64_t weight_bytes() const { return weight_bytes_; }
+
+private:
+    // The decode step (one token, position and token read from step_) as a
+    // CUDA graph: ~15 launches per layer become one.
+    void capture_decode() {
+        check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        try {
+            enqueue(step_.as<int32_t>(), 1, 0, step_.as<int32_t>() + 1, 0, true);
+        } catch (...) {
+            cudaGraph_t g = nullptr;
+            cudaStreamEndCapture(stream_, &g);
+            if (g) cudaGraphDestroy(g);
+            throw;
+        }
+        cudaGraph_t g = nullptr;
+        check(cudaStreamEndCapture(stream_, &g), "cudaStreamEndCapture");
+        const cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
+        cudaGraphDestroy(g);
+        check(e, "cudaGraphInstantiate");
+    }
+
+    // The forward pass of n tokens at pos0 (or *pos_dev) on the stream; with
+    // head, logits of tokens first.. into logits_. No host synchronisation.
+    void enqueue(const int32_t* tokens_dev, int n, int pos0, const int32_t* pos_dev, int first, bool head) {
         const int E = d_.n_embd, F = d_.n_ff, hd = d_.head_dim;
         const int qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
         cudaStream_t s = stream_;
-        check(cudaSetDevice(d_.device), "cudaSetDevice");
-        check(cudaMemcpyAsync(tokens_.as<void>(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s),
-              "upload tokens");
-        check(embed_gather(tok_embd_.as<float>(), tokens_.as<int32_t>(), n, E, x_.as<float>(), s), "embed");
+        check(embed_gather(tok_embd_.as<float>(), tokens_dev, n, E, x_.as<float>(), s), "embed");
         const bool half = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
+        const double* inv_freq = inv_freq_.as<double>();
         for (int l = 0; l < d_.n_layer; ++l) {
             Layer& L = layers_[static_cast<size_t>(l)];
             check(rms_norm(x_.as<float>(), L.attn_norm.as<float>(), xn_.as<float>(), n, E, d_.rms_eps, s), "rms_norm");
             const void* xin = gemm_input(xn_, static_cast<size_t>(n) * E, s);
             matmul(L.wq, xin, q_, qd, E, n, s);
-            matmul(L.wk, xin, k_, kvd, E, n, s);
-            matmul(L.wv, xin, v_, kvd, E, n, s);
-            check(rope(q_.as<float>(), n, d_.n_head, hd, qd, d_.rope_n_dims, inv_freq_.as<double>(), half, pos0, s),
+            check(rope(q_.as<float>(), n, d_.n_head, hd, qd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
                   "rope q");
-            check(rope(k_.as<float>(), n, d_.n_head_kv, hd, kvd, d_.rope_n_dims, inv_freq_.as<double>(), half, pos0,
-                       s),
-                  "rope k");
-            if (kv_bf16_) {
-                using B = __nv_bfloat16;
-                check(kv_store(k_.as<float>(), L.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv k");
-                check(kv_store(v_.as<float>(), L.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv v");
-                check(attention(q_.as<float>(), L.k_cache.as<B>(), L.v_cache.as<B>(), attn_.as<float>(), n, d_.n_head,
-                                d_.n_head_kv, hd, d_.n_ctx, pos0, s),
-                      "attention");
+            if (L.latent) {
+                matmul(L.lat_a, xin, lat_, L.R, E, n, s);
+                check(latent_store(lat_.as<float>(), L.lat_cache.as<float>(), n, L.R, d_.n_ctx, pos0, pos_dev, s),
+                      "latent store");
+                check(latent_keys(L.lat_cache.as<float>(), L.R, L.k_u.as<float>(), L.k_off.as<int32_t>(),
+                                  L.k_rank.as<int32_t>(), d_.n_head_kv, hd, d_.rope_n_dims, inv_freq, half,
+                                  keys_.as<float>(), d_.n_ctx, n, pos0, pos_dev, s),
+                      "latent keys");
+                check(latent_attention_ref(q_.as<float>(), keys_.as<float>(), L.lat_cache.as<float>(), L.R, L.v_off,
+                                           L.v_rank, L.v_u.as<float>(), attn_.as<float>(), n, d_.n_head,
+                                           d_.n_head_kv, hd, d_.n_ctx, pos0, pos_dev, s),
+                      "latent attention");
             } else {
-                check(kv_store(k_.as<float>(), L.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv k");
-                check(kv_store(v_.as<float>(), L.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s), "kv v");
-                check(attention(q_.as<float>(), L.k_cache.as<float>(), L.v_cache.as<float>(), attn_.as<float>(), n,
-                                d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s),
-                      "attention");
+                matmul(L.wk, xin, k_, kvd, E, n, s);
+                matmul(L.wv, xin, v_, kvd, E, n, s);
+                check(rope(k_.as<float>(), n, d_.n_head_kv, hd, kvd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
+                      "rope k");
+                if (kv_bf16_) {
+                    using B = __nv_bfloat16;
+                    check(kv_store(k_.as<float>(), L.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "kv k");
+                    check(kv_store(v_.as<float>(), L.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "kv v");
+                    check(attention(q_.as<float>(), L.k_cache.as<B>(), L.v_cache.as<B>(), attn_.as<float>(), n,
+                                    d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "attention");
+                } else {
+                    check(kv_store(k_.as<float>(), L.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                                   pos_dev),
+                          "kv k");
+                    check(kv_store(v_.as<float>(), L.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                                   pos_dev),
+                          "kv v");
+                    check(attention(q_.as<float>(), L.k_cache.as<float>(), L.v_cache.as<float>(), attn_.as<float>(),
+                                    n, d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                          "attention");
+                }
             }
             matmul(L.wo, gemm_input(attn_, static_cast<size_t>(n) * qd, s), proj_, E, qd, n, s);
             check(add_inplace(x_.as<float>(), proj_.as<float>(), static_cast<size_t>(n) * E, s), "residual");
@@ -167,21 +273,46 @@ public:
             matmul(L.w_down, gemm_input(gate_, static_cast<size_t>(n) * F, s), proj_, E, F, n, s);
             check(add_inplace(x_.as<float>(), proj_.as<float>(), static_cast<size_t>(n) * E, s), "residual");
         }
-        if (logits) {
-            const int first = all_logits ? 0 : n - 1, n_out = n - first;
-            const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
-            check(rms_norm(xlast, output_norm_.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
-            matmul(output_, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
-            check(cudaMemcpyAsync(logits, logits_.as<void>(), static_cast<size_t>(n_out) * d_.n_vocab * 4,
-                                  cudaMemcpyDeviceToHost, s),
-                  "download logits");
-        }
-        check(cudaStreamSynchronize(s), "forward");
+        if (!head) return;
+        const int n_out = n - first;
+        const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
+        check(rms_norm(xlast, output_norm_.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
+        matmul(output_, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
     }
 
-    uint64_t device_bytes() const { return bytes_; }
+    // A STAR-KV layer's factors: A's stacked so one GEMM gives every latent.
+    void upload_latent(Layer& L, const starkv_backend_layer& s) {
+        const int n_kv = d_.n_head_kv, hd = d_.head_dim;
+        const size_t E = static_cast<size_t>(d_.n_embd);
+        std::vector<int32_t> off(static_cast<size_t>(n_kv)), rank(s.k_rank, s.k_rank + n_kv);
+        int R = 0;
+        for (int h = 0; h < n_kv; ++h) {
+            if (rank[h] <= 0 || rank[h] > d_.n_embd) throw Fail{STARKV_ERR_INVALID_ARGUMENT, "bad key latent rank"};
+            off[h] = R;
+            R += rank[h];
+        }
+        if (s.v_rank <= 0 || s.v_rank > d_.n_embd) throw Fail{STARKV_ERR_INVALID_ARGUMENT, "bad value latent rank"};
+        L.latent = true;
+        L.v_off = R;
+        L.v_rank = s.v_rank;
+        L.R = R + s.v_rank;
+        std::vector<float> a(static_cast<size_t>(L.R) * E), u(static_cast<size_t>(hd) * R);
+        for (int h = 0; h < n_kv; ++h) {
+            std::memcpy(&a[off[h] * E], s.k_a[h], rank[h] * E * 4);
+            std::memcpy(&u[static_cast<size_t>(hd) * off[h]], s.k_u[h], static_cast<size_t>(hd) * rank[h] * 4);
+        }
+        std::memcpy(&a[static_cast<size_t>(R) * E], s.v_a, static_cast<size_t>(s.v_rank) * E * 4);
+        upload_matrix(L.lat_a, a.data(), a.size());
+        upload_f32(L.k_u, u.data(), u.size());
+        upload_f32(L.v_u, s.v_u, static_cast<size_t>(n_kv) * hd * s.v_rank);
+        weight_bytes_ += L.k_u.bytes() + L.v_u.bytes();
+        alloc(L.k_off, off.size() * 4);
+        check(cudaMemcpy(L.k_off.as<void>(), off.data(), off.size() * 4, cudaMemcpyHostToDevice), "upload");
+        alloc(L.k_rank, rank.size() * 4);
+        check(cudaMemcpy(L.k_rank.as<void>(), rank.data(), rank.size() * 4, cudaMemcpyHostToDevice), "upload");
+        alloc(L.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
+    }
 
-private:
     void alloc(DeviceBuffer& b, size_t bytes) {
         check(b.alloc(bytes), "cudaMalloc");
         bytes_ += bytes;
@@ -190,34 +321,43 @@ private:
         alloc(b, n * 4);
         check(cudaMemcpy(b.as<void>(), src, n * 4, cudaMemcpyHostToDevice), "upload");
     }
-    // Matrices in the GEMM's input type: bf16 converted on the device.
+    // 16-bit conversion of n floats into out (the GEMM's input type).
+    cudaError_t to_half_type(const float* x, void* out, size_t n, cudaStream_t s) const {
+        return input_ == kGemmBf16 ? to_bf16(x, static_cast<__nv_bfloat16*>(out), n, s)
+                                   : to_f16(x, static_cast<__half*>(out), n, s);
+    }
+    // Matrices in the GEMM's input type: bf16 / fp16 converted on the device.
     void upload_matrix(DeviceBuffer& b, const float* src, size_t n) {
-        if (!bf16_) return upload_f32(b, src, n);
+        weight_bytes_ += n * (input_ == kGemmF32 ? 4 : 2);
+        if (input_ == kGemmF32) return upload_f32(b, src, n);
         DeviceBuffer tmp;
         check(tmp.alloc(n * 4), "cudaMalloc");
         check(cudaMemcpy(tmp.as<void>(), src, n * 4, cudaMemcpyHostToDevice), "upload");
         alloc(b, n * 2);
-        check(to_bf16(tmp.as<float>(), b.as<__nv_bfloat16>(), n, stream_), "to bf16");
-        check(cudaStreamSynchronize(stream_), "to bf16");
+        check(to_half_type(tmp.as<float>(), b.as<void>(), n, stream_), "to 16 bits");
+        check(cudaStreamSynchronize(stream_), "to 16 bits");
     }
     const void* gemm_input(const DeviceBuffer& x, size_t n, cudaStream_t s) {
-        if (!bf16_) return x.as<void>();
-        check(to_bf16(x.as<float>(), act16_.as<__nv_bfloat16>(), n, s), "to bf16");
+        if (input_ == kGemmF32) return x.as<void>();
+        check(to_half_type(x.as<float>(), act16_.as<void>(), n, s), "to 16 bits");
         return act16_.as<void>();
     }
     void matmul(const DeviceBuffer& w, const void* x, DeviceBuffer& y, int rows, int cols, int n, cudaStream_t s) {
         std::string why;
-        if (!gemm_.run(w.as<void>(), x, y.as<float>(), rows, cols, n, bf16_, s, &why))
+        if (!gemm_.run(w.as<void>(), x, y.as<float>(), rows, cols, n, input_, s, &why))
             throw Fail{STARKV_ERR_INTERNAL, why};
     }
 
     starkv_backend_model d_;
-    bool bf16_ = false, kv_bf16_ = false;
-    cudaStream_t stream_ = nullptr;
+    int input_ = kGemmF32;  // weights' and GEMM activations' type
+    bool kv_bf16_ = false, use_graph_ = true;
+    cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap
+    cudaGraphExec_t graph_ = nullptr;
     Gemm gemm_;
-    uint64_t bytes_ = 0;
+    uint64_t bytes_ = 0, weight_bytes_ = 0;
     DeviceBuffer tok_embd_, output_norm_, output_, inv_freq_, tokens_;
-    DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_;
+    DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_, keys_, lat_, step_;
+    PinnedBuffer step_host_, logits_host_;
     std::vector<Layer> layers_;
 };
 
@@ -289,8 +429,44 @@ uint64_t api_device_bytes(const void* h) { return h ? static_cast<const Model*>(
 
 void api_destroy(void* h) { delete static_cast<Model*>(h); }
 
+uint64_t api_weight_bytes(const void* h) { return h ? static_cast<const Model*>(h)->weight_bytes() : 0; }
+
+// 256 MiB copied 10 times between two buffers, timed with events.
+int32_t api_copy_bandwidth(int32_t device, double* out, char* msg, size_t cap) {
+    if (!out) {
+        set_msg(msg, cap, "null output");
+        return STARKV_ERR_INVALID_ARGUMENT;
+    }
+    *out = 0;
+    if (int32_t st = api_probe(device, msg, cap); st != STARKV_OK) return st;
+    return guarded(msg, cap, [&] {
+        check(cudaSetDevice(device), "cudaSetDevice");
+        const size_t bytes = 256u << 20;
+        const int reps = 10;
+        DeviceBuffer a, b;
+        check(a.alloc(bytes), "cudaMalloc");
+        check(b.alloc(bytes), "cudaMalloc");
+        check(cudaMemset(a.as<void>(), 0, bytes), "cudaMemset");
+        check(cudaMemcpy(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice), "warm-up copy");
+        cudaEvent_t e0 = nullptr, e1 = nullptr;
+        check(cudaEventCreate(&e0), "cudaEventCreate");
+        check(cudaEventCreate(&e1), "cudaEventCreate");
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice);
+        cudaEventRecord(e1);
+        const cudaError_t e = cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        check(e, "copy");
+        *out = 2.0 * bytes * reps / (ms * 1e-3);
+    });
+}
+
 const starkv_backend_api kApi = {STARKV_BACKEND_ABI_VERSION, sizeof(starkv_backend_api), "cuda", api_probe,
-                                 api_create, api_forward, api_device_bytes, api_destroy};
+                                 api_create, api_forward, api_device_bytes, api_destroy, api_weight_bytes,
+                                 api_copy_bandwidth};
 
 }  // namespace
 }  // namespace starkv::cuda

@@ -16,7 +16,8 @@ __device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*
 // results are merged at the end.
 template <typename T>
 __global__ void attention_kernel(const float* q, const T* kc, const T* vc, float* out, int n_head, int n_kv, int hd,
-                                 int n_ctx, int pos0) {
+                                 int n_ctx, int pos0, const int32_t* pos0_dev) {
+    if (pos0_dev) pos0 = *pos0_dev;
     const int h = blockIdx.x, t = blockIdx.y;
     const int group = n_head / n_kv;
     const int kvh = h / group;
@@ -89,17 +90,17 @@ __global__ void attention_kernel(const float* q, const T* kc, const T* vc, float
 
 template <typename T>
 cudaError_t attention(const float* q, const T* k_cache, const T* v_cache, float* out, int n, int n_head, int n_kv,
-                      int hd, int n_ctx, int pos0, cudaStream_t s) {
+                      int hd, int n_ctx, int pos0, cudaStream_t s, const int32_t* pos0_dev) {
     if (hd > kMaxHeadDim || n_kv <= 0 || n_head % n_kv != 0) return cudaErrorInvalidValue;
     if (n <= 0) return cudaSuccess;
     attention_kernel<T><<<dim3(n_head, n), kWarps * 32, 0, s>>>(q, k_cache, v_cache, out, n_head, n_kv, hd, n_ctx,
-                                                                pos0);
+                                                                pos0, pos0_dev);
     return cudaGetLastError();
 }
 
 template cudaError_t attention<float>(const float*, const float*, const float*, float*, int, int, int, int, int, int,
-                                      cudaStream_t);
+                                      cudaStream_t, const int32_t*);
 template cudaError_t attention<__nv_bfloat16>(const float*, const __nv_bfloat16*, const __nv_bfloat16*, float*, int,
-                                              int, int, int, int, int, cudaStream_t);
+                                              int, int, int, int, int, cudaStream_t, const int32_t*);
 
 }  // namespace starkv::cuda

@@ -36,7 +36,7 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int 
 
 // One thread per (token, head, pair); angle and its cos/sin in double as on the CPU.
 __global__ void rope_kernel(float* x, int n, int n_heads, int head_dim, int row_stride, int half,
-                            const double* inv_freq, bool half_split, int pos0) {
+                            const double* inv_freq, bool half_split, int pos0, const int32_t* pos0_dev) {
     const size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
     const size_t total = static_cast<size_t>(n) * n_heads * half;
     if (idx >= total) return;
@@ -44,6 +44,7 @@ __global__ void rope_kernel(float* x, int n, int n_heads, int head_dim, int row_
     const int h = static_cast<int>((idx / half) % n_heads);
     const int t = static_cast<int>(idx / (static_cast<size_t>(half) * n_heads));
     double sn, cs;
+    if (pos0_dev) pos0 = *pos0_dev;
     sincos(static_cast<double>(pos0 + t) * inv_freq[i], &sn, &cs);
     const float c = static_cast<float>(cs), s = static_cast<float>(sn);
     float* v = x + static_cast<size_t>(t) * row_stride + static_cast<size_t>(h) * head_dim;
@@ -71,17 +72,24 @@ __global__ void bf16_kernel(const float* x, __nv_bfloat16* out, size_t n) {
     if (i < n) out[i] = __float2bfloat16_rn(x[i]);
 }
 
+__global__ void f16_kernel(const float* x, __half* out, size_t n) {
+    const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+    if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
 __device__ inline void store(float* p, float v) { *p = v; }
 __device__ inline void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 template <typename T>
-__global__ void kv_store_kernel(const float* src, T* cache, int n, int n_kv, int hd, int n_ctx, int pos0) {
+__global__ void kv_store_kernel(const float* src, T* cache, int n, int n_kv, int hd, int n_ctx, int pos0,
+                                const int32_t* pos0_dev) {
     const size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
     const size_t row = static_cast<size_t>(n_kv) * hd;
     if (idx >= static_cast<size_t>(n) * row) return;
     const int t = static_cast<int>(idx / row);
     const int h = static_cast<int>((idx % row) / hd);
     const int d = static_cast<int>(idx % hd);
+    if (pos0_dev) pos0 = *pos0_dev;
     store(cache + (static_cast<size_t>(h) * n_ctx + pos0 + t) * hd + d, src[idx]);
 }
 
@@ -100,11 +108,11 @@ cudaError_t rms_norm(const float* x, const float* w, float* out, int n, int E, f
 }
 
 cudaError_t rope(float* x, int n, int n_heads, int head_dim, int row_stride, int n_dims, const double* inv_freq,
-                 bool half_split, int pos0, cudaStream_t s) {
+                 bool half_split, int pos0, cudaStream_t s, const int32_t* pos0_dev) {
     const size_t total = static_cast<size_t>(n) * n_heads * (n_dims / 2);
     if (total == 0) return cudaSuccess;
     rope_kernel<<<blocks_for(total), kThreads, 0, s>>>(x, n, n_heads, head_dim, row_stride, n_dims / 2, inv_freq,
-                                                       half_split, pos0);
+                                                       half_split, pos0, pos0_dev);
     return cudaGetLastError();
 }
 
@@ -126,15 +134,23 @@ cudaError_t to_bf16(const float* x, __nv_bfloat16* out, size_t n, cudaStream_t s
     return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t kv_store(const float* src, T* cache, int n, int n_kv, int hd, int n_ctx, int pos0, cudaStream_t s) {
-    const size_t total = static_cast<size_t>(n) * n_kv * hd;
-    if (total == 0) return cudaSuccess;
-    kv_store_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(src, cache, n, n_kv, hd, n_ctx, pos0);
+cudaError_t to_f16(const float* x, __half* out, size_t n, cudaStream_t s) {
+    if (n == 0) return cudaSuccess;
+    f16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, out, n);
     return cudaGetLastError();
 }
 
-template cudaError_t kv_store<float>(const float*, float*, int, int, int, int, int, cudaStream_t);
-template cudaError_t kv_store<__nv_bfloat16>(const float*, __nv_bfloat16*, int, int, int, int, int, cudaStream_t);
+template <typename T>
+cudaError_t kv_store(const float* src, T* cache, int n, int n_kv, int hd, int n_ctx, int pos0, cudaStream_t s,
+                     const int32_t* pos0_dev) {
+    const size_t total = static_cast<size_t>(n) * n_kv * hd;
+    if (total == 0) return cudaSuccess;
+    kv_store_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(src, cache, n, n_kv, hd, n_ctx, pos0, pos0_dev);
+    return cudaGetLastError();
+}
+
+template cudaError_t kv_store<float>(const float*, float*, int, int, int, int, int, cudaStream_t, const int32_t*);
+template cudaError_t kv_store<__nv_bfloat16>(const float*, __nv_bfloat16*, int, int, int, int, int, cudaStream_t,
+                                             const int32_t*);
 
 }  // namespace starkv::cuda

@@ -36,14 +36,14 @@ bool Gemm::init(size_t workspace_bytes, std::string* why) {
 
 // Column-major view: W row-major [rows][cols] is A (cols x rows), ld cols, used
 // transposed; X is B (cols x n), ld cols; Y is C (rows x n), ld rows.
-bool Gemm::plan(int rows, int cols, int n, bool bf16, Plan** out, std::string* why) {
-    const auto key = std::make_tuple(rows, cols, n, bf16);
+bool Gemm::plan(int rows, int cols, int n, int input, Plan** out, std::string* why) {
+    const auto key = std::make_tuple(rows, cols, n, input);
     if (auto it = plans_.find(key); it != plans_.end()) {
         *out = &it->second;
         return true;
     }
     Plan p;
-    const cudaDataType_t in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cudaDataType_t in = input == kGemmBf16 ? CUDA_R_16BF : input == kGemmF16 ? CUDA_R_16F : CUDA_R_32F;
     cublasStatus_t st = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     if (st == CUBLAS_STATUS_SUCCESS)
@@ -78,11 +78,11 @@ bool Gemm::plan(int rows, int cols, int n, bool bf16, Plan** out, std::string* w
     return true;
 }
 
-bool Gemm::run(const void* w, const void* x, float* y, int rows, int cols, int n, bool bf16, cudaStream_t s,
+bool Gemm::run(const void* w, const void* x, float* y, int rows, int cols, int n, int input, cudaStream_t s,
                std::string* why) {
     if (n <= 0) return true;
     Plan* p = nullptr;
-    if (!plan(rows, cols, n, bf16, &p, why)) return false;
+    if (!plan(rows, cols, n, input, &p, why)) return false;
     const float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t st = cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &p->algo,
                                        workspace_, workspace_bytes_, s);

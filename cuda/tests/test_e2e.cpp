@@ -1,6 +1,7 @@
 // End to end through the public C API: the CUDA and CPU backends on
-// stories260K agree on the top-1 token at every greedy step and on
-// perplexity. Skips (visibly) when no device is there.
+// stories260K (plain, and packed with STAR-KV latent layers) agree on the
+// top-1 token at every greedy step and on perplexity. Skips (visibly) when no
+// device is there.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,9 +17,8 @@
 namespace {
 
 // $STARKV_SHARED_DIR overrides the build's path (binaries run on a GPU machine).
-const std::string kModel = std::string(std::getenv("STARKV_SHARED_DIR") ? std::getenv("STARKV_SHARED_DIR")
-                                                                        : STARKV_SHARED_DIR) +
-                           "/models/stories260K.gguf";
+const std::string kShared = std::getenv("STARKV_SHARED_DIR") ? std::getenv("STARKV_SHARED_DIR") : STARKV_SHARED_DIR;
+const std::string kModel = kShared + "/models/stories260K.gguf";
 
 int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
@@ -49,6 +49,35 @@ struct Fixture : ::testing::Test {
         prompt.resize(n);
     }
     void TearDown() override { starkv_model_free(model); }
+
+    // Replaces the model by stories260K packed with STAR-KV (every layer but
+    // the first latent, so both attention paths run), calibrated on TinyStories.
+    void use_latent_bundle() {
+        const std::string out = ::testing::TempDir() + "stories260K_kv05.skv";
+        starkv_pack_params pp;
+        starkv_pack_params_default(&pp);
+        pp.kv_compress = 0.5f;
+        const std::string calib = kShared + "/data/tinystories_val.txt";
+        pp.calib_path = calib.c_str();
+        pp.calib_tokens = 2048;
+        pp.skip_layers = "0";
+        ASSERT_EQ(starkv_pack(kModel.c_str(), out.c_str(), &pp), STARKV_OK) << starkv_last_error();
+        starkv_model_free(model);
+        model = nullptr;
+        ASSERT_EQ(starkv_model_load(out.c_str(), nullptr, &model), STARKV_OK) << starkv_last_error();
+        std::remove(out.c_str());
+        starkv_status st;
+        starkv_context* c = make_ctx(model, STARKV_BACKEND_CPU, &st);
+        ASSERT_EQ(st, STARKV_OK);
+        starkv_kv_stats ks;
+        starkv_kv_stats_default(&ks);
+        ASSERT_EQ(starkv_context_kv_stats(c, &ks), STARKV_OK);
+        starkv_context_free(c);
+        ASSERT_LT(ks.bytes_per_token, ks.bytes_per_token_uncompressed);  // the bundle really has latent layers
+        std::printf("[e2e] STAR-KV bundle: %llu of %llu KV bytes per token\n",
+                    static_cast<unsigned long long>(ks.bytes_per_token),
+                    static_cast<unsigned long long>(ks.bytes_per_token_uncompressed));
+    }
 
     // Greedy decode on both backends, the CPU's token fed to both.
     void greedy(int steps, int* agree, double* max_rel) {
@@ -145,6 +174,28 @@ TEST_F(Fixture, Fp32PerplexityAgrees) {
     EXPECT_LT(rel, 1e-3);
 }
 
+TEST_F(Fixture, LatentGreedyAgreesWithCpu) {
+    unsetenv("STARKV_CUDA_DTYPE");
+    {  // no device: skip before the calibration (seconds on a CI machine)
+        starkv_status st;
+        starkv_context* probe = make_ctx(model, STARKV_BACKEND_CUDA, &st);
+        starkv_context_free(probe);
+        if (st == STARKV_ERR_NO_DEVICE) GTEST_SKIP() << starkv_last_error();
+    }
+    use_latent_bundle();
+    if (HasFatalFailure()) return;
+    const int steps = steps_from_env();
+    int agree = 0;
+    double rel = 0, ppl_rel = 1;
+    greedy(steps, &agree, &rel);
+    if (HasFatalFailure() || IsSkipped()) return;
+    EXPECT_EQ(agree, steps);
+    EXPECT_LT(rel, 1e-4);
+    perplexity(&ppl_rel);
+    if (HasFatalFailure() || IsSkipped()) return;
+    EXPECT_LT(ppl_rel, 1e-4);
+}
+
 // bf16 weights and KV: reported, loosely bounded (bf16 may drift on ties).
 TEST_F(Fixture, Bf16CloseToCpu) {
     setenv("STARKV_CUDA_DTYPE", "bf16", 1);
@@ -156,4 +207,21 @@ TEST_F(Fixture, Bf16CloseToCpu) {
     unsetenv("STARKV_CUDA_DTYPE");
     if (HasFatalFailure() || IsSkipped()) return;
     EXPECT_LT(ppl_rel, 2e-2);
+}
+
+// fp16 weights (fp32 KV): closer than bf16 (3 more mantissa bits).
+TEST_F(Fixture, F16CloseToCpu) {
+    setenv("STARKV_CUDA_DTYPE", "f16", 1);
+    int agree = 0;
+    double rel = 0, ppl_rel = 1;
+    greedy(std::min(64, steps_from_env()), &agree, &rel);
+    if (HasFatalFailure() || IsSkipped()) {
+        unsetenv("STARKV_CUDA_DTYPE");
+        return;
+    }
+    perplexity(&ppl_rel);
+    unsetenv("STARKV_CUDA_DTYPE");
+    if (HasFatalFailure() || IsSkipped()) return;
+    EXPECT_LT(rel, 1e-2);
+    EXPECT_LT(ppl_rel, 5e-3);
 }

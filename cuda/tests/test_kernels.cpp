@@ -2,6 +2,7 @@
 // random inputs, device outputs poisoned (NaN) before each run. Skips without
 // a device, so CI (no GPU) still builds and runs it.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -70,6 +71,12 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
 std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& v) {
     std::vector<__nv_bfloat16> r(v.size());
     for (size_t i = 0; i < v.size(); ++i) r[i] = __float2bfloat16_rn(v[i]);
+    return r;
+}
+
+std::vector<__half> to_f16(const std::vector<float>& v) {
+    std::vector<__half> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = __float2half_rn(v[i]);
     return r;
 }
 
@@ -188,7 +195,7 @@ TEST(CudaKernels, AttentionBf16Cache) {
     check_attention<__nv_bfloat16>(8, 4, 8, 5, 37, 1e-2);
 }
 
-TEST(CudaKernels, GemmF32AndBf16) {
+TEST(CudaKernels, GemmF32Bf16AndF16) {
     REQUIRE_DEVICE();
     cuda::Gemm gemm;
     std::string why;
@@ -202,12 +209,17 @@ TEST(CudaKernels, GemmF32AndBf16) {
         cpu::matmul(w, x.data(), n, want.data(), pool);
         Dev<float> dw(w.data), dx(x), y(want.size());
         y.poison();
-        ASSERT_TRUE(gemm.run(dw.p, dx.p, y.p, rows, cols, n, false, nullptr, &why)) << why;
+        ASSERT_TRUE(gemm.run(dw.p, dx.p, y.p, rows, cols, n, cuda::kGemmF32, nullptr, &why)) << why;
         EXPECT_LT(rel_err(y.get(), want), 1e-5) << rows << "x" << cols << "x" << n << " fp32";
         Dev<__nv_bfloat16> bw(to_bf16(w.data)), bx(to_bf16(x));
         y.poison();
-        ASSERT_TRUE(gemm.run(bw.p, bx.p, y.p, rows, cols, n, true, nullptr, &why)) << why;
+        ASSERT_TRUE(gemm.run(bw.p, bx.p, y.p, rows, cols, n, cuda::kGemmBf16, nullptr, &why)) << why;
         EXPECT_LT(rel_err(y.get(), want), 1e-2) << rows << "x" << cols << "x" << n << " bf16";
+        // fp16 keeps 3 more mantissa bits than bf16: a tighter bound.
+        Dev<__half> hw(to_f16(w.data)), hx(to_f16(x));
+        y.poison();
+        ASSERT_TRUE(gemm.run(hw.p, hx.p, y.p, rows, cols, n, cuda::kGemmF16, nullptr, &why)) << why;
+        EXPECT_LT(rel_err(y.get(), want), 2e-3) << rows << "x" << cols << "x" << n << " f16";
     }
 }
 

@@ -205,6 +205,15 @@ STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 STARKV_API starkv_status starkv_pack(const char *in_path, const char *out_path,
                                      const starkv_pack_params *params);
 
+/** Writes a bundle with random weights of a real model's shapes, for speed and
+ * memory measurements (its text is noise): shape "llama2-7b" or "llama3-8b";
+ * n_layers 0 = all 32; kv_compress as in starkv_pack_params (0 = off; no
+ * calibration: the latent factors are random orthonormal of the ranks the
+ * rate implies, in every layer but the first two and the last). Matrices F16,
+ * stored uncompressed; a byte-fallback tokenizer. */
+STARKV_API starkv_status starkv_pack_synthetic(const char *shape, int32_t n_layers, float kv_compress,
+                                               const char *out_path);
+
 /** A JSON document describing the bundle at path without loading its weights:
  * format_version, required_features, model (config), tokenizer (summary),
  * compression, provenance, tensors (name, dtype, shape, codec, offset,
@@ -305,6 +314,14 @@ typedef struct starkv_kv_stats {
 } starkv_kv_stats;
 STARKV_API void starkv_kv_stats_default(starkv_kv_stats *stats);
 STARKV_API starkv_status starkv_context_kv_stats(const starkv_context *ctx, starkv_kv_stats *stats);
+/** Bytes of weights one decode step of a GPU-backed context reads (its matrices
+ * in their device type); 0 on the CPU. With the KV bytes, the numerator of the
+ * step's bandwidth floor. */
+STARKV_API starkv_status starkv_context_device_weight_bytes(const starkv_context *ctx, uint64_t *out_bytes);
+/** Measured device-to-device copy speed of CUDA device `device`, bytes read +
+ * written per second (copies 256 MiB ten times); STARKV_ERR_NO_DEVICE without
+ * the backend or the device. */
+STARKV_API starkv_status starkv_device_copy_bandwidth(int32_t device, double *out_bytes_per_second);
 
 /* ---- Sampling ----------------------------------------------------------- */
 typedef struct starkv_sampler starkv_sampler;

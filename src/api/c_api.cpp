@@ -6,6 +6,7 @@
 #include <new>
 #include <string>
 
+#include "backend/cuda_loader.h"
 #include "bundle/reader.h"
 #include "bundle/writer.h"
 #include "core/error.h"
@@ -289,6 +290,16 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
     });
 }
 
+starkv_status starkv_pack_synthetic(const char* shape, int32_t n_layers, float kv_compress, const char* out_path) {
+    STARKV_REQUIRE(shape, "shape is NULL");
+    STARKV_REQUIRE(out_path, "out_path is NULL");
+    return guarded([&] {
+        starkv::PackOptions opt;
+        opt.zstd_level = 0;  // random weights do not compress
+        starkv::pack_synthetic(shape, n_layers, kv_compress, out_path, opt);
+    });
+}
+
 starkv_status starkv_bundle_describe(const char* path, char* json_buf, size_t capacity, size_t* n_out) {
     STARKV_REQUIRE(n_out, "n_out is NULL");
     *n_out = 0;
@@ -469,6 +480,20 @@ starkv_status starkv_context_kv_stats(const starkv_context* ctx, starkv_kv_stats
     r.bytes_per_token_uncompressed = c.kv_bytes_per_token_uncompressed();
     write_result(r, stats);
     return STARKV_OK;
+}
+
+starkv_status starkv_context_device_weight_bytes(const starkv_context* ctx, uint64_t* out_bytes) {
+    STARKV_REQUIRE(out_bytes, "out_bytes is NULL");
+    *out_bytes = 0;
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    *out_bytes = ctx->ctx->device_weight_bytes();
+    return STARKV_OK;
+}
+
+starkv_status starkv_device_copy_bandwidth(int32_t device, double* out_bytes_per_second) {
+    STARKV_REQUIRE(out_bytes_per_second, "out_bytes_per_second is NULL");
+    *out_bytes_per_second = 0;
+    return guarded([&] { *out_bytes_per_second = starkv::backend::copy_bandwidth(device); });
 }
 
 /* ---- sampler ---- */

@@ -12,15 +12,23 @@
 extern "C" {
 #endif
 
-#define STARKV_BACKEND_ABI_VERSION 1u
+#define STARKV_BACKEND_ABI_VERSION 2u /* 2: STAR-KV latent layers */
 
-enum { STARKV_DTYPE_F32 = 0, STARKV_DTYPE_BF16 = 1 };
+enum { STARKV_DTYPE_F32 = 0, STARKV_DTYPE_BF16 = 1, STARKV_DTYPE_F16 = 2 /* weights only */ };
 enum { STARKV_ROPE_ADJACENT = 0, STARKV_ROPE_HALF_SPLIT = 1 };
 
-/* Row-major fp32 host weights; the backend copies what it needs during create. */
+/* Row-major fp32 host weights; the backend copies what it needs during create.
+ * A STAR-KV layer (k_rank not NULL) has no wk/wv: per KV head h, keys are
+ * k_u[h] (k_a[h] x) before RoPE ([k_rank[h]][n_embd] and [head_dim][k_rank[h]]);
+ * values are v_u (v_a x) over all KV heads ([v_rank][n_embd], [n_head_kv *
+ * head_dim][v_rank]). The device cache holds only the latents. */
 typedef struct starkv_backend_layer {
     const float *attn_norm, *wq, *wk, *wv, *wo;
     const float *ffn_norm, *w_gate, *w_up, *w_down;
+    const int32_t *k_rank;           /* n_head_kv ranks, or NULL: a plain layer */
+    const float *const *k_a, *const *k_u; /* n_head_kv each */
+    int32_t v_rank;
+    const float *v_a, *v_u;
 } starkv_backend_layer;
 
 typedef struct starkv_backend_model {
@@ -57,6 +65,10 @@ typedef struct starkv_backend_api {
                        float *logits, char *msg, size_t msg_cap);
     uint64_t (*device_bytes)(const void *handle);
     void (*destroy)(void *handle);
+    /* Bytes of weights one decode step reads (matrices in their device type). */
+    uint64_t (*weight_bytes)(const void *handle);
+    /* Device-to-device copy speed: bytes read + written per second. */
+    int32_t (*copy_bandwidth)(int32_t device, double *bytes_per_second, char *msg, size_t msg_cap);
 } starkv_backend_api;
 
 typedef const starkv_backend_api *(*starkv_backend_api_fn)(void);

@@ -78,6 +78,19 @@ void DeviceForward::forward(const int32_t* tokens, int n, int pos0, bool all_log
 
 uint64_t DeviceForward::device_bytes() const { return api_->device_bytes(handle_); }
 
+uint64_t DeviceForward::weight_bytes() const { return api_->weight_bytes(handle_); }
+
+double copy_bandwidth(int device) {
+    std::string why;
+    const starkv_backend_api* api = load_cuda_api(&why);
+    if (!api) fail(STARKV_ERR_NO_DEVICE, why);
+    char msg[512] = {};
+    double bw = 0;
+    if (int32_t st = api->copy_bandwidth(device, &bw, msg, sizeof msg); st != STARKV_OK)
+        fail(static_cast<starkv_status>(st), std::string("cuda: ") + msg);
+    return bw;
+}
+
 std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device) {
     if (backend == STARKV_BACKEND_CPU) return nullptr;
     // AUTO falls back for a missing device; any other failure is reported.
@@ -88,14 +101,6 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
         }
         fail(STARKV_ERR_NO_DEVICE, why);
     };
-    // The CUDA forward has no latent-attention kernels yet: a STAR-KV bundle
-    // runs on the CPU (AUTO) or is refused (CUDA), never silently wrong.
-    for (const LayerWeights& L : model.weights().layers)
-        if (L.lat.active()) {
-            const std::string what = "the CUDA backend does not run STAR-KV latent layers yet";
-            if (backend == STARKV_BACKEND_AUTO) return unavailable(what);
-            fail(STARKV_ERR_UNSUPPORTED, what);
-        }
     std::string why;
     const starkv_backend_api* api = load_cuda_api(&why);
     if (!api) return unavailable(why);
@@ -108,10 +113,26 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     const ModelConfig& c = model.config();
     const ModelWeights& w = model.weights();
     std::vector<starkv_backend_layer> layers(w.layers.size());
+    // STAR-KV layers: per-head ranks and factor pointers, alive until create returns.
+    std::vector<std::vector<int32_t>> ranks(w.layers.size());
+    std::vector<std::vector<const float*>> k_a(w.layers.size()), k_u(w.layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
         const LayerWeights& L = w.layers[i];
         layers[i] = {L.attn_norm.data(), L.wq.data.data(), L.wk.data.data(), L.wv.data.data(), L.wo.data.data(),
-                     L.ffn_norm.data(), L.w_gate.data.data(), L.w_up.data.data(), L.w_down.data.data()};
+                     L.ffn_norm.data(), L.w_gate.data.data(), L.w_up.data.data(), L.w_down.data.data(),
+                     nullptr, nullptr, nullptr, 0, nullptr, nullptr};
+        if (!L.lat.active()) continue;
+        for (size_t h = 0; h < L.lat.k_a.size(); ++h) {
+            ranks[i].push_back(L.lat.k_a[h].rows);
+            k_a[i].push_back(L.lat.k_a[h].data.data());
+            k_u[i].push_back(L.lat.k_u[h].data.data());
+        }
+        layers[i].k_rank = ranks[i].data();
+        layers[i].k_a = k_a[i].data();
+        layers[i].k_u = k_u[i].data();
+        layers[i].v_rank = L.lat.v_a.rows;
+        layers[i].v_a = L.lat.v_a.data.data();
+        layers[i].v_u = L.lat.v_u.data.data();
     }
     starkv_backend_model d{};
     d.struct_size = sizeof d;
@@ -128,10 +149,14 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     d.rope_layout = c.rope.layout == RopeLayout::Adjacent ? STARKV_ROPE_ADJACENT : STARKV_ROPE_HALF_SPLIT;
     d.rope_n_dims = c.rope.n_dims;
     d.rope_inv_freq = model.rope().inv_freq().data();
-    const char* dt = std::getenv("STARKV_CUDA_DTYPE");
-    const bool bf16 = dt && std::strcmp(dt, "bf16") == 0;
-    d.weight_dtype = bf16 ? STARKV_DTYPE_BF16 : STARKV_DTYPE_F32;
-    d.kv_dtype = d.weight_dtype;
+    // f32 (default), bf16 (weights and KV), f16 (weights; KV stays fp32: the
+    // attention kernels read fp32 or bf16).
+    const char* env = std::getenv("STARKV_CUDA_DTYPE");
+    const std::string dt = env && *env ? env : "f32";
+    if (dt != "f32" && dt != "bf16" && dt != "f16")
+        fail(STARKV_ERR_INVALID_ARGUMENT, "STARKV_CUDA_DTYPE '" + dt + "' is not f32, bf16 or f16");
+    d.weight_dtype = dt == "bf16" ? STARKV_DTYPE_BF16 : dt == "f16" ? STARKV_DTYPE_F16 : STARKV_DTYPE_F32;
+    d.kv_dtype = dt == "bf16" ? STARKV_DTYPE_BF16 : STARKV_DTYPE_F32;
     d.device = device;
     d.tok_embd = w.tok_embd.data.data();
     d.output_norm = w.output_norm.data();
@@ -140,8 +165,7 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     void* handle = nullptr;
     if (int32_t st = api->create(&d, &handle, msg, sizeof msg); st != STARKV_OK)
         fail(static_cast<starkv_status>(st), std::string("cuda: ") + msg);
-    log(STARKV_LOG_INFO, std::string("backend cuda: device ") + std::to_string(device) + ", " +
-                             (bf16 ? "bf16" : "fp32") + " weights");
+    log(STARKV_LOG_INFO, "backend cuda: device " + std::to_string(device) + ", " + dt + " weights");
     return std::make_unique<DeviceForward>(api, handle);
 }
 

@@ -28,6 +28,7 @@ public:
     // Throws Error with the backend's status and message.
     void forward(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits);
     uint64_t device_bytes() const;
+    uint64_t weight_bytes() const;
 
 private:
     const starkv_backend_api* api_;
@@ -39,5 +40,9 @@ private:
 // after logging why the CPU is used. Weight/KV types from $STARKV_CUDA_DTYPE
 // ("f32" default, "bf16").
 std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device);
+
+// Device-to-device copy speed of a CUDA device (bytes read + written per
+// second); Error STARKV_ERR_NO_DEVICE without the backend or the device.
+double copy_bandwidth(int device);
 
 }  // namespace starkv::backend

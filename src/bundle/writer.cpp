@@ -19,6 +19,7 @@
 
 #include "bundle/format.h"
 #include "bundle/metadata.h"
+#include "bundle/synthetic.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/mapped_file.h"
@@ -120,6 +121,102 @@ std::string utc_now() {
 
 uint64_t align_up(uint64_t x) { return (x + b::kAlignment - 1) / b::kAlignment * b::kAlignment; }
 
+// Steps 2 and 3 of a pack: src's readable tensors then extra, the metadata
+// (kv_meta as "compression", provenance), the directory and the header; then
+// out is committed.
+PackStats write_bundle(const ModelSource& src, const std::vector<SourceTensor>& extra, const json& kv_meta,
+                       const json& provenance, TempFile& out, const PackOptions& opt, const ProgressFn& progress) {
+    // 2. Tensors: the ones the runtime can read, in source order. A compressed
+    // source's old factors are dropped: its metadata no longer applies.
+    std::vector<const SourceTensor*> tensors;
+    for (const SourceTensor& t : src.tensors) {
+        if (t.name.find("_lat_") != std::string::npos) continue;
+        if (!t.data) {
+            log(STARKV_LOG_WARN, "pack: skipping tensor '" + t.name + "' of unsupported type " + t.dtype_name);
+            continue;
+        }
+        tensors.push_back(&t);
+    }
+    for (const SourceTensor& t : extra) tensors.push_back(&t);
+    const size_t n = tensors.size();
+    std::vector<b::DirEntry> entries(n);
+    std::vector<std::vector<uint8_t>> packed(n);  // compressed bytes (empty: stored raw)
+    run_jobs(
+        n,
+        [&](size_t i) {
+            const SourceTensor& t = *tensors[i];
+            b::DirEntry& e = entries[i];
+            e.name = t.name;
+            e.dtype = t.dtype;
+            e.shape = t.shape;
+            e.raw_size = t.n_bytes;
+            e.xxh64 = b::xxh64(t.data, t.n_bytes);
+            e.codec = b::Codec::Raw;
+            e.stored_size = t.n_bytes;
+            if (opt.zstd_level == 0 || t.n_bytes == 0) return;
+            std::vector<uint8_t> buf(ZSTD_compressBound(t.n_bytes));
+            const size_t z = ZSTD_compress(buf.data(), buf.size(), t.data, t.n_bytes, opt.zstd_level);
+            if (ZSTD_isError(z)) fail(STARKV_ERR_INTERNAL, std::string("zstd: ") + ZSTD_getErrorName(z));
+            if (z >= t.n_bytes) return;  // incompressible: raw is smaller and needs no decoding
+            buf.resize(z);
+            packed[i] = std::move(buf);
+            e.codec = b::Codec::Zstd;
+            e.stored_size = z;
+        },
+        [&](size_t done) { return !progress || progress(static_cast<float>(done) / static_cast<float>(n)); });
+
+    // 3. Layout: header, aligned tensors, metadata, directory.
+    b::Header h;
+    h.data_offset = b::kHeaderSize;
+    uint64_t pos = h.data_offset, raw_total = 0;
+    for (size_t i = 0; i < n; ++i) {
+        pos = align_up(pos);
+        entries[i].offset = pos;
+        const void* bytes = packed[i].empty() ? static_cast<const void*>(tensors[i]->data) : packed[i].data();
+        out.write_at(pos, bytes, static_cast<size_t>(entries[i].stored_size));
+        pos += entries[i].stored_size;
+        raw_total += entries[i].raw_size;
+        std::vector<uint8_t>().swap(packed[i]);
+    }
+    h.data_size = pos - h.data_offset;
+
+    // An object from the start: nlohmann's operator[] on a null json marks it an
+    // object before allocating one, so a bad_alloc there leaves a json whose
+    // destructor crashes (found by tests/robust/test_fault_injection.cpp).
+    json md = json::object();
+    md["format"] = "starkv-bundle";
+    md["required_features"] = json::array();
+    // Older readers must refuse a bundle whose K/V live only as latents.
+    if (kv_meta.value("kv", "none") != "none") md["required_features"].push_back("kv-lowrank");
+    md["model"] = b::config_to_json(src.config);
+    md["tokenizer"] = b::vocab_to_json(src.vocab);
+    md["compression"] = kv_meta;
+    md["provenance"] = provenance;
+    const std::string meta = md.dump(-1, ' ', false, json::error_handler_t::replace);
+    h.metadata_offset = pos;
+    h.metadata_size = meta.size();
+    h.metadata_xxh64 = b::xxh64(meta.data(), meta.size());
+    out.write_at(pos, meta.data(), meta.size());
+    pos += meta.size();
+
+    const std::string dir = b::encode_directory(entries);
+    h.directory_offset = pos;
+    h.directory_size = dir.size();
+    h.directory_xxh64 = b::xxh64(dir.data(), dir.size());
+    out.write_at(pos, dir.data(), dir.size());
+    pos += dir.size();
+    h.file_size = pos;
+    const std::string header = b::encode_header(h);
+    out.write_at(0, header.data(), header.size());
+    out.commit();
+
+    PackStats s;
+    s.bundle_bytes = h.file_size;
+    s.raw_tensor_bytes = raw_total;
+    s.n_tensors = n;
+    return s;
+}
+
 }  // namespace
 
 PackStats pack_bundle(const std::string& in_path, const std::string& out_path, const PackOptions& opt) {
@@ -181,113 +278,46 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
         }
     }
 
-    // 2. Tensors: the ones the runtime can read, in source order. A compressed
-    // source's old factors are dropped: its metadata no longer applies.
-    std::vector<const SourceTensor*> tensors;
-    for (const SourceTensor& t : src.tensors) {
-        if (t.name.find("_lat_") != std::string::npos) continue;
-        if (!t.data) {
-            log(STARKV_LOG_WARN, "pack: skipping tensor '" + t.name + "' of unsupported type " + t.dtype_name);
-            continue;
-        }
-        tensors.push_back(&t);
-    }
-    for (const SourceTensor& t : extra) tensors.push_back(&t);
-    const size_t n = tensors.size();
-    std::vector<b::DirEntry> entries(n);
-    std::vector<std::vector<uint8_t>> packed(n);  // compressed bytes (empty: stored raw)
-    run_jobs(
-        n,
-        [&](size_t i) {
-            const SourceTensor& t = *tensors[i];
-            b::DirEntry& e = entries[i];
-            e.name = t.name;
-            e.dtype = t.dtype;
-            e.shape = t.shape;
-            e.raw_size = t.n_bytes;
-            e.xxh64 = b::xxh64(t.data, t.n_bytes);
-            e.codec = b::Codec::Raw;
-            e.stored_size = t.n_bytes;
-            if (opt.zstd_level == 0 || t.n_bytes == 0) return;
-            std::vector<uint8_t> buf(ZSTD_compressBound(t.n_bytes));
-            const size_t z = ZSTD_compress(buf.data(), buf.size(), t.data, t.n_bytes, opt.zstd_level);
-            if (ZSTD_isError(z)) fail(STARKV_ERR_INTERNAL, std::string("zstd: ") + ZSTD_getErrorName(z));
-            if (z >= t.n_bytes) return;  // incompressible: raw is smaller and needs no decoding
-            buf.resize(z);
-            packed[i] = std::move(buf);
-            e.codec = b::Codec::Zstd;
-            e.stored_size = z;
-        },
-        [&, p = report(0.2f, 1.0f)](size_t done) { return !p || p(static_cast<float>(done) / static_cast<float>(n)); });
-
-    // 3. Layout: header, aligned tensors, metadata, directory.
-    b::Header h;
-    h.data_offset = b::kHeaderSize;
-    uint64_t pos = h.data_offset, raw_total = 0;
-    for (size_t i = 0; i < n; ++i) {
-        pos = align_up(pos);
-        entries[i].offset = pos;
-        const void* bytes = packed[i].empty() ? static_cast<const void*>(tensors[i]->data) : packed[i].data();
-        out.write_at(pos, bytes, static_cast<size_t>(entries[i].stored_size));
-        pos += entries[i].stored_size;
-        raw_total += entries[i].raw_size;
-        std::vector<uint8_t>().swap(packed[i]);
-    }
-    h.data_size = pos - h.data_offset;
-
     const auto [src_size, src_hash] = hash_input(in_path);
-    // An object from the start: nlohmann's operator[] on a null json marks it an
-    // object before allocating one, so a bad_alloc there leaves a json whose
-    // destructor crashes (found by tests/robust/test_fault_injection.cpp).
-    json md = json::object();
-    md["format"] = "starkv-bundle";
-    md["required_features"] = json::array();
-    // Older readers must refuse a bundle whose K/V live only as latents.
-    if (kv_meta.value("kv", "none") != "none") md["required_features"].push_back("kv-lowrank");
-    md["model"] = b::config_to_json(src.config);
-    md["tokenizer"] = b::vocab_to_json(src.vocab);
-    md["compression"] = kv_meta;
-    md["provenance"] = {{"source", fs::path(in_path).filename().string()},
-                        {"source_format", src.format},
-                        {"source_size", src_size},
-                        {"source_xxh64", b::hex64(src_hash)},
-                        {"tool", std::string("starkv ") + STARKV_VERSION_STRING},
-                        {"created_utc", utc_now()},
-                        {"settings", {{"zstd_level", opt.zstd_level}}}};
-    if (opt.kv) md["provenance"]["calibration_text"] = fs::path(opt.calib_path).filename().string();
-    const std::string meta = md.dump(-1, ' ', false, json::error_handler_t::replace);
-    h.metadata_offset = pos;
-    h.metadata_size = meta.size();
-    h.metadata_xxh64 = b::xxh64(meta.data(), meta.size());
-    out.write_at(pos, meta.data(), meta.size());
-    pos += meta.size();
-
-    const std::string dir = b::encode_directory(entries);
-    h.directory_offset = pos;
-    h.directory_size = dir.size();
-    h.directory_xxh64 = b::xxh64(dir.data(), dir.size());
-    out.write_at(pos, dir.data(), dir.size());
-    pos += dir.size();
-    h.file_size = pos;
-    const std::string header = b::encode_header(h);
-    out.write_at(0, header.data(), header.size());
-    out.commit();
-
-    PackStats s;
+    json provenance = {{"source", fs::path(in_path).filename().string()},
+                       {"source_format", src.format},
+                       {"source_size", src_size},
+                       {"source_xxh64", b::hex64(src_hash)},
+                       {"tool", std::string("starkv ") + STARKV_VERSION_STRING},
+                       {"created_utc", utc_now()},
+                       {"settings", {{"zstd_level", opt.zstd_level}}}};
+    if (opt.kv) provenance["calibration_text"] = fs::path(opt.calib_path).filename().string();
+    PackStats s = write_bundle(src, extra, kv_meta, provenance, out, opt, report(0.2f, 1.0f));
     s.source_bytes = src_size;
-    s.bundle_bytes = h.file_size;
-    s.raw_tensor_bytes = raw_total;
-    s.n_tensors = n;
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // The bundle is committed: from here nothing may fail the call (an
     // out-of-memory building this message would report a failed pack that
     // left a complete bundle behind).
     try {
-        log(STARKV_LOG_INFO, "packed '" + in_path + "' -> '" + out_path + "': " + std::to_string(n) + " tensors, " +
-                                 std::to_string(src_size) + " -> " + std::to_string(h.file_size) + " bytes in " +
+        log(STARKV_LOG_INFO, "packed '" + in_path + "' -> '" + out_path + "': " + std::to_string(s.n_tensors) + " tensors, " +
+                                 std::to_string(src_size) + " -> " + std::to_string(s.bundle_bytes) + " bytes in " +
                                  std::to_string(sec) + " s");
     } catch (const std::bad_alloc&) {
     }
+    return s;
+}
+
+PackStats pack_synthetic(const std::string& shape, int n_layers, float kv_compress, const std::string& out_path,
+                         const PackOptions& opt) {
+    if (opt.zstd_level < 0 || opt.zstd_level > ZSTD_maxCLevel())
+        fail(STARKV_ERR_INVALID_ARGUMENT, "zstd level " + std::to_string(opt.zstd_level) + " is not in [0, " +
+                                              std::to_string(ZSTD_maxCLevel()) + "]");
+    if (out_path.empty()) fail(STARKV_ERR_INVALID_ARGUMENT, "empty output path");
+    SyntheticModel m = make_synthetic_model(shape, n_layers, kv_compress);
+    TempFile out(out_path);
+    json provenance = {{"source", "synthetic:" + shape},
+                       {"source_format", "synthetic"},
+                       {"tool", std::string("starkv ") + STARKV_VERSION_STRING},
+                       {"created_utc", utc_now()},
+                       {"settings", {{"zstd_level", opt.zstd_level}, {"layers", m.source.config.n_layer}}}};
+    PackStats s = write_bundle(m.source, m.latent, m.kv_meta, provenance, out, opt, opt.progress);
+    log(STARKV_LOG_INFO, "packed synthetic " + shape + " -> '" + out_path + "': " + std::to_string(s.n_tensors) +
+                             " tensors, " + std::to_string(s.bundle_bytes) + " bytes");
     return s;
 }
 

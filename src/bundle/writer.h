@@ -33,4 +33,9 @@ struct PackStats {
 // the end: a failed or cancelled pack leaves no file behind.
 PackStats pack_bundle(const std::string& in_path, const std::string& out_path, const PackOptions& options);
 
+// A bundle of a real model's shapes with random weights (bundle/synthetic.h),
+// written like pack_bundle (options.kv and calib_path are not used).
+PackStats pack_synthetic(const std::string& shape, int n_layers, float kv_compress, const std::string& out_path,
+                         const PackOptions& options);
+
 }  // namespace starkv

@@ -33,6 +33,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextOptions& optio
 Context::~Context() = default;
 
 uint64_t Context::device_bytes() const { return device_ ? device_->device_bytes() : 0; }
+uint64_t Context::device_weight_bytes() const { return device_ ? device_->weight_bytes() : 0; }
 
 void Context::eval(const int32_t* tokens, size_t n, bool all_logits, bool check_abort) {
     if (n == 0) fail(STARKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");

@@ -63,6 +63,7 @@ public:
     uint64_t kv_bytes_per_token_uncompressed() const { return kv_.bytes_per_token_uncompressed(); }
     uint64_t kv_bytes_reserved() const { return kv_.bytes_reserved(); }
     uint64_t device_bytes() const;
+    uint64_t device_weight_bytes() const;  // matrices a device decode step reads; 0 on the CPU
 
 private:
     std::shared_ptr<const Model> model_;

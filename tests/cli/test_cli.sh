@@ -99,6 +99,11 @@ else
     fail "perplexity last line format" "rc=$rc; last line: '$last'; $(head -c 300 "$TMP/err")"
 fi
 
+# ---- perplexity --backend cpu: the default backend's number ---------------------
+ppl_default=$(tail -1 "$TMP/out")
+run perplexity --model "$MODEL" --text "$TEXT" --docs 20 --ctx 512 --backend cpu
+if [ $rc -eq 0 ] && [ "$(tail -1 "$TMP/out")" = "$ppl_default" ]; then pass "perplexity --backend cpu"; else fail "perplexity --backend cpu" "rc=$rc"; fi
+
 # ---- info ------------------------------------------------------------------------
 run info --model "$MODEL"
 if [ $rc -eq 0 ] && grep -qx "tensors: 48" "$TMP/out"; then pass "info lists tensors: 48"; else fail "info lists tensors: 48" "rc=$rc"; fi
@@ -106,6 +111,22 @@ if grep -q "^n_layer: 5$" "$TMP/out" && grep -q "^n_head_kv: 4$" "$TMP/out"; the
     pass "info lists the dims"
 else
     fail "info lists the dims"
+fi
+
+# ---- bench on the CPU: table on stdout, JSON whose KV bytes match the tokens held ----
+run bench --model "$MODEL" --backend cpu --ctx 16 --gen 8 --threads 1 --json "$TMP/bench.json"
+json_num() { grep -o "\"$1\": [0-9.e+-]*" "$TMP/bench.json" | head -1 | sed 's/.*: //'; }
+if [ $rc -eq 0 ] && grep -q "^decode tokens/s" "$TMP/out" && [ -s "$TMP/bench.json" ]; then
+    per_token=$(json_num kv_bytes_per_token)
+    in_use=$(json_num kv_bytes_in_use)
+    decode=$(json_num decode_tokens_per_s)
+    if [ -n "$per_token" ] && [ "$in_use" = "$((per_token * 24))" ] && awk "BEGIN{exit !($decode > 0)}"; then
+        pass "bench: decode $decode tok/s, KV $in_use bytes = 24 tokens x $per_token"
+    else
+        fail "bench JSON" "per_token=$per_token in_use=$in_use decode=$decode"
+    fi
+else
+    fail "bench runs" "rc=$rc; $(head -c 300 "$TMP/err")"
 fi
 
 # ---- bad arguments: non-zero, one line on stderr, nothing on stdout, no signal ------
@@ -142,6 +163,10 @@ expect_usage_error "unknown subcommand" frobnicate
 expect_usage_error "perplexity without --text" perplexity --model "$MODEL"
 expect_usage_error "perplexity on a missing text" perplexity --model "$MODEL" --text "$TMP/missing.txt"
 expect_usage_error "info on a missing model" info --model "$TMP/nope.gguf"
+expect_usage_error "pack without --model or --synthetic" pack --out "$TMP/x.skv"
+expect_usage_error "pack --synthetic of an unknown shape" pack --synthetic gpt2 --out "$TMP/x.skv"
+expect_usage_error "pack --synthetic with --model" pack --synthetic llama2-7b --model "$MODEL" --out "$TMP/x.skv"
+expect_usage_error "bench without --model" bench
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -6,8 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -90,8 +92,14 @@ struct RunArgs {
     uint64_t seed = 0;
     unsigned ctx = 0, threads = 0;
     bool ignore_eos = false;
-    std::string backend = "cpu";
+    std::string backend = "cpu", cuda_dtype;
 };
+
+// --cuda-dtype: the weights' type on the GPU, read by the backend from
+// $STARKV_CUDA_DTYPE when a context is created.
+void set_cuda_dtype(const std::string& dtype) {
+    if (!dtype.empty()) setenv("STARKV_CUDA_DTYPE", dtype.c_str(), 1);
+}
 
 // Warnings (e.g. why --backend auto runs on the CPU) go to stderr.
 void log_to_stderr(starkv_log_level level, const char* msg, void*) {
@@ -105,6 +113,7 @@ bool print_piece(const char* piece, size_t len, starkv_token, void*) {
 }
 
 int cmd_run(const RunArgs& a) {
+    set_cuda_dtype(a.cuda_dtype);
     ModelPtr model = load(a.model);
     starkv_set_log_callback(log_to_stderr, nullptr);
     const int backend = a.backend == "cuda" ? STARKV_BACKEND_CUDA : a.backend == "auto" ? STARKV_BACKEND_AUTO
@@ -179,10 +188,14 @@ std::vector<std::string> split_documents(const std::string& text) {
 }
 
 int cmd_perplexity(const std::string& model_path, const std::string& text_path, int docs_limit, unsigned n_ctx,
-                   unsigned threads) {
+                   const std::string& backend_name, const std::string& cuda_dtype, unsigned threads) {
+    set_cuda_dtype(cuda_dtype);
     ModelPtr model = load(model_path);
     if (n_ctx == 0) n_ctx = 512;
-    ContextPtr ctx = make_context(model.get(), n_ctx, threads, 0);
+    starkv_set_log_callback(log_to_stderr, nullptr);
+    const int backend = backend_name == "cuda" ? STARKV_BACKEND_CUDA : backend_name == "auto" ? STARKV_BACKEND_AUTO
+                                                                                           : STARKV_BACKEND_CPU;
+    ContextPtr ctx = make_context(model.get(), n_ctx, threads, 0, backend);
     std::vector<std::string> docs = split_documents(read_text(text_path));
     if (docs_limit > 0 && static_cast<size_t>(docs_limit) < docs.size()) docs.resize(static_cast<size_t>(docs_limit));
     double nll = 0;
@@ -314,6 +327,105 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
     return 0;
 }
 
+int cmd_pack_synthetic(const std::string& shape, int layers, float rate, const std::string& out) {
+    check(starkv_pack_synthetic(shape.c_str(), layers, rate, out.c_str()), "cannot write synthetic " + shape);
+    const nlohmann::json d = describe(out);
+    std::printf("wrote %s: synthetic %s, %d layers, %zu tensors, %s, STAR-KV %s\n", out.c_str(), shape.c_str(),
+                d["model"].value("n_layer", 0), d["tensors"].size(), human(d.value("file_size", 0.0)).c_str(),
+                rate > 0 ? ("rate " + std::to_string(rate)).c_str() : "off");
+    return 0;
+}
+
+struct BenchArgs {
+    std::string model, backend = "cuda", json, cuda_dtype;
+    int batch = 1, gen = 128;
+    unsigned ctx = 512, threads = 0;
+};
+
+// Prefill and decode speed of a model beside the bandwidth floor of a decode
+// step: (weight bytes + KV bytes read) / measured device copy bandwidth.
+int cmd_bench(const BenchArgs& a) {
+    set_cuda_dtype(a.cuda_dtype);
+    ModelPtr model = load(a.model);
+    starkv_set_log_callback(log_to_stderr, nullptr);
+    const int backend = a.backend == "cuda" ? STARKV_BACKEND_CUDA : a.backend == "auto" ? STARKV_BACKEND_AUTO
+                                                                                       : STARKV_BACKEND_CPU;
+    starkv_model_info info;
+    starkv_model_info_default(&info);
+    check(starkv_model_get_info(model.get(), &info), "model info");
+    // B sequences of ctx prompt tokens then gen decode steps. The API decodes one
+    // sequence per call: the B contexts take turns (B x the KV memory, no batched kernel).
+    std::vector<ContextPtr> ctxs;
+    for (int b = 0; b < a.batch; ++b) ctxs.push_back(make_context(model.get(), a.ctx + a.gen, a.threads, 0, backend));
+    std::vector<starkv_token> prompt(a.ctx);
+    for (unsigned i = 0; i < a.ctx; ++i) prompt[i] = static_cast<starkv_token>(3 + (i * 7919u) % (info.n_vocab - 3));
+    using clock = std::chrono::steady_clock;
+    auto t0 = clock::now();
+    for (auto& c : ctxs) check(starkv_context_eval(c.get(), prompt.data(), prompt.size(), false), "prefill");
+    auto t1 = clock::now();
+    std::vector<starkv_token> next(ctxs.size());
+    auto argmax = [&](starkv_context* c) {
+        const float* l = nullptr;
+        check(starkv_context_logits(c, -1, &l), "logits");
+        return static_cast<starkv_token>(std::max_element(l, l + info.n_vocab) - l);
+    };
+    for (size_t b = 0; b < ctxs.size(); ++b) next[b] = argmax(ctxs[b].get());
+    auto t2 = clock::now();
+    for (int s = 0; s < a.gen; ++s)
+        for (size_t b = 0; b < ctxs.size(); ++b) {
+            check(starkv_context_decode(ctxs[b].get(), next[b]), "decode");
+            next[b] = argmax(ctxs[b].get());
+        }
+    auto t3 = clock::now();
+    const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+    const double decode_s = std::chrono::duration<double>(t3 - t2).count();
+    const double prefill_tps = a.batch * static_cast<double>(a.ctx) / prefill_s;
+    const double decode_tps = a.batch * static_cast<double>(a.gen) / decode_s;
+
+    starkv_kv_stats kv;
+    starkv_kv_stats_default(&kv);
+    check(starkv_context_kv_stats(ctxs[0].get(), &kv), "kv stats");
+    uint64_t weight_bytes = 0;
+    check(starkv_context_device_weight_bytes(ctxs[0].get(), &weight_bytes), "weight bytes");
+    double bw = 0;
+    if (kv.device_bytes) check(starkv_device_copy_bandwidth(0, &bw), "bandwidth");
+    // A decode step reads every weight matrix and the cache of its sequence
+    // (mean length over the steps); copy bandwidth counts read + write bytes.
+    const double kv_read = static_cast<double>(kv.bytes_per_token) * (a.ctx + a.gen / 2.0);
+    const double floor_s = bw > 0 ? (weight_bytes + kv_read) / bw : 0.0;
+    const double step_s = decode_s / (static_cast<double>(a.gen) * a.batch);
+
+    std::printf("%-28s %s\n", "model", a.model.c_str());
+    std::printf("%-28s %s, batch %d (contexts in turn), ctx %u, gen %d\n", "backend", a.backend.c_str(), a.batch, a.ctx, a.gen);
+    std::printf("%-28s %.1f\n", "prefill tokens/s", prefill_tps);
+    std::printf("%-28s %.1f (%.3f ms/token)\n", "decode tokens/s", decode_tps, 1e3 * step_s);
+    std::printf("%-28s %.1f MB per context\n", "device memory", kv.device_bytes / 1e6);
+    std::printf("%-28s %llu per token (%llu uncompressed); %.1f MB at %u tokens\n", "KV bytes",
+                static_cast<unsigned long long>(kv.bytes_per_token),
+                static_cast<unsigned long long>(kv.bytes_per_token_uncompressed), kv.bytes_in_use / 1e6, kv.n_tokens);
+    if (floor_s > 0) {
+        std::printf("%-28s %.1f MB weights + %.1f MB KV per step\n", "bytes read per decode step", weight_bytes / 1e6, kv_read / 1e6);
+        std::printf("%-28s %.0f GB/s (device-to-device copy, read + write)\n", "device bandwidth", bw / 1e9);
+        std::printf("%-28s %.3f ms/token (%.1f tokens/s); measured %.0f%% of the floor's speed\n", "floor", 1e3 * floor_s,
+                    1.0 / floor_s, 100.0 * floor_s / step_s);
+    }
+    if (!a.json.empty()) {
+        nlohmann::json j = {{"model", a.model}, {"backend", a.backend}, {"batch", a.batch}, {"ctx", a.ctx}, {"gen", a.gen},
+                            {"prefill_tokens_per_s", prefill_tps}, {"decode_tokens_per_s", decode_tps},
+                            {"decode_ms_per_token", 1e3 * step_s}, {"device_bytes_per_context", kv.device_bytes},
+                            {"kv_bytes_per_token", kv.bytes_per_token},
+                            {"kv_bytes_per_token_uncompressed", kv.bytes_per_token_uncompressed},
+                            {"kv_bytes_in_use", kv.bytes_in_use}, {"weight_bytes_per_step", weight_bytes},
+                            {"kv_bytes_read_per_step", kv_read}, {"copy_bandwidth_bytes_per_s", bw},
+                            {"floor_ms_per_token", 1e3 * floor_s},
+                            {"fraction_of_floor_speed", floor_s > 0 ? floor_s / step_s : 0.0}};
+        std::ofstream out(a.json);
+        out << j.dump(2) << "\n";
+        if (!out) throw CliError{"cannot write '" + a.json + "'"};
+    }
+    return 0;
+}
+
 // The rank map as an SVG heat map (rows: layers; columns: key heads, then the
 // value latent), shade = rank / full rank, like the paper's rank figures.
 void write_rank_svg(const nlohmann::json& d, const std::string& out) {
@@ -419,6 +531,8 @@ int main(int argc, char** argv) {
     run->add_flag("--ignore-eos", ra.ignore_eos, "keep generating after end of sequence");
     run->add_option("--backend", ra.backend, "cpu, cuda or auto (cuda when a GPU is there, else cpu)")
         ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    run->add_option("--cuda-dtype", ra.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")
+        ->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string pmodel, ptext;
     int pdocs = 0;
@@ -429,6 +543,10 @@ int main(int argc, char** argv) {
     ppl->add_option("--docs", pdocs, "use the first N documents (0 = all)")->check(CLI::Range(0, 1 << 30));
     ppl->add_option("--ctx,-c", pctx, "context length; documents are cut to it")->check(CLI::Range(2u, 1u << 24));
     ppl->add_option("--threads,-t", pthreads, "threads (0 = all)")->check(CLI::Range(0u, 1024u));
+    std::string pbackend = "cpu";
+    ppl->add_option("--backend", pbackend, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    std::string pdtype;
+    ppl->add_option("--cuda-dtype", pdtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string imodel;
     auto* info = app.add_subcommand("info", "what a model file holds");
@@ -437,7 +555,12 @@ int main(int argc, char** argv) {
     std::string pack_in, pack_out;
     int pack_level = 3;
     auto* pack = app.add_subcommand("pack", "write a model as a starkv bundle (.skv)");
-    pack->add_option("--model,-m", pack_in, "GGUF file, Hugging Face directory or bundle")->required();
+    pack->add_option("--model,-m", pack_in, "GGUF file, Hugging Face directory or bundle");
+    std::string synthetic;
+    int synthetic_layers = 0;
+    pack->add_option("--synthetic", synthetic, "instead of --model: random weights of a real shape (speed tests)")
+        ->check(CLI::IsMember({"llama2-7b", "llama3-8b"}));
+    pack->add_option("--layers", synthetic_layers, "with --synthetic: layers (0 = all)")->check(CLI::Range(0, 1024));
     pack->add_option("--out,-o", pack_out, "bundle to write")->required();
     pack->add_option("--zstd-level", pack_level, "0 = uncompressed, 1..22 (default 3)")->check(CLI::Range(0, 22));
     KvPackArgs kvp;
@@ -451,6 +574,17 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
     pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
     pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 4096)")->check(CLI::Range(1, 1 << 26));
+
+    BenchArgs ba;
+    auto* bench = app.add_subcommand("bench", "prefill and decode speed beside the memory-bandwidth floor");
+    bench->add_option("--model,-m", ba.model, "GGUF file, bundle or Hugging Face directory")->required();
+    bench->add_option("--backend", ba.backend, "cpu, cuda or auto (default cuda)")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    bench->add_option("--batch", ba.batch, "sequences (contexts decoded in turn)")->check(CLI::Range(1, 1024));
+    bench->add_option("--ctx", ba.ctx, "prompt tokens per sequence")->check(CLI::Range(1u, 1u << 20));
+    bench->add_option("--gen", ba.gen, "decode steps per sequence")->check(CLI::Range(1, 1 << 20));
+    bench->add_option("--threads,-t", ba.threads, "CPU threads (0 = all)")->check(CLI::Range(0u, 1024u));
+    bench->add_option("--json", ba.json, "also write the results as JSON to this file");
+    bench->add_option("--cuda-dtype", ba.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
@@ -468,9 +602,15 @@ int main(int argc, char** argv) {
     }
     try {
         if (*run) return cmd_run(ra);
-        if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pthreads);
+        if (*ppl) return cmd_perplexity(pmodel, ptext, pdocs, pctx, pbackend, pdtype, pthreads);
         if (*info) return cmd_info(imodel);
+        if (*pack && !synthetic.empty()) {
+            if (!pack_in.empty()) throw CliError{"--synthetic and --model exclude each other"};
+            return cmd_pack_synthetic(synthetic, synthetic_layers, kvp.rate, pack_out);
+        }
+        if (*pack && pack_in.empty()) throw CliError{"pack needs --model (or --synthetic)"};
         if (*pack) return cmd_pack(pack_in, pack_out, pack_level, kvp);
+        if (*bench) return cmd_bench(ba);
         if (*inspect) return cmd_inspect(inspect_path, inspect_svg);
     } catch (const CliError& e) {
         std::fflush(stdout);
