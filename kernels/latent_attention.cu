@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 namespace starkv::cuda {
 namespace {
@@ -61,8 +62,6 @@ __device__ inline void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ inline float to_float(__half x) { return __half2float(x); }
 template <typename T>
 __device__ inline T from_float(float x);
 template <>
@@ -138,8 +137,9 @@ __host__ __device__ inline size_t score_smem_bytes(int hd, bool half, int R, int
 // Block: (chunk of keys, KV head, sequence). Keys of a tile are at positions
 // p0 + r; q . R(p0 + r) k = (R(-p0) q) . (R(r) k): the queries are turned back
 // by p0 once per tile (qt), the keys forward by their in-tile offset r, whose
-// cos/sin table (cs) is the same for every tile.
-template <typename T, int HD, bool HALF>
+// cos/sin table (cs) is the same for every tile. GM: the group size rounded up
+// to a power of two (loops over the group unroll).
+template <typename T, int HD, bool HALF, int GM>
 __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) {
     constexpr int NT = HD / 8;  // n-tiles of 8 dimensions
     constexpr int CSS = cs_stride(HD, HALF);
@@ -189,17 +189,20 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         if (e % HD >= rd) qt[e] = qt[G * HD + e] = qsrc[e];  // never rotated
     // Pairs (g, i) this thread turns back by p0 each tile: cos/sin(p0 theta_i)
     // advanced by a fixed step of kTile positions (exact start from double).
-    constexpr int kMaxOwn = kLatMaxGroup * (HD / 2) / kThreads;
+    constexpr int kMaxOwn = (GM * (HD / 2) + kThreads - 1) / kThreads;
     float own_q0[kMaxOwn], own_q1[kMaxOwn], own_c[kMaxOwn], own_s[kMaxOwn], step_c[kMaxOwn], step_s[kMaxOwn];
+    int own_a[kMaxOwn], own_b[kMaxOwn];
 #pragma unroll
     for (int k = 0; k < kMaxOwn; ++k) {
         const int e = tid + k * kThreads;
         own_q0[k] = own_q1[k] = own_c[k] = own_s[k] = step_c[k] = step_s[k] = 0.0f;
+        own_a[k] = own_b[k] = -1;
         if (e < G * np) {
             const int g = e / np, i = e % np;
-            const int a = HALF ? i : 2 * i, bb = HALF ? i + np : 2 * i + 1;
-            own_q0[k] = qsrc[g * HD + a];
-            own_q1[k] = qsrc[g * HD + bb];
+            own_a[k] = g * HD + (HALF ? i : 2 * i);
+            own_b[k] = g * HD + (HALF ? i + np : 2 * i + 1);
+            own_q0[k] = qsrc[own_a[k]];
+            own_q1[k] = qsrc[own_b[k]];
             double sd, cd;
             sincos(static_cast<double>(k0) * p.inv_freq[i], &sd, &cd);
             own_c[k] = static_cast<float>(cd);
@@ -213,14 +216,11 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     auto turn_queries = [&](int buf) {
 #pragma unroll
         for (int k = 0; k < kMaxOwn; ++k) {
-            const int e = tid + k * kThreads;
-            if (e < G * np) {
-                const int g = e / np, i = e % np;
-                const int a = HALF ? i : 2 * i, bb = HALF ? i + np : 2 * i + 1;
+            if (own_a[k] >= 0) {
                 const float c = own_c[k], s = own_s[k];
-                float* dst = qt + buf * G * HD + g * HD;
-                dst[a] = own_q0[k] * c + own_q1[k] * s;
-                dst[bb] = own_q1[k] * c - own_q0[k] * s;
+                float* dst = qt + buf * G * HD;
+                dst[own_a[k]] = own_q0[k] * c + own_q1[k] * s;
+                dst[own_b[k]] = own_q1[k] * c - own_q0[k] * s;
                 own_c[k] = c * step_c[k] - s * step_s[k];
                 own_s[k] = s * step_c[k] + c * step_s[k];
             }
@@ -228,9 +228,9 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     };
     turn_queries(0);
 
-    float m[kLatMaxGroup], l[kLatMaxGroup];
+    float m[GM], l[GM];
 #pragma unroll
-    for (int g = 0; g < kLatMaxGroup; ++g) {
+    for (int g = 0; g < GM; ++g) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
@@ -238,6 +238,11 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     const int rr = lane / 4, x = 2 * (lane % 4);
     const int R0 = warp * 16 + rr, R1 = R0 + 8;
     float* sc_out = p.scores + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * p.keys_pad;
+    // Per-lane shared-memory offsets that do not change from tile to tile.
+    const int a_off = (warp * 16 + lane % 16) * RS + (lane / 16) * 8;
+    const int b_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
+    const float2* cs0 = cs + R0 * CSS;
+    const float2* cs1 = cs + R1 * CSS;
 
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<kStagesK - 2>();
@@ -249,90 +254,97 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         }
         if (t + 1 < n_tiles) turn_queries((t + 1) & 1);
 
+        // K[16 rows of this warp][HD] = Z U^T, fp32 in registers (rank loop outermost).
         const T* Z = Zs + (t % kStagesK) * kTile * RS;
-        const float* qb = qt + (t & 1) * G * HD;
-        uint32_t af[kLatMaxKeyRank / 16][4];
+        float kc[NT][4];
 #pragma unroll
-        for (int ks = 0; ks < kLatMaxKeyRank / 16; ++ks)
-            if (ks < nks) ldsm_x4(af[ks], Z + (warp * 16 + lane % 16) * RS + ks * 16 + (lane / 16) * 8);
-
-        float s0[kLatMaxGroup], s1[kLatMaxGroup];
+        for (int j = 0; j < NT; ++j) kc[j][0] = kc[j][1] = kc[j][2] = kc[j][3] = 0.0f;
+        for (int ks = 0; ks < nks; ++ks) {
+            uint32_t af[4];
+            ldsm_x4(af, Z + a_off + ks * 16);
 #pragma unroll
-        for (int g = 0; g < kLatMaxGroup; ++g) s0[g] = s1[g] = 0.0f;
-
-        // Keys for n-tiles ja and jb (dims 8ja.., 8jb..) of this warp's 16 rows.
-        auto expand = [&](int ja, int jb, float (&ca)[4], float (&cb)[4]) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) ca[i] = cb[i] = 0.0f;
-            const int urow = (lane < 16 ? 8 * ja : 8 * jb) + lane % 8;
-#pragma unroll
-            for (int ks = 0; ks < kLatMaxKeyRank / 16; ++ks) {
-                if (ks < nks) {
-                    uint32_t bf[4];
-                    ldsm_x4(bf, Us + urow * RS + ks * 16 + ((lane / 8) % 2) * 8);
-                    mma<T>(ca, af[ks], bf[0], bf[1]);
-                    mma<T>(cb, af[ks], bf[2], bf[3]);
-                }
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t bf[4];
+                ldsm_x4(bf, Us + b_off + 8 * j * RS + ks * 16);
+                mma<T>(kc[j], af, bf[0], bf[1]);
+                mma<T>(kc[j + 1], af, bf[2], bf[3]);
             }
-        };
+        }
+
+        const float* qb = qt + (t & 1) * G * HD;
+        float s0[GM], s1[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) s0[g] = s1[g] = 0.0f;
+        // Rotated key values for dims (da, da+1) and (db, db+1) of rows R0 (a0, a1 / b0, b1) and R1.
         auto dot = [&](int da, float a0, float a1, float a2, float a3, int db, float b0, float b1, float b2,
                        float b3) {
 #pragma unroll
-            for (int g = 0; g < kLatMaxGroup; ++g) {
+            for (int g = 0; g < GM; ++g) {
                 if (g < G) {
                     const float2 qa = *reinterpret_cast<const float2*>(qb + g * HD + da);
                     const float2 qq = *reinterpret_cast<const float2*>(qb + g * HD + db);
-                    s0[g] += a0 * qa.x + a1 * qa.y + b0 * qq.x + b1 * qq.y;
-                    s1[g] += a2 * qa.x + a3 * qa.y + b2 * qq.x + b3 * qq.y;
+                    s0[g] = fmaf(a0, qa.x, fmaf(a1, qa.y, fmaf(b0, qq.x, fmaf(b1, qq.y, s0[g]))));
+                    s1[g] = fmaf(a2, qa.x, fmaf(a3, qa.y, fmaf(b2, qq.x, fmaf(b3, qq.y, s1[g]))));
                 }
             }
         };
+        auto rot_half = [&](const float (&ca)[4], const float (&cb)[4], int d) {
+            // (ca[e], cb[e]) is one pair (d + e%2, d + e%2 + rd/2); e = 0, 1 row R0, e = 2, 3 row R1.
+            const float4 r0 = *reinterpret_cast<const float4*>(cs0 + d);
+            const float4 r1 = *reinterpret_cast<const float4*>(cs1 + d);
+            dot(d, ca[0] * r0.x - cb[0] * r0.y, ca[1] * r0.z - cb[1] * r0.w, ca[2] * r1.x - cb[2] * r1.y,
+                ca[3] * r1.z - cb[3] * r1.w, d + rd / 2, ca[0] * r0.y + cb[0] * r0.x, ca[1] * r0.w + cb[1] * r0.z,
+                ca[2] * r1.y + cb[2] * r1.x, ca[3] * r1.w + cb[3] * r1.z);
+        };
         if constexpr (!HALF) {
-            // Adjacent pairs (2i, 2i+1) sit in one thread: c[0..1] row R0, c[2..3] row R1.
+            // Adjacent pairs (2i, 2i+1) sit in one thread: kc[j][0..1] row R0, kc[j][2..3] row R1.
 #pragma unroll
-            for (int ja = 0; ja < NT; ja += 2) {
-                float ca[4], cb[4];
-                expand(ja, ja + 1, ca, cb);
-                const int ia = 4 * ja + lane % 4, ib = ia + 4;
-                const float2 ra0 = cs[R0 * CSS + ia], ra1 = cs[R1 * CSS + ia];
-                const float2 rb0 = cs[R0 * CSS + ib], rb1 = cs[R1 * CSS + ib];
-                dot(8 * ja + x, ca[0] * ra0.x - ca[1] * ra0.y, ca[0] * ra0.y + ca[1] * ra0.x,
-                    ca[2] * ra1.x - ca[3] * ra1.y, ca[2] * ra1.y + ca[3] * ra1.x, 8 * ja + 8 + x,
+            for (int j = 0; j < NT; j += 2) {
+                const int ia = 4 * j + lane % 4, ib = ia + 4;
+                const float2 ra0 = cs0[ia], ra1 = cs1[ia], rb0 = cs0[ib], rb1 = cs1[ib];
+                const float(&ca)[4] = kc[j];
+                const float(&cb)[4] = kc[j + 1];
+                dot(8 * j + x, ca[0] * ra0.x - ca[1] * ra0.y, ca[0] * ra0.y + ca[1] * ra0.x,
+                    ca[2] * ra1.x - ca[3] * ra1.y, ca[2] * ra1.y + ca[3] * ra1.x, 8 * j + 8 + x,
                     cb[0] * rb0.x - cb[1] * rb0.y, cb[0] * rb0.y + cb[1] * rb0.x, cb[2] * rb1.x - cb[3] * rb1.y,
                     cb[2] * rb1.y + cb[3] * rb1.x);
             }
         } else {
-            // Half-split pairs (d, d + rd/2): n-tiles ja and ja + rd/16, same thread position.
-            const int half_tiles = rd / 16;
+            // Half-split over the first rd dimensions: pairs are n-tiles j and j + rd/16, same
+            // thread position; the dimensions past rd are plain. The partner must be a
+            // compile-time index (a run-time one sends kc to local memory): one branch per rd.
+            auto half_split = [&](auto ht_c) {
+                constexpr int ht = decltype(ht_c)::value;
 #pragma unroll
-            for (int ja = 0; ja < NT / 2; ++ja) {
-                if (ja < half_tiles) {
-                    float ca[4], cb[4];
-                    expand(ja, ja + half_tiles, ca, cb);
-                    const int d = 8 * ja + x;
-                    const float4 r0 = *reinterpret_cast<const float4*>(cs + R0 * CSS + d);
-                    const float4 r1 = *reinterpret_cast<const float4*>(cs + R1 * CSS + d);
-                    // (ca[e], cb[e]) is one pair; e = 0, 1 row R0 (dims d, d+1), e = 2, 3 row R1.
-                    dot(d, ca[0] * r0.x - cb[0] * r0.y, ca[1] * r0.z - cb[1] * r0.w, ca[2] * r1.x - cb[2] * r1.y,
-                        ca[3] * r1.z - cb[3] * r1.w, d + rd / 2, ca[0] * r0.y + cb[0] * r0.x,
-                        ca[1] * r0.w + cb[1] * r0.z, ca[2] * r1.y + cb[2] * r1.x, ca[3] * r1.w + cb[3] * r1.z);
-                }
-            }
-            // Dimensions past the rotated ones: plain dot.
+                for (int j = 0; j < ht; ++j) rot_half(kc[j], kc[j + ht], 8 * j + x);
 #pragma unroll
-            for (int ja = 0; ja < NT; ja += 2) {
-                if (8 * ja >= rd) {
-                    float ca[4], cb[4];
-                    expand(ja, ja + 1, ca, cb);
-                    dot(8 * ja + x, ca[0], ca[1], ca[2], ca[3], 8 * ja + 8 + x, cb[0], cb[1], cb[2], cb[3]);
-                }
+                for (int j = 2 * ht; j < NT; j += 2)
+                    dot(8 * j + x, kc[j][0], kc[j][1], kc[j][2], kc[j][3], 8 * j + 8 + x, kc[j + 1][0], kc[j + 1][1],
+                        kc[j + 1][2], kc[j + 1][3]);
+            };
+            switch (rd / 16) {
+                case NT / 2: half_split(std::integral_constant<int, NT / 2>{}); break;
+                case 0: half_split(std::integral_constant<int, 0>{}); break;
+                case 1: half_split(std::integral_constant<int, 1>{}); break;
+                case 2: half_split(std::integral_constant<int, 2>{}); break;
+                case 3: half_split(std::integral_constant<int, 3>{}); break;
+                default:
+                    if constexpr (NT / 2 > 4) {
+                        switch (rd / 16) {
+                            case 4: half_split(std::integral_constant<int, 4>{}); break;
+                            case 5: half_split(std::integral_constant<int, 5 % (NT / 2)>{}); break;
+                            case 6: half_split(std::integral_constant<int, 6 % (NT / 2)>{}); break;
+                            default: half_split(std::integral_constant<int, 7 % (NT / 2)>{}); break;
+                        }
+                    }
+                    break;
             }
         }
 
         const int t0 = k0 + t * kTile;
         const bool v0 = t0 + R0 < k_end, v1 = t0 + R1 < k_end;
 #pragma unroll
-        for (int g = 0; g < kLatMaxGroup; ++g) {
+        for (int g = 0; g < GM; ++g) {
             if (g < G) {
                 float a = s0[g], c = s1[g];
                 a += __shfl_xor_sync(0xffffffffu, a, 1);
@@ -358,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
 
     // (m, l) over the block: lanes of a quad agree; merge the 8 row lanes, then the warps.
 #pragma unroll
-    for (int g = 0; g < kLatMaxGroup; ++g) {
+    for (int g = 0; g < GM; ++g) {
         if (g < G) {
             for (int off = 4; off < 32; off *= 2) {
                 const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
@@ -371,7 +383,8 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     __syncthreads();
     if (tid < G) {
         float mm = -INFINITY, ll = 0.0f;
-        for (int w = 0; w < kThreads / 32; ++w) merge_ml(mm, ll, red[w * kLatMaxGroup + tid].x, red[w * kLatMaxGroup + tid].y);
+        for (int w = 0; w < kThreads / 32; ++w)
+            merge_ml(mm, ll, red[w * kLatMaxGroup + tid].x, red[w * kLatMaxGroup + tid].y);
         ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(mm, ll);
     }
 }
@@ -388,31 +401,31 @@ struct ValueParams {
 };
 
 constexpr int kPCols = kTile + kPad;
-constexpr int kPRegs = kLatMaxHeads * kTile / kThreads;
 
-__host__ __device__ inline size_t value_smem_bytes(size_t elem) {
-    return (static_cast<size_t>(kStagesV) * kTile * (kSlice + kPad) + 2 * static_cast<size_t>(kLatMaxHeads) * kPCols) *
-               elem +
+__host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp) {
+    return (static_cast<size_t>(kStagesV) * kTile * (kSlice + kPad) + 2 * static_cast<size_t>(hp) * kPCols) * elem +
            2 * kLatMaxHeads * sizeof(float);
 }
 
 // Block: (slice of the value rank, chunk of keys, sequence). Each tile:
 // P[heads][keys] = 2^(s - M) / L (the global softmax, from pass 1's chunk
 // partials), then acc[heads][slice] += P x Vlat[keys][slice]. The scores of
-// tile t+2 are loaded into registers while tile t is multiplied.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) {
+// tile t+2 are loaded into registers while tile t is multiplied. MT: 16-row
+// tiles of heads (P rows, padded with zeros).
+template <typename T, int MT>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : 2) latent_values_kernel(ValueParams p) {
+    constexpr int HP = MT * 16;
+    constexpr int kPRegs = HP * kTile / kThreads;
     const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
     const int n_tiles = k_end > k0 ? (k_end - k0 + kTile - 1) / kTile : 0;
-    const int MT = p.HP / 16;
 
     extern __shared__ __align__(16) unsigned char smem[];
     T* Vs = reinterpret_cast<T*>(smem);
-    T* Ps = Vs + kStagesV * kTile * (kSlice + kPad);  // [2][kLatMaxHeads][kPCols]
-    float* Ms = reinterpret_cast<float*>(Ps + 2 * kLatMaxHeads * kPCols);
+    T* Ps = Vs + kStagesV * kTile * (kSlice + kPad);  // [2][HP][kPCols]
+    float* Ms = reinterpret_cast<float*>(Ps + 2 * HP * kPCols);
     float* iL = Ms + kLatMaxHeads;
 
     const T* vsrc = static_cast<const T*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * p.v_rank;
@@ -448,10 +461,8 @@ __global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) 
 #pragma unroll
         for (int k = 0; k < kPRegs; ++k) {
             const int e = tid + k * kThreads, head = e / kTile, key = e % kTile;
-            if (head < p.HP) {
-                const float v = sreg[k] == -INFINITY ? 0.0f : exp2f(sreg[k] - Ms[head]) * iL[head];
-                Ps[(buf * kLatMaxHeads + head) * kPCols + key] = from_float<T>(v);
-            }
+            const float v = sreg[k] == -INFINITY ? 0.0f : exp2f(sreg[k] - Ms[head]) * iL[head];
+            Ps[(buf * HP + head) * kPCols + key] = from_float<T>(v);
         }
     };
     if (n_tiles > 0) {
@@ -460,9 +471,9 @@ __global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) 
         fetch(1);
     }
 
-    float acc[kLatMaxHeads / 16][4][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int a = 0; a < kLatMaxHeads / 16; ++a)
+    for (int a = 0; a < MT; ++a)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -483,7 +494,7 @@ __global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) 
             fetch(t + 2);
         }
         const T* V = Vs + (t % kStagesV) * kTile * (kSlice + kPad);
-        const T* P = Ps + (t & 1) * kLatMaxHeads * kPCols;
+        const T* P = Ps + (t & 1) * HP * kPCols;
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) {
             uint32_t bf[2][4];
@@ -494,15 +505,13 @@ __global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) 
                 ldsm_x4_t(bf[j], V + row * (kSlice + kPad) + col);
             }
 #pragma unroll
-            for (int mt = 0; mt < kLatMaxHeads / 16; ++mt) {
-                if (mt < MT) {
-                    uint32_t af[4];
-                    ldsm_x4(af, P + (mt * 16 + lane % 16) * kPCols + ks * 16 + (lane / 16) * 8);
+            for (int mt = 0; mt < MT; ++mt) {
+                uint32_t af[4];
+                ldsm_x4(af, P + (mt * 16 + lane % 16) * kPCols + ks * 16 + (lane / 16) * 8);
 #pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        mma<T>(acc[mt][2 * j], af, bf[j][0], bf[j][1]);
-                        mma<T>(acc[mt][2 * j + 1], af, bf[j][2], bf[j][3]);
-                    }
+                for (int j = 0; j < 2; ++j) {
+                    mma<T>(acc[mt][2 * j], af, bf[j][0], bf[j][1]);
+                    mma<T>(acc[mt][2 * j + 1], af, bf[j][2], bf[j][3]);
                 }
             }
         }
@@ -511,19 +520,17 @@ __global__ void __launch_bounds__(kThreads) latent_values_kernel(ValueParams p) 
 
     float* dst = p.part + (static_cast<size_t>(b) * p.n_chunk + chunk) * p.n_head * p.v_rank + c0;
 #pragma unroll
-    for (int mt = 0; mt < kLatMaxHeads / 16; ++mt) {
-        if (mt < MT) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int col = warp * 32 + j * 8 + 2 * (lane % 4);
-                const int h0 = mt * 16 + lane / 4, h1 = h0 + 8;
-                if (h0 < p.n_head)
-                    *reinterpret_cast<float2*>(dst + static_cast<size_t>(h0) * p.v_rank + col) =
-                        make_float2(acc[mt][j][0], acc[mt][j][1]);
-                if (h1 < p.n_head)
-                    *reinterpret_cast<float2*>(dst + static_cast<size_t>(h1) * p.v_rank + col) =
-                        make_float2(acc[mt][j][2], acc[mt][j][3]);
-            }
+        for (int j = 0; j < 4; ++j) {
+            const int col = warp * 32 + j * 8 + 2 * (lane % 4);
+            const int h0 = mt * 16 + lane / 4, h1 = h0 + 8;
+            if (h0 < p.n_head)
+                *reinterpret_cast<float2*>(dst + static_cast<size_t>(h0) * p.v_rank + col) =
+                    make_float2(acc[mt][j][0], acc[mt][j][1]);
+            if (h1 < p.n_head)
+                *reinterpret_cast<float2*>(dst + static_cast<size_t>(h1) * p.v_rank + col) =
+                    make_float2(acc[mt][j][2], acc[mt][j][3]);
         }
     }
 }
@@ -553,41 +560,64 @@ __global__ void latent_reduce_kernel(const float* part, float* acc, int n_seq, i
 }
 
 // ---- 4: o[b][kvh*G+g][d] = U_v[kvh*hd + d] . acc[kvh][b*G+g] ----
-// Block: (KV head, 32 rows of U_v); 256 threads = 32 rows x 8 columns of the batch.
+// Block: (KV head, 16 rows of U_v); warp w holds rows 2w, 2w+1 in registers
+// (lane: columns 128k + 4 lane ..), the batch's acc rows staged in shared memory.
 
-constexpr int kExpandK = 128;
+constexpr int kExpandRows = 16;
+constexpr int kMaxVRank = 2048;
+
+__device__ inline float2 to_float2(uint32_t v, __nv_bfloat16*) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+__device__ inline float2 to_float2(uint32_t v, __half*) { return __half22float2(*reinterpret_cast<const __half2*>(&v)); }
 
 template <typename T>
 __global__ void __launch_bounds__(256) latent_expand_kernel(const T* vu, const float* acc, float* out, int n_seq,
-                                                            int n_head, int G, int hd, int v_rank) {
-    __shared__ float Us[32][kExpandK + 1];
-    __shared__ float As[8][kExpandK];
-    const int kvh = blockIdx.x, d0 = blockIdx.y * 32;
-    const int tid = threadIdx.x, dl = tid % 32, nl = tid / 32;
-    const int N = n_seq * G;
+                                                            int n_head, int G, int hd, int v_rank, int nc) {
+    extern __shared__ __align__(16) float As[];  // [nc][v_rank]
+    const int kvh = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int d0 = blockIdx.y * kExpandRows + warp * 2;
+    const int N = n_seq * G, nk = v_rank / 128;
+    uint2 u[2][kMaxVRank / 128];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int k = 0; k < kMaxVRank / 128; ++k)
+            u[r][k] = (k < nk && d0 + r < hd) ? *reinterpret_cast<const uint2*>(
+                                                     vu + (static_cast<size_t>(kvh) * hd + d0 + r) * v_rank + 128 * k +
+                                                     4 * lane)
+                                               : make_uint2(0u, 0u);
     const float* a = acc + static_cast<size_t>(kvh) * N * v_rank;
-    for (int n0 = 0; n0 < N; n0 += 8) {
-        float sum = 0.0f;
-        for (int r0 = 0; r0 < v_rank; r0 += kExpandK) {
-            __syncthreads();
-            for (int e = tid; e < 32 * kExpandK; e += 256) {
-                const int row = e / kExpandK, col = e % kExpandK;
-                Us[row][col] = d0 + row < hd
-                                   ? to_float(vu[(static_cast<size_t>(kvh) * hd + d0 + row) * v_rank + r0 + col])
-                                   : 0.0f;
+    for (int n0 = 0; n0 < N; n0 += nc) {
+        const int cnt = min(nc, N - n0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < cnt * v_rank / 4; e += blockDim.x)
+            reinterpret_cast<float4*>(As)[e] = reinterpret_cast<const float4*>(a + static_cast<size_t>(n0) * v_rank)[e];
+        __syncthreads();
+        for (int nn = 0; nn < cnt; ++nn) {
+            float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kMaxVRank / 128; ++k) {
+                if (k < nk) {
+                    const float4 av = *reinterpret_cast<const float4*>(As + nn * v_rank + 128 * k + 4 * lane);
+                    const float2 u00 = to_float2(u[0][k].x, static_cast<T*>(nullptr)),
+                                 u01 = to_float2(u[0][k].y, static_cast<T*>(nullptr));
+                    const float2 u10 = to_float2(u[1][k].x, static_cast<T*>(nullptr)),
+                                 u11 = to_float2(u[1][k].y, static_cast<T*>(nullptr));
+                    s0 += u00.x * av.x + u00.y * av.y + u01.x * av.z + u01.y * av.w;
+                    s1 += u10.x * av.x + u10.y * av.y + u11.x * av.z + u11.y * av.w;
+                }
             }
-            for (int e = tid; e < 8 * kExpandK; e += 256) {
-                const int nn = e / kExpandK, col = e % kExpandK;
-                As[nn][col] = n0 + nn < N ? a[static_cast<size_t>(n0 + nn) * v_rank + r0 + col] : 0.0f;
+            for (int off = 16; off > 0; off >>= 1) {
+                s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, off);
             }
-            __syncthreads();
-#pragma unroll 8
-            for (int c = 0; c < kExpandK; ++c) sum += Us[dl][c] * As[nl][c];
-        }
-        const int nn = n0 + nl;
-        if (nn < N && d0 + dl < hd) {
-            const int b = nn / G, g = nn % G;
-            out[(static_cast<size_t>(b) * n_head + kvh * G + g) * hd + d0 + dl] = sum;
+            if (lane == 0) {
+                const int n = n0 + nn, b = n / G, g = n % G;
+                float* o = out + (static_cast<size_t>(b) * n_head + kvh * G + g) * hd;
+                if (d0 < hd) o[d0] = s0;
+                if (d0 + 1 < hd) o[d0 + 1] = s1;
+            }
         }
     }
 }
@@ -612,7 +642,7 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     if (pl->G > kLatMaxGroup) return false;
     if (s.head_dim != 64 && s.head_dim != 128) return false;
     if (s.rope_dims < 0 || s.rope_dims > s.head_dim || s.rope_dims % 16 != 0) return false;
-    if (s.v_rank <= 0 || s.v_rank % kSlice != 0) return false;
+    if (s.v_rank <= 0 || s.v_rank % kSlice != 0 || s.v_rank > kMaxVRank) return false;
     if (s.max_keys < 0 || s.ctx_cap < s.max_keys) return false;
     if (s.format != LatentFormat::F16 && s.format != LatentFormat::BF16) return false;
     long long sum = 0;
@@ -636,7 +666,7 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     split(static_cast<long long>(s.n_seq) * s.n_kv, max_chunks, &pl->chunk1, &pl->n_chunk1);
     pl->n_slice = s.v_rank / kSlice;
     // Each value chunk writes n_head * v_rank fp32 partials; keep them a few % of the latents read.
-    split(static_cast<long long>(s.n_seq) * pl->n_slice, std::max(1, keys / (40 * s.n_head)), &pl->chunk2,
+    split(static_cast<long long>(s.n_seq) * pl->n_slice, std::max(1, keys / (24 * s.n_head)), &pl->chunk2,
           &pl->n_chunk2);
     pl->HP = (s.n_head + 15) / 16 * 16;
     pl->keys_pad = ceil_div(keys, kTile) * kTile;
@@ -649,14 +679,32 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     return true;
 }
 
-template <typename T, int HD, bool HALF>
-cudaError_t launch_scores(const ScoreParams& p, dim3 grid, int max_r, cudaStream_t st) {
+template <typename T, int HD, bool HALF, int GM>
+cudaError_t launch_scores_g(const ScoreParams& p, dim3 grid, int max_r, cudaStream_t st) {
     const size_t smem = score_smem_bytes(HD, HALF, max_r, p.G, sizeof(T));
     const cudaError_t e =
-        cudaFuncSetAttribute(latent_scores_kernel<T, HD, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaFuncSetAttribute(latent_scores_kernel<T, HD, HALF, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    latent_scores_kernel<T, HD, HALF><<<grid, kThreads, smem, st>>>(p);
+    latent_scores_kernel<T, HD, HALF, GM><<<grid, kThreads, smem, st>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T, int HD, bool HALF>
+cudaError_t launch_scores(const ScoreParams& p, dim3 grid, int max_r, cudaStream_t st) {
+    if (p.G == 1) return launch_scores_g<T, HD, HALF, 1>(p, grid, max_r, st);
+    if (p.G == 2) return launch_scores_g<T, HD, HALF, 2>(p, grid, max_r, st);
+    if (p.G <= 4) return launch_scores_g<T, HD, HALF, 4>(p, grid, max_r, st);
+    return launch_scores_g<T, HD, HALF, 8>(p, grid, max_r, st);
+}
+
+template <typename T, int MT>
+cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
+    const size_t smem = value_smem_bytes(sizeof(T), MT * 16);
+    const cudaError_t e = cudaFuncSetAttribute(latent_values_kernel<T, MT>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    latent_values_kernel<T, MT><<<grid, kThreads, smem, st>>>(p);
     return cudaGetLastError();
 }
 
@@ -718,12 +766,14 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.chunk = pl.chunk2;
     vp.n_chunk = pl.n_chunk2;
     vp.n_chunk1 = pl.n_chunk1;
-    const size_t vsmem = value_smem_bytes(sizeof(T));
-    if ((e = cudaFuncSetAttribute(latent_values_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(vsmem))) != cudaSuccess)
-        return e;
-    latent_values_kernel<T><<<dim3(pl.n_slice, pl.n_chunk2, s.n_seq), kThreads, vsmem, st>>>(vp);
-    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    const dim3 g2(pl.n_slice, pl.n_chunk2, s.n_seq);
+    switch (pl.HP / 16) {
+        case 1: e = launch_values<T, 1>(vp, g2, st); break;
+        case 2: e = launch_values<T, 2>(vp, g2, st); break;
+        case 3: e = launch_values<T, 3>(vp, g2, st); break;
+        default: e = launch_values<T, 4>(vp, g2, st); break;
+    }
+    if (e != cudaSuccess) return e;
     if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
 
     const size_t n4 = static_cast<size_t>(s.n_seq) * s.n_head * (s.v_rank / 4);
@@ -732,8 +782,10 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (e3 && (e = cudaEventRecord(e3, st)) != cudaSuccess) return e;
 
-    latent_expand_kernel<T><<<dim3(s.n_kv, (s.head_dim + 31) / 32), 256, 0, st>>>(
-        static_cast<const T*>(a.v_u), acc, a.out, s.n_seq, s.n_head, pl.G, s.head_dim, s.v_rank);
+    const int nc = std::max(1, std::min(s.n_seq * pl.G, 8192 / s.v_rank));
+    latent_expand_kernel<T><<<dim3(s.n_kv, (s.head_dim + kExpandRows - 1) / kExpandRows), 256,
+                              static_cast<size_t>(nc) * s.v_rank * sizeof(float), st>>>(
+        static_cast<const T*>(a.v_u), acc, a.out, s.n_seq, s.n_head, pl.G, s.head_dim, s.v_rank, nc);
     return cudaGetLastError();
 }
 

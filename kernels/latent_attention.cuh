@@ -39,7 +39,7 @@ struct LatentAttnShape {
     int head_dim = 0;          // 64 or 128
     int rope_dims = 0;         // rotated dimensions: multiple of 16, <= head_dim
     bool rope_half_split = false;  // pairs (i, i + rope_dims/2) instead of (2i, 2i+1)
-    int v_rank = 0;            // joint value latent rank, multiple of 128
+    int v_rank = 0;            // joint value latent rank, multiple of 128, <= 2048
     int ctx_cap = 0;           // positions per sequence in the cache (row count)
     int max_keys = 0;          // >= every n_keys[b]; sizes the grid and workspace
     int k_rank[kLatMaxKvHeads] = {};  // each KV head's key rank (ragged), <= kLatMaxKeyRank
