@@ -49,14 +49,14 @@ template <typename T>
 __device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 template <>
 __device__ inline void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 template <>
 __device__ inline void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -83,18 +83,36 @@ __device__ inline void merge_ml(float& m, float& l, float mo, float lo) {
 
 // ---- the tile loaders: the only reads of latents (a quantized format adds its own) ----
 
-// Key-latent tile: rows [t0, t0 + kTile) of one (sequence, KV head), R columns;
-// rows at or past k_end are zero-filled.
+// Key-latent tile: rows [t0, t0 + kTile) of one (sequence, KV head), R
+// columns; rows at or past k_end are zero-filled. Each thread's 16-byte pieces
+// (R/16 of them) keep their offsets from tile to tile: computed once.
 template <typename T>
-__device__ inline void load_key_tile(T* dst, const T* src, int R, int t0, int k_end) {
-    const int per_row = R / 8;  // 16-byte pieces
-    for (int e = threadIdx.x; e < kTile * per_row; e += kThreads) {
-        const int row = e / per_row, col = e % per_row;
-        const bool ok = t0 + row < k_end;
-        const T* g = ok ? src + static_cast<size_t>(t0 + row) * R + col * 8 : src;
-        cp_async16(dst + row * (R + kPad) + col * 8, g, ok);
+struct KeyTileLoader {
+    static constexpr int kMax = kLatMaxKeyRank / 16;
+    int soff[kMax], doff[kMax];  // within the tile: source (row * R + col) and shared (row * (R + kPad) + col)
+    int R;
+    __device__ void init(int rank) {
+        R = rank;
+        const int per_row = R / 8;
+#pragma unroll
+        for (int k = 0; k < kMax; ++k) {
+            const int e = threadIdx.x + k * kThreads, row = e / per_row, col = e % per_row;
+            soff[k] = e < kTile * per_row ? row * R + col * 8 : -1;
+            doff[k] = row * (R + kPad) + col * 8;
+        }
     }
-}
+    __device__ void load(T* dst, const T* src, int t0, int k_end) const {
+        const T* base = src + static_cast<size_t>(t0) * R;
+        const int limit = (k_end - t0) * R;  // pieces of rows past k_end start at or after this
+#pragma unroll
+        for (int k = 0; k < kMax; ++k) {
+            if (soff[k] >= 0) {
+                const bool ok = soff[k] < limit;
+                cp_async16(dst + doff[k], ok ? base + soff[k] : src, ok);
+            }
+        }
+    }
+};
 
 // Value-latent tile: rows [t0, t0 + kTile), columns [c0, c0 + kSlice) of a
 // row of v_rank; rows at or past k_end are zero-filled (P is 0 there, and 0 * NaN is not 0).
@@ -170,9 +188,11 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         const int row = e / (R / 8), col = e % (R / 8);
         cp_async16(Us + row * RS + col * 8, usrc + static_cast<size_t>(row) * R + col * 8, true);
     }
+    KeyTileLoader<T> loader;
+    loader.init(R);
 #pragma unroll
     for (int s = 0; s < kStagesK - 1; ++s) {
-        if (s < n_tiles) load_key_tile(Zs + s * kTile * RS, zsrc, R, k0 + s * kTile, k_end);
+        if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
         cp_async_commit();
     }
 
@@ -249,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         __syncthreads();  // tile t and qt[t & 1] visible; tile t-1 and qt[(t+1) & 1] no longer read
         {
             const int nt = t + kStagesK - 1;
-            if (nt < n_tiles) load_key_tile(Zs + (nt % kStagesK) * kTile * RS, zsrc, R, k0 + nt * kTile, k_end);
+            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
             cp_async_commit();
         }
         if (t + 1 < n_tiles) turn_queries((t + 1) & 1);
@@ -259,7 +279,18 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         float kc[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; ++j) kc[j][0] = kc[j][1] = kc[j][2] = kc[j][3] = 0.0f;
-        for (int ks = 0; ks < nks; ++ks) {
+        {  // first rank step apart: its accumulators are known zeros (no register clears)
+            uint32_t af[4];
+            ldsm_x4(af, Z + a_off);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t bf[4];
+                ldsm_x4(bf, Us + b_off + 8 * j * RS);
+                mma<T>(kc[j], af, bf[0], bf[1]);
+                mma<T>(kc[j + 1], af, bf[2], bf[3]);
+            }
+        }
+        for (int ks = 1; ks < nks; ++ks) {
             uint32_t af[4];
             ldsm_x4(af, Z + a_off + ks * 16);
 #pragma unroll
@@ -413,7 +444,7 @@ __host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp) {
 // tile t+2 are loaded into registers while tile t is multiplied. MT: 16-row
 // tiles of heads (P rows, padded with zeros).
 template <typename T, int MT>
-__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : 2) latent_values_kernel(ValueParams p) {
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kernel(ValueParams p) {
     constexpr int HP = MT * 16;
     constexpr int kPRegs = HP * kTile / kThreads;
     const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
