@@ -431,7 +431,7 @@ struct ValueParams {
     const void* v_lat;
     const int* n_keys;
     float* part;  // [n_seq][n_chunk2][n_head][v_rank]
-    int n_head, HP, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
+    int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
 };
 
 constexpr int kPCols = kTile + kPad;
@@ -792,7 +792,6 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.n_keys = a.n_keys;
     vp.part = part;
     vp.n_head = s.n_head;
-    vp.HP = pl.HP;
     vp.v_rank = s.v_rank;
     vp.ctx_cap = s.ctx_cap;
     vp.max_keys = s.max_keys;

@@ -288,6 +288,74 @@ TEST(LatentAttentionShape, InvalidShapesAreRefused) {
     EXPECT_EQ(starkv::cuda::latent_attention(s, a, nullptr, 0, nullptr), cudaErrorInvalidValue);
 }
 
+// The reference's latent-space value sum equals ordinary attention over the
+// expanded cache (V_j = U_v^h v_j), computed here the long way. Runs without a GPU.
+TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
+    Case c{2, 6, 3, 64, 48, false, 128, {16, 24, 40}, {5, 37}, 40};
+    const int G = c.n_head / c.n_kv, hd = c.hd, half = c.rope_dims / 2;
+    int sum = 0;
+    std::vector<int> off;
+    for (int r : c.ranks) {
+        off.push_back(sum);
+        sum += latent_rank_pad(r);
+    }
+    std::normal_distribution<double> nd(0.0, 1.0);
+    auto draw = [&](size_t n) {
+        std::vector<double> v(n);
+        for (auto& x : v) x = nd(rng);
+        return v;
+    };
+    auto klat = draw(static_cast<size_t>(c.n_seq) * sum * c.ctx_cap), ku = draw(static_cast<size_t>(sum) * hd);
+    auto vlat = draw(static_cast<size_t>(c.n_seq) * c.ctx_cap * c.v_rank);
+    auto vu = draw(static_cast<size_t>(c.n_kv) * hd * c.v_rank);
+    std::vector<float> q(static_cast<size_t>(c.n_seq) * c.n_head * hd);
+    for (auto& x : q) x = static_cast<float>(nd(rng));
+    std::vector<double> inv_freq(half);
+    for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / c.rope_dims);
+    const auto got = reference(c, q, klat, ku, vlat, vu, inv_freq);
+
+    double worst = 0, scale = 0;
+    for (int b = 0; b < c.n_seq; ++b)
+        for (int hq = 0; hq < c.n_head; ++hq) {
+            const int h = hq / G, n = c.n_keys[b], pad = latent_rank_pad(c.ranks[h]);
+            std::vector<double> s(n), o(hd, 0.0);
+            for (int j = 0; j < n; ++j) {
+                std::vector<double> k(hd, 0.0);
+                for (int d = 0; d < hd; ++d)
+                    for (int r = 0; r < c.ranks[h]; ++r)
+                        k[d] += ku[static_cast<size_t>(off[h]) * hd + d * pad + r] *
+                                klat[static_cast<size_t>(b) * sum * c.ctx_cap + static_cast<size_t>(off[h]) * c.ctx_cap +
+                                     static_cast<size_t>(j) * pad + r];
+                for (int i = 0; i < half; ++i) {  // adjacent pairs, as the case says
+                    const double a = j * inv_freq[i], x0 = k[2 * i], x1 = k[2 * i + 1];
+                    k[2 * i] = x0 * std::cos(a) - x1 * std::sin(a);
+                    k[2 * i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
+                }
+                s[j] = 0;
+                for (int d = 0; d < hd; ++d) s[j] += q[(static_cast<size_t>(b) * c.n_head + hq) * hd + d] * k[d];
+                s[j] /= std::sqrt(static_cast<double>(hd));
+            }
+            const double mx = *std::max_element(s.begin(), s.end());
+            double l = 0;
+            for (auto& x : s) l += (x = std::exp(x - mx));
+            for (int j = 0; j < n; ++j)
+                for (int d = 0; d < hd; ++d) {
+                    double v = 0;  // the expanded value row of this KV head
+                    for (int r = 0; r < c.v_rank; ++r)
+                        v += vu[(static_cast<size_t>(h) * hd + d) * c.v_rank + r] *
+                             vlat[(static_cast<size_t>(b) * c.ctx_cap + j) * c.v_rank + r];
+                    o[d] += s[j] / l * v;
+                }
+            for (int d = 0; d < hd; ++d) {
+                const double g = got[(static_cast<size_t>(b) * c.n_head + hq) * hd + d];
+                worst = std::max(worst, std::fabs(g - o[d]));
+                scale = std::max(scale, std::fabs(o[d]));
+            }
+        }
+    EXPECT_GT(scale, 0.0);
+    EXPECT_LT(worst / scale, 1e-12);
+}
+
 TEST(LatentAttention, MhaBf16RaggedRanksAdjacentRope) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{3, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1, 77, 300}, 301};
