@@ -1,0 +1,214 @@
+// Decode attention over a 75% STAR-KV latent cache vs the memory floor, on
+// Llama-2-7B and Llama-3-8B layer shapes (batch 16, head_dim 128). Not a test:
+// run on the GPU machine; prints one table row per (model, context).
+//   floor = latent bytes read / measured device-to-device copy bandwidth
+//           (read + write counted, as docs/perf/cuda.md).
+// Fresh random latents for each shape (on the device), CUDA events, median of
+// the timed runs. The PyTorch SDPA baseline on the full cache is
+// cuda/tests/sdpa_baseline.py, run in the same session.
+// Usage: bench_latent_attention [bf16|f16] [reps]
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "latent_attention.cuh"
+
+using namespace starkv::cuda;
+
+#define CK(x)                                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                         \
+        }                                                                                         \
+    } while (0)
+
+namespace {
+
+// Normal-ish random values (sum of 4 uniforms), scaled, from a hash of the index and seed.
+template <typename T>
+__global__ void fill_kernel(T* p, size_t n, unsigned seed, float scale) {
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        unsigned h = static_cast<unsigned>(i) * 2654435761u ^ seed ^ static_cast<unsigned>(i >> 32) * 40503u;
+        float s = 0.0f;
+        for (int k = 0; k < 4; ++k) {
+            h ^= h >> 15;
+            h *= 2246822519u;
+            h ^= h >> 13;
+            h *= 3266489917u;
+            h ^= h >> 16;
+            s += (h & 0xffffff) / 16777216.0f - 0.5f;
+        }
+        p[i] = static_cast<T>(s * 1.7320508f * scale);  // variance of 4 uniforms = 1/3
+    }
+}
+
+template <typename T>
+void fill(T* p, size_t n, unsigned seed, float scale) {
+    fill_kernel<T><<<2048, 256>>>(p, n, seed, scale);
+    CK(cudaGetLastError());
+}
+
+float median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+double copy_bandwidth() {  // GB/s, read + write
+    const size_t bytes = size_t(2) << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int i = 0; i < 12; ++i) {
+        CK(cudaEventRecord(e0));
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float t;
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        if (i >= 2) ms.push_back(t);
+    }
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 2.0 * bytes / (median(ms) * 1e-3) / 1e9;
+}
+
+struct Model {
+    const char* name;
+    int n_head, n_kv, k_rank, v_rank;
+};
+
+template <typename T>
+void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw) {
+    LatentAttnShape s;
+    s.n_seq = 16;
+    s.n_head = m.n_head;
+    s.n_kv = m.n_kv;
+    s.head_dim = 128;
+    s.rope_dims = 128;
+    s.rope_half_split = true;
+    s.v_rank = m.v_rank;
+    s.ctx_cap = ctx;
+    s.max_keys = ctx;
+    s.format = fmt;
+    for (int h = 0; h < m.n_kv; ++h) s.k_rank[h] = m.k_rank;
+    const size_t kl = size_t(s.n_seq) * m.n_kv * latent_rank_pad(m.k_rank) * ctx;
+    const size_t ku = size_t(m.n_kv) * 128 * latent_rank_pad(m.k_rank);
+    const size_t vl = size_t(s.n_seq) * ctx * m.v_rank;
+    const size_t vu = size_t(m.n_kv) * 128 * m.v_rank;
+    T *dkl, *dku, *dvl, *dvu;
+    float *dq, *dout;
+    double* dinv;
+    int* dn;
+    CK(cudaMalloc(&dkl, kl * sizeof(T)));
+    CK(cudaMalloc(&dku, ku * sizeof(T)));
+    CK(cudaMalloc(&dvl, vl * sizeof(T)));
+    CK(cudaMalloc(&dvu, vu * sizeof(T)));
+    CK(cudaMalloc(&dq, size_t(s.n_seq) * m.n_head * 128 * sizeof(float)));
+    CK(cudaMalloc(&dout, size_t(s.n_seq) * m.n_head * 128 * sizeof(float)));
+    CK(cudaMalloc(&dinv, 64 * sizeof(double)));
+    CK(cudaMalloc(&dn, s.n_seq * sizeof(int)));
+    const unsigned seed = static_cast<unsigned>(ctx * 7919 + m.n_kv);
+    fill(dkl, kl, seed + 1, 1.0f);
+    fill(dku, ku, seed + 2, 1.0f / std::sqrt(float(m.k_rank)));
+    fill(dvl, vl, seed + 3, 1.0f);
+    fill(dvu, vu, seed + 4, 1.0f / std::sqrt(float(m.v_rank)));
+    fill(dq, size_t(s.n_seq) * m.n_head * 128, seed + 5, 1.0f);
+    std::vector<double> inv(64);
+    for (int i = 0; i < 64; ++i) inv[i] = std::pow(500000.0, -2.0 * i / 128);
+    CK(cudaMemcpy(dinv, inv.data(), 64 * sizeof(double), cudaMemcpyHostToDevice));
+    std::vector<int> nk(s.n_seq, ctx);
+    CK(cudaMemcpy(dn, nk.data(), s.n_seq * sizeof(int), cudaMemcpyHostToDevice));
+    const size_t ws_bytes = latent_attention_workspace(s);
+    void* ws;
+    CK(cudaMalloc(&ws, ws_bytes));
+    LatentAttnArgs a;
+    a.q = dq;
+    a.k_lat = dkl;
+    a.k_u = dku;
+    a.v_lat = dvl;
+    a.v_u = dvu;
+    a.n_keys = dn;
+    a.inv_freq = dinv;
+    a.out = dout;
+    a.scale = 1.0f / std::sqrt(128.0f);
+
+    cudaEvent_t ev[5];
+    for (auto& e : ev) CK(cudaEventCreate(&e));
+    std::vector<float> tot, t1, t2, t3, t4;
+    for (int i = 0; i < reps + 3; ++i) {
+        CK(cudaEventRecord(ev[0]));
+        CK(latent_attention_timed(s, a, ws, ws_bytes, nullptr, ev[1], ev[2], ev[3]));
+        CK(cudaEventRecord(ev[4]));
+        CK(cudaEventSynchronize(ev[4]));
+        if (i < 3) continue;  // warm-up
+        float x[4], all;
+        for (int k = 0; k < 4; ++k) CK(cudaEventElapsedTime(&x[k], ev[k], ev[k + 1]));
+        CK(cudaEventElapsedTime(&all, ev[0], ev[4]));
+        tot.push_back(all);
+        t1.push_back(x[0]);
+        t2.push_back(x[1]);
+        t3.push_back(x[2]);
+        t4.push_back(x[3]);
+    }
+    // Bytes the attention must read: latents (keys + values) and the factors.
+    const double bytes = double(kl + vl + ku + vu) * sizeof(T);
+    const double floor_ms = bytes / (bw * 1e9) * 1e3;
+    const double ms = median(tot);
+    const double key_bytes = double(kl) * sizeof(T), val_bytes = double(vl) * sizeof(T);
+    std::printf("%-10s %6d %9.1f %8.3f %8.3f %6.0f%% | %7.3f (%4.0f%%) %7.3f (%4.0f%%) %6.3f %6.3f | ws %.0f MB\n",
+                m.name, ctx, bytes / 1e6, floor_ms, ms, 100.0 * floor_ms / ms, median(t1),
+                100.0 * key_bytes / (bw * 1e9) * 1e3 / median(t1), median(t2),
+                100.0 * val_bytes / (bw * 1e9) * 1e3 / median(t2), median(t3), median(t4), ws_bytes / 1e6);
+    std::fflush(stdout);
+    for (auto& e : ev) CK(cudaEventDestroy(e));
+    CK(cudaFree(ws));
+    CK(cudaFree(dkl));
+    CK(cudaFree(dku));
+    CK(cudaFree(dvl));
+    CK(cudaFree(dvu));
+    CK(cudaFree(dq));
+    CK(cudaFree(dout));
+    CK(cudaFree(dinv));
+    CK(cudaFree(dn));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const bool bf16 = argc > 1 && std::strcmp(argv[1], "bf16") == 0;
+    const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const double bw = copy_bandwidth();
+    std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; median of %d\n",
+                prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : "fp16", reps);
+    std::printf("%-10s %6s %9s %8s %8s %7s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
+                "floor%", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
+    // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:
+    // keys 32 heads x rank 32 + values rank 1024. Llama-3-8B full = 8 x 128 x 2 = 2048 -> 512:
+    // keys 8 KV heads x rank 32 + values rank 256.
+    const Model models[] = {{"llama2-7b", 32, 32, 32, 1024}, {"llama3-8b", 32, 8, 32, 256}};
+    for (const Model& m : models)
+        for (int ctx : {4096, 8192, 16384, 32768}) {
+            if (bf16)
+                bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw);
+            else
+                bench<__half>(m, ctx, LatentFormat::F16, reps, bw);
+        }
+    return 0;
+}

@@ -1,0 +1,390 @@
+// The latent decode attention kernel (kernels/latent_attention.cuh) against a
+// float64 CPU reference of STAR-KV attention (src/model/forward.cpp
+// latent_attention's semantics for one query token): ragged per-head key
+// ranks, MHA and GQA, both RoPE layouts (full and partial), fp16 and bf16,
+// odd context lengths, a different length per sequence. Fresh random inputs,
+// output poisoned (NaN) before each run. Device tests skip without a GPU;
+// shape validation runs everywhere. STARKV_LATENT_TEST_SMALL=1 drops the
+// long-context case (for compute-sanitizer runs).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "latent_attention.cuh"
+
+using starkv::cuda::LatentAttnArgs;
+using starkv::cuda::LatentAttnShape;
+using starkv::cuda::LatentFormat;
+using starkv::cuda::latent_rank_pad;
+
+namespace {
+
+bool have_device() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::mt19937 rng(4242);
+
+// Element conversions for the two formats (host side).
+struct Bf16 {
+    using T = __nv_bfloat16;
+    static constexpr LatentFormat kFormat = LatentFormat::BF16;
+    static T from(float x) { return __float2bfloat16_rn(x); }
+    static float to(T x) { return __bfloat162float(x); }
+};
+struct F16 {
+    using T = __half;
+    static constexpr LatentFormat kFormat = LatentFormat::F16;
+    static T from(float x) { return __float2half_rn(x); }
+    static float to(T x) { return __half2float(x); }
+};
+
+template <typename E>
+struct Buf {  // host values (as the device sees them, rounded) and device copy
+    std::vector<typename E::T> h;
+    std::vector<double> d;  // the same values, for the reference
+    void* dev = nullptr;
+    void fill(size_t n, float scale) {
+        std::normal_distribution<float> nd(0.0f, scale);
+        h.resize(n);
+        d.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+            h[i] = E::from(nd(rng));
+            d[i] = E::to(h[i]);
+        }
+    }
+    void upload() {
+        ASSERT_EQ(cudaMalloc(&dev, std::max<size_t>(h.size(), 1) * sizeof(typename E::T)), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(dev, h.data(), h.size() * sizeof(typename E::T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    ~Buf() { cudaFree(dev); }
+};
+
+struct Case {
+    int n_seq, n_head, n_kv, hd, rope_dims;
+    bool half_split;
+    int v_rank;
+    std::vector<int> ranks, n_keys;
+    int ctx_cap;
+};
+
+// Reference: for each sequence b and query head hq (KV head h = hq / G):
+// k_j = RoPE(U_h z_j, j); s_j = scale q . k_j; p = softmax(s);
+// acc = sum_j p_j v_j (value latents); o = U_v[h rows] acc.
+std::vector<double> reference(const Case& c, const std::vector<float>& q, const std::vector<double>& klat,
+                              const std::vector<double>& ku, const std::vector<double>& vlat,
+                              const std::vector<double>& vu, const std::vector<double>& inv_freq) {
+    const int G = c.n_head / c.n_kv, hd = c.hd, half = c.rope_dims / 2;
+    std::vector<int> pad(c.n_kv), off(c.n_kv);
+    int sum = 0;
+    for (int h = 0; h < c.n_kv; ++h) {
+        pad[h] = latent_rank_pad(c.ranks[h]);
+        off[h] = sum;
+        sum += pad[h];
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    std::vector<double> out(static_cast<size_t>(c.n_seq) * c.n_head * hd, 0.0);
+    for (int b = 0; b < c.n_seq; ++b) {
+        const int n = c.n_keys[b];
+        for (int h = 0; h < c.n_kv; ++h) {
+            std::vector<double> keys(static_cast<size_t>(n) * hd);
+            for (int j = 0; j < n; ++j) {
+                double* k = &keys[static_cast<size_t>(j) * hd];
+                const double* z = &klat[(static_cast<size_t>(b) * sum * c.ctx_cap) +
+                                        static_cast<size_t>(off[h]) * c.ctx_cap + static_cast<size_t>(j) * pad[h]];
+                for (int d = 0; d < hd; ++d) {
+                    double a = 0;
+                    for (int r = 0; r < c.ranks[h]; ++r)  // the true rank: padding never counts
+                        a += ku[static_cast<size_t>(off[h]) * hd + static_cast<size_t>(d) * pad[h] + r] * z[r];
+                    k[d] = a;
+                }
+                for (int i = 0; i < half; ++i) {
+                    const double ang = j * inv_freq[i], cs = std::cos(ang), sn = std::sin(ang);
+                    const int ia = c.half_split ? i : 2 * i, ib = c.half_split ? i + half : 2 * i + 1;
+                    const double x0 = k[ia], x1 = k[ib];
+                    k[ia] = x0 * cs - x1 * sn;
+                    k[ib] = x0 * sn + x1 * cs;
+                }
+            }
+            for (int g = 0; g < G; ++g) {
+                const int hq = h * G + g;
+                const float* qq = &q[(static_cast<size_t>(b) * c.n_head + hq) * hd];
+                std::vector<double> s(n);
+                double mx = -INFINITY;
+                for (int j = 0; j < n; ++j) {
+                    double a = 0;
+                    for (int d = 0; d < hd; ++d) a += qq[d] * keys[static_cast<size_t>(j) * hd + d];
+                    s[j] = a * scale;
+                    mx = std::max(mx, s[j]);
+                }
+                double l = 0;
+                for (int j = 0; j < n; ++j) l += (s[j] = std::exp(s[j] - mx));
+                std::vector<double> acc(c.v_rank, 0.0);
+                for (int j = 0; j < n; ++j)
+                    for (int r = 0; r < c.v_rank; ++r)
+                        acc[r] += s[j] / l * vlat[(static_cast<size_t>(b) * c.ctx_cap + j) * c.v_rank + r];
+                double* o = &out[(static_cast<size_t>(b) * c.n_head + hq) * hd];
+                for (int d = 0; d < hd; ++d) {
+                    double a = 0;
+                    for (int r = 0; r < c.v_rank; ++r)
+                        a += vu[(static_cast<size_t>(h) * hd + d) * c.v_rank + r] * acc[r];
+                    o[d] = a;
+                }
+            }
+        }
+    }
+    return out;
+}
+
+template <typename E>
+double run_case(const Case& c) {
+    const int G = c.n_head / c.n_kv;
+    (void)G;
+    LatentAttnShape s;
+    s.n_seq = c.n_seq;
+    s.n_head = c.n_head;
+    s.n_kv = c.n_kv;
+    s.head_dim = c.hd;
+    s.rope_dims = c.rope_dims;
+    s.rope_half_split = c.half_split;
+    s.v_rank = c.v_rank;
+    s.ctx_cap = c.ctx_cap;
+    s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
+    s.format = E::kFormat;
+    int sum = 0;
+    for (int h = 0; h < c.n_kv; ++h) {
+        s.k_rank[h] = c.ranks[h];
+        sum += latent_rank_pad(c.ranks[h]);
+    }
+
+    // Inputs: latents with random (finite) padding columns; U_h's padding columns zero.
+    Buf<E> klat, ku, vlat, vu;
+    klat.fill(static_cast<size_t>(c.n_seq) * sum * c.ctx_cap, 1.0f);
+    ku.fill(static_cast<size_t>(sum) * c.hd, 1.0f);
+    {
+        int off = 0;
+        for (int h = 0; h < c.n_kv; ++h) {
+            const int pad = latent_rank_pad(c.ranks[h]);
+            const float sc = 1.0f / std::sqrt(static_cast<float>(c.ranks[h]));
+            for (int d = 0; d < c.hd; ++d)
+                for (int r = 0; r < pad; ++r) {
+                    const size_t i = static_cast<size_t>(off) * c.hd + static_cast<size_t>(d) * pad + r;
+                    ku.h[i] = E::from(r < c.ranks[h] ? E::to(ku.h[i]) * sc : 0.0f);
+                    ku.d[i] = E::to(ku.h[i]);
+                }
+            off += pad;
+        }
+    }
+    vlat.fill(static_cast<size_t>(c.n_seq) * c.ctx_cap * c.v_rank, 1.0f);
+    vu.fill(static_cast<size_t>(c.n_kv) * c.hd * c.v_rank, 1.0f / std::sqrt(static_cast<float>(c.v_rank)));
+    std::vector<float> q(static_cast<size_t>(c.n_seq) * c.n_head * c.hd);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto& x : q) x = nd(rng);
+    std::vector<double> inv_freq(std::max(c.rope_dims / 2, 1));
+    for (int i = 0; i < c.rope_dims / 2; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / c.rope_dims);
+
+    klat.upload();
+    ku.upload();
+    vlat.upload();
+    vu.upload();
+    float *dq = nullptr, *dout = nullptr;
+    double* dinv = nullptr;
+    int* dn = nullptr;
+    void* ws = nullptr;
+    const size_t ws_bytes = starkv::cuda::latent_attention_workspace(s);
+    EXPECT_GT(ws_bytes, 0u);
+    const size_t out_n = static_cast<size_t>(c.n_seq) * c.n_head * c.hd;
+    EXPECT_EQ(cudaMalloc(&dq, q.size() * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dout, out_n * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dinv, inv_freq.size() * sizeof(double)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dn, c.n_seq * sizeof(int)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&ws, ws_bytes), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(dq, q.data(), q.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(dinv, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(dn, c.n_keys.data(), c.n_seq * sizeof(int), cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemset(dout, 0xff, out_n * sizeof(float)), cudaSuccess);  // NaN
+
+    LatentAttnArgs a;
+    a.q = dq;
+    a.k_lat = klat.dev;
+    a.k_u = ku.dev;
+    a.v_lat = vlat.dev;
+    a.v_u = vu.dev;
+    a.n_keys = dn;
+    a.inv_freq = dinv;
+    a.out = dout;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    EXPECT_EQ(starkv::cuda::latent_attention(s, a, ws, ws_bytes, nullptr), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<float> got(out_n);
+    EXPECT_EQ(cudaMemcpy(got.data(), dout, out_n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    // A workspace one byte short is refused.
+    EXPECT_EQ(starkv::cuda::latent_attention(s, a, ws, ws_bytes - 1, nullptr), cudaErrorInvalidValue);
+    cudaFree(dq);
+    cudaFree(dout);
+    cudaFree(dinv);
+    cudaFree(dn);
+    cudaFree(ws);
+
+    const auto want = reference(c, q, klat.d, ku.d, vlat.d, vu.d, inv_freq);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out_n; ++i) {
+        if (std::isnan(got[i])) return INFINITY;
+        num = std::max(num, std::fabs(got[i] - want[i]));
+        den = std::max(den, std::fabs(want[i]));
+    }
+    return num / den;
+}
+
+bool small() {
+    const char* e = std::getenv("STARKV_LATENT_TEST_SMALL");
+    return e && *e == '1';
+}
+
+}  // namespace
+
+TEST(LatentAttentionShape, InvalidShapesAreRefused) {
+    LatentAttnShape s;
+    s.n_seq = 2;
+    s.n_head = 8;
+    s.n_kv = 2;
+    s.head_dim = 128;
+    s.rope_dims = 128;
+    s.v_rank = 256;
+    s.ctx_cap = 100;
+    s.max_keys = 100;
+    s.k_rank[0] = s.k_rank[1] = 32;
+    EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
+    auto bad = [&](auto edit) {
+        LatentAttnShape t = s;
+        edit(t);
+        EXPECT_EQ(starkv::cuda::latent_attention_workspace(t), 0u);
+        LatentAttnArgs a;
+        EXPECT_EQ(starkv::cuda::latent_attention(t, a, nullptr, 0, nullptr), cudaErrorInvalidValue);
+    };
+    bad([](LatentAttnShape& t) { t.head_dim = 96; });
+    bad([](LatentAttnShape& t) { t.n_head = 7; });   // not a multiple of n_kv
+    bad([](LatentAttnShape& t) { t.n_head = 32; });  // group of 16
+    bad([](LatentAttnShape& t) { t.k_rank[1] = 0; });
+    bad([](LatentAttnShape& t) { t.k_rank[0] = 129; });
+    bad([](LatentAttnShape& t) { t.v_rank = 200; });
+    bad([](LatentAttnShape& t) { t.rope_dims = 40; });
+    bad([](LatentAttnShape& t) { t.max_keys = 101; });  // past the cache
+    bad([](LatentAttnShape& t) {  // too many query heads
+        t.n_head = 80;
+        t.n_kv = 10;
+    });
+    // Valid shape, missing pointers: refused, not launched.
+    LatentAttnArgs a;
+    EXPECT_EQ(starkv::cuda::latent_attention(s, a, nullptr, 0, nullptr), cudaErrorInvalidValue);
+}
+
+// The reference's latent-space value sum equals ordinary attention over the
+// expanded cache (V_j = U_v^h v_j), computed here the long way. Runs without a GPU.
+TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
+    Case c{2, 6, 3, 64, 48, false, 128, {16, 24, 40}, {5, 37}, 40};
+    const int G = c.n_head / c.n_kv, hd = c.hd, half = c.rope_dims / 2;
+    int sum = 0;
+    std::vector<int> off;
+    for (int r : c.ranks) {
+        off.push_back(sum);
+        sum += latent_rank_pad(r);
+    }
+    std::normal_distribution<double> nd(0.0, 1.0);
+    auto draw = [&](size_t n) {
+        std::vector<double> v(n);
+        for (auto& x : v) x = nd(rng);
+        return v;
+    };
+    auto klat = draw(static_cast<size_t>(c.n_seq) * sum * c.ctx_cap), ku = draw(static_cast<size_t>(sum) * hd);
+    auto vlat = draw(static_cast<size_t>(c.n_seq) * c.ctx_cap * c.v_rank);
+    auto vu = draw(static_cast<size_t>(c.n_kv) * hd * c.v_rank);
+    std::vector<float> q(static_cast<size_t>(c.n_seq) * c.n_head * hd);
+    for (auto& x : q) x = static_cast<float>(nd(rng));
+    std::vector<double> inv_freq(half);
+    for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / c.rope_dims);
+    const auto got = reference(c, q, klat, ku, vlat, vu, inv_freq);
+
+    double worst = 0, scale = 0;
+    for (int b = 0; b < c.n_seq; ++b)
+        for (int hq = 0; hq < c.n_head; ++hq) {
+            const int h = hq / G, n = c.n_keys[b], pad = latent_rank_pad(c.ranks[h]);
+            std::vector<double> s(n), o(hd, 0.0);
+            for (int j = 0; j < n; ++j) {
+                std::vector<double> k(hd, 0.0);
+                for (int d = 0; d < hd; ++d)
+                    for (int r = 0; r < c.ranks[h]; ++r)
+                        k[d] += ku[static_cast<size_t>(off[h]) * hd + d * pad + r] *
+                                klat[static_cast<size_t>(b) * sum * c.ctx_cap + static_cast<size_t>(off[h]) * c.ctx_cap +
+                                     static_cast<size_t>(j) * pad + r];
+                for (int i = 0; i < half; ++i) {  // adjacent pairs, as the case says
+                    const double a = j * inv_freq[i], x0 = k[2 * i], x1 = k[2 * i + 1];
+                    k[2 * i] = x0 * std::cos(a) - x1 * std::sin(a);
+                    k[2 * i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
+                }
+                s[j] = 0;
+                for (int d = 0; d < hd; ++d) s[j] += q[(static_cast<size_t>(b) * c.n_head + hq) * hd + d] * k[d];
+                s[j] /= std::sqrt(static_cast<double>(hd));
+            }
+            const double mx = *std::max_element(s.begin(), s.end());
+            double l = 0;
+            for (auto& x : s) l += (x = std::exp(x - mx));
+            for (int j = 0; j < n; ++j)
+                for (int d = 0; d < hd; ++d) {
+                    double v = 0;  // the expanded value row of this KV head
+                    for (int r = 0; r < c.v_rank; ++r)
+                        v += vu[(static_cast<size_t>(h) * hd + d) * c.v_rank + r] *
+                             vlat[(static_cast<size_t>(b) * c.ctx_cap + j) * c.v_rank + r];
+                    o[d] += s[j] / l * v;
+                }
+            for (int d = 0; d < hd; ++d) {
+                const double g = got[(static_cast<size_t>(b) * c.n_head + hq) * hd + d];
+                worst = std::max(worst, std::fabs(g - o[d]));
+                scale = std::max(scale, std::fabs(o[d]));
+            }
+        }
+    EXPECT_GT(scale, 0.0);
+    EXPECT_LT(worst / scale, 1e-12);
+}
+
+TEST(LatentAttention, MhaBf16RaggedRanksAdjacentRope) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case c{3, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1, 77, 300}, 301};
+    const double e = run_case<Bf16>(c);
+    EXPECT_LT(e, 1e-2) << "rel err " << e;
+    std::printf("[latent] MHA bf16 ragged ranks: rel err %.2e\n", e);
+}
+
+TEST(LatentAttention, GqaF16HalfSplitPartialRope) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case c{2, 8, 2, 64, 32, true, 128, {24, 64}, {129, 1000}, 1003};
+    const double e = run_case<F16>(c);
+    EXPECT_LT(e, 3e-3) << "rel err " << e;
+    std::printf("[latent] GQA fp16 half-split partial rope: rel err %.2e\n", e);
+}
+
+TEST(LatentAttention, GqaBf16FullHalfSplitGroup8) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case c{2, 16, 2, 128, 128, true, 128, {128, 33}, {65, 64}, 70};
+    const double e = run_case<Bf16>(c);
+    EXPECT_LT(e, 1e-2) << "rel err " << e;
+    std::printf("[latent] GQA bf16 group 8, rank 128: rel err %.2e\n", e);
+}
+
+TEST(LatentAttention, Llama3ShapesLongContext) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    if (small()) GTEST_SKIP() << "STARKV_LATENT_TEST_SMALL";
+    Case c{2, 32, 8, 128, 128, false, 256, {32, 32, 32, 32, 32, 32, 32, 32}, {4097, 2500}, 4100};
+    const double e = run_case<F16>(c);
+    EXPECT_LT(e, 3e-3) << "rel err " << e;
+    std::printf("[latent] Llama-3 shapes fp16, 4097 keys: rel err %.2e\n", e);
+}

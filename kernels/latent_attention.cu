@@ -1,0 +1,854 @@
+#include "latent_attention.cuh"
+
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+#include <type_traits>
+
+namespace starkv::cuda {
+namespace {
+
+constexpr int kTile = 64;        // keys per tile (both passes)
+constexpr int kThreads = 128;    // 4 warps; each owns 16 keys (scores) or 32 value columns (values)
+constexpr int kStagesK = 4;      // key-latent tiles in flight per block
+constexpr int kStagesV = 3;      // value-latent tiles in flight per block
+constexpr int kSlice = 128;      // value-rank columns per block in the value pass
+constexpr int kPad = 8;          // elements added to each shared row: ldmatrix rows hit distinct banks
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- PTX helpers (sm_80+: cp.async, ldmatrix, mma.sync m16n8k16) ----
+
+__device__ inline void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int n = valid ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ inline void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ inline void ldsm_x4(uint32_t (&r)[4], const void* p) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+__device__ inline void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+// c += a * b, fp32 accumulate; b holds one 16x8 fragment (b0, b1).
+template <typename T>
+__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ inline void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ inline void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T>
+__device__ inline T from_float(float x);
+template <>
+__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <>
+__device__ inline __half from_float<__half>(float x) {
+    return __float2half_rn(x);
+}
+
+// (m, l) of two softmax partials in base 2, merged.
+__device__ inline void merge_ml(float& m, float& l, float mo, float lo) {
+    const float mn = fmaxf(m, mo);
+    if (mn == -INFINITY) return;  // both empty
+    l = l * exp2f(m - mn) + lo * exp2f(mo - mn);
+    m = mn;
+}
+
+// ---- the tile loaders: the only reads of latents (a quantized format adds its own) ----
+
+// Key-latent tile: rows [t0, t0 + kTile) of one (sequence, KV head), R
+// columns; rows at or past k_end are zero-filled. Each thread's 16-byte pieces
+// (R/16 of them) keep their offsets from tile to tile: computed once.
+template <typename T>
+struct KeyTileLoader {
+    static constexpr int kMax = kLatMaxKeyRank / 16;
+    int soff[kMax], doff[kMax];  // within the tile: source (row * R + col) and shared (row * (R + kPad) + col)
+    int R;
+    __device__ void init(int rank) {
+        R = rank;
+        const int per_row = R / 8;
+#pragma unroll
+        for (int k = 0; k < kMax; ++k) {
+            const int e = threadIdx.x + k * kThreads, row = e / per_row, col = e % per_row;
+            soff[k] = e < kTile * per_row ? row * R + col * 8 : -1;
+            doff[k] = row * (R + kPad) + col * 8;
+        }
+    }
+    __device__ void load(T* dst, const T* src, int t0, int k_end) const {
+        const T* base = src + static_cast<size_t>(t0) * R;
+        const int limit = (k_end - t0) * R;  // pieces of rows past k_end start at or after this
+#pragma unroll
+        for (int k = 0; k < kMax; ++k) {
+            if (soff[k] >= 0) {
+                const bool ok = soff[k] < limit;
+                cp_async16(dst + doff[k], ok ? base + soff[k] : src, ok);
+            }
+        }
+    }
+};
+
+// Value-latent tile: rows [t0, t0 + kTile), columns [c0, c0 + kSlice) of a
+// row of v_rank; rows at or past k_end are zero-filled (P is 0 there, and 0 * NaN is not 0).
+template <typename T>
+__device__ inline void load_value_tile(T* dst, const T* src, int v_rank, int c0, int t0, int k_end) {
+    constexpr int per_row = kSlice / 8;
+    for (int e = threadIdx.x; e < kTile * per_row; e += kThreads) {
+        const int row = e / per_row, col = e % per_row;
+        const bool ok = t0 + row < k_end;
+        const T* g = ok ? src + static_cast<size_t>(t0 + row) * v_rank + c0 + col * 8 : src;
+        cp_async16(dst + row * (kSlice + kPad) + col * 8, g, ok);
+    }
+}
+
+// ---- pass 1: scores ----
+
+struct ScoreParams {
+    const float* q;
+    const void* k_lat;
+    const void* k_u;
+    const int* n_keys;
+    const double* inv_freq;
+    float* scores;  // [n_seq][n_head][keys_pad], scaled by scale*log2(e)
+    float2* ml;     // [n_seq][n_head][n_chunk1] (max, sum) in base 2
+    int n_head, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
+    long long seq_stride;  // key-latent elements per sequence
+    float scale_log2;
+    int rpad[kLatMaxKvHeads];
+    int roff[kLatMaxKvHeads];  // sum of the earlier heads' padded ranks
+};
+
+__host__ __device__ constexpr int cs_stride(int hd, bool half) { return hd / 2 + (half ? 8 : 4); }
+
+__host__ __device__ inline size_t score_smem_bytes(int hd, bool half, int R, int G, size_t elem) {
+    return (static_cast<size_t>(hd) * (R + kPad) + static_cast<size_t>(kStagesK) * kTile * (R + kPad)) * elem +
+           static_cast<size_t>(2) * G * hd * sizeof(float) +
+           static_cast<size_t>(kTile) * cs_stride(hd, half) * sizeof(float2) + 4 * kLatMaxGroup * sizeof(float2);
+}
+
+// Block: (chunk of keys, KV head, sequence). Keys of a tile are at positions
+// p0 + r; q . R(p0 + r) k = (R(-p0) q) . (R(r) k): the queries are turned back
+// by p0 once per tile (qt), the keys forward by their in-tile offset r, whose
+// cos/sin table (cs) is the same for every tile. GM: the group size rounded up
+// to a power of two (loops over the group unroll).
+template <typename T, int HD, bool HALF, int GM>
+__global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) {
+    constexpr int NT = HD / 8;  // n-tiles of 8 dimensions
+    constexpr int CSS = cs_stride(HD, HALF);
+    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
+    const int n = min(p.n_keys[b], p.max_keys);
+    const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    float2* ml_out = p.ml + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * p.n_chunk + chunk;
+    if (k0 >= k_end) {
+        if (tid < G) ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* Us = reinterpret_cast<T*>(smem);
+    T* Zs = Us + HD * RS;
+    float* qt = reinterpret_cast<float*>(Zs + kStagesK * kTile * RS);  // [2][G][HD]
+    float2* cs = reinterpret_cast<float2*>(qt + 2 * G * HD);           // [kTile][CSS]
+    float2* red = cs + kTile * CSS;                                     // [4][kLatMaxGroup]
+
+    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[h];
+    const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[h];
+    const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
+
+    // U_h and the first tiles in flight while the tables are built.
+    for (int e = tid; e < HD * (R / 8); e += kThreads) {
+        const int row = e / (R / 8), col = e % (R / 8);
+        cp_async16(Us + row * RS + col * 8, usrc + static_cast<size_t>(row) * R + col * 8, true);
+    }
+    KeyTileLoader<T> loader;
+    loader.init(R);
+#pragma unroll
+    for (int s = 0; s < kStagesK - 1; ++s) {
+        if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
+        cp_async_commit();
+    }
+
+    // cs[r][i] = (cos, sin)(r * theta_i); pairs past the rotated dimensions stay (1, 0).
+    for (int e = tid; e < kTile * (HD / 2); e += kThreads) {
+        const int r = e / (HD / 2), i = e % (HD / 2);
+        float s = 0.0f, c = 1.0f;
+        if (i < np) {  // r * theta < 64 rad: reduce to [-pi, pi] in fp32 (error ~4e-6), then the fast unit
+            const float a = static_cast<float>(r * p.inv_freq[i]);
+            __sincosf(a - 6.28318530718f * rintf(a * 0.159154943092f), &s, &c);
+        }
+        cs[r * CSS + i] = make_float2(c, s);
+    }
+    // qt: the queries; the rotated pairs are rewritten for every tile.
+    const float* qsrc = p.q + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * HD;
+    for (int e = tid; e < G * HD; e += kThreads)
+        if (e % HD >= rd) qt[e] = qt[G * HD + e] = qsrc[e];  // never rotated
+    // Pairs (g, i) this thread turns back by p0 each tile: cos/sin(p0 theta_i)
+    // advanced by a fixed step of kTile positions (exact start from double).
+    constexpr int kMaxOwn = (GM * (HD / 2) + kThreads - 1) / kThreads;
+    float own_q0[kMaxOwn], own_q1[kMaxOwn], own_c[kMaxOwn], own_s[kMaxOwn], step_c[kMaxOwn], step_s[kMaxOwn];
+    int own_a[kMaxOwn], own_b[kMaxOwn];
+#pragma unroll
+    for (int k = 0; k < kMaxOwn; ++k) {
+        const int e = tid + k * kThreads;
+        own_q0[k] = own_q1[k] = own_c[k] = own_s[k] = step_c[k] = step_s[k] = 0.0f;
+        own_a[k] = own_b[k] = -1;
+        if (e < G * np) {
+            const int g = e / np, i = e % np;
+            own_a[k] = g * HD + (HALF ? i : 2 * i);
+            own_b[k] = g * HD + (HALF ? i + np : 2 * i + 1);
+            own_q0[k] = qsrc[own_a[k]];
+            own_q1[k] = qsrc[own_b[k]];
+            double sd, cd;
+            sincos(static_cast<double>(k0) * p.inv_freq[i], &sd, &cd);
+            own_c[k] = static_cast<float>(cd);
+            own_s[k] = static_cast<float>(sd);
+            sincos(static_cast<double>(kTile) * p.inv_freq[i], &sd, &cd);
+            step_c[k] = static_cast<float>(cd);
+            step_s[k] = static_cast<float>(sd);
+        }
+    }
+    // Writes qt[buf] for the tile whose start the owned cos/sin hold, then steps them.
+    auto turn_queries = [&](int buf) {
+#pragma unroll
+        for (int k = 0; k < kMaxOwn; ++k) {
+            if (own_a[k] >= 0) {
+                const float c = own_c[k], s = own_s[k];
+                float* dst = qt + buf * G * HD;
+                dst[own_a[k]] = own_q0[k] * c + own_q1[k] * s;
+                dst[own_b[k]] = own_q1[k] * c - own_q0[k] * s;
+                own_c[k] = c * step_c[k] - s * step_s[k];
+                own_s[k] = s * step_c[k] + c * step_s[k];
+            }
+        }
+    };
+    turn_queries(0);
+
+    float m[GM], l[GM];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    const int nks = R / 16;
+    const int rr = lane / 4, x = 2 * (lane % 4);
+    const int R0 = warp * 16 + rr, R1 = R0 + 8;
+    float* sc_out = p.scores + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * p.keys_pad;
+    // Per-lane shared-memory offsets that do not change from tile to tile.
+    const int a_off = (warp * 16 + lane % 16) * RS + (lane / 16) * 8;
+    const int b_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
+    const float2* cs0 = cs + R0 * CSS;
+    const float2* cs1 = cs + R1 * CSS;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<kStagesK - 2>();
+        __syncthreads();  // tile t and qt[t & 1] visible; tile t-1 and qt[(t+1) & 1] no longer read
+        {
+            const int nt = t + kStagesK - 1;
+            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            cp_async_commit();
+        }
+        if (t + 1 < n_tiles) turn_queries((t + 1) & 1);
+
+        // K[16 rows of this warp][HD] = Z U^T, fp32 in registers (rank loop outermost).
+        const T* Z = Zs + (t % kStagesK) * kTile * RS;
+        float kc[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) kc[j][0] = kc[j][1] = kc[j][2] = kc[j][3] = 0.0f;
+        {  // first rank step apart: its accumulators are known zeros (no register clears)
+            uint32_t af[4];
+            ldsm_x4(af, Z + a_off);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t bf[4];
+                ldsm_x4(bf, Us + b_off + 8 * j * RS);
+                mma<T>(kc[j], af, bf[0], bf[1]);
+                mma<T>(kc[j + 1], af, bf[2], bf[3]);
+            }
+        }
+        for (int ks = 1; ks < nks; ++ks) {
+            uint32_t af[4];
+            ldsm_x4(af, Z + a_off + ks * 16);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t bf[4];
+                ldsm_x4(bf, Us + b_off + 8 * j * RS + ks * 16);
+                mma<T>(kc[j], af, bf[0], bf[1]);
+                mma<T>(kc[j + 1], af, bf[2], bf[3]);
+            }
+        }
+
+        const float* qb = qt + (t & 1) * G * HD;
+        float s0[GM], s1[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) s0[g] = s1[g] = 0.0f;
+        // Rotated key values for dims (da, da+1) and (db, db+1) of rows R0 (a0, a1 / b0, b1) and R1.
+        auto dot = [&](int da, float a0, float a1, float a2, float a3, int db, float b0, float b1, float b2,
+                       float b3) {
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                if (g < G) {
+                    const float2 qa = *reinterpret_cast<const float2*>(qb + g * HD + da);
+                    const float2 qq = *reinterpret_cast<const float2*>(qb + g * HD + db);
+                    s0[g] = fmaf(a0, qa.x, fmaf(a1, qa.y, fmaf(b0, qq.x, fmaf(b1, qq.y, s0[g]))));
+                    s1[g] = fmaf(a2, qa.x, fmaf(a3, qa.y, fmaf(b2, qq.x, fmaf(b3, qq.y, s1[g]))));
+                }
+            }
+        };
+        auto rot_half = [&](const float (&ca)[4], const float (&cb)[4], int d) {
+            // (ca[e], cb[e]) is one pair (d + e%2, d + e%2 + rd/2); e = 0, 1 row R0, e = 2, 3 row R1.
+            const float4 r0 = *reinterpret_cast<const float4*>(cs0 + d);
+            const float4 r1 = *reinterpret_cast<const float4*>(cs1 + d);
+            dot(d, ca[0] * r0.x - cb[0] * r0.y, ca[1] * r0.z - cb[1] * r0.w, ca[2] * r1.x - cb[2] * r1.y,
+                ca[3] * r1.z - cb[3] * r1.w, d + rd / 2, ca[0] * r0.y + cb[0] * r0.x, ca[1] * r0.w + cb[1] * r0.z,
+                ca[2] * r1.y + cb[2] * r1.x, ca[3] * r1.w + cb[3] * r1.z);
+        };
+        if constexpr (!HALF) {
+            // Adjacent pairs (2i, 2i+1) sit in one thread: kc[j][0..1] row R0, kc[j][2..3] row R1.
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                const int ia = 4 * j + lane % 4, ib = ia + 4;
+                const float2 ra0 = cs0[ia], ra1 = cs1[ia], rb0 = cs0[ib], rb1 = cs1[ib];
+                const float(&ca)[4] = kc[j];
+                const float(&cb)[4] = kc[j + 1];
+                dot(8 * j + x, ca[0] * ra0.x - ca[1] * ra0.y, ca[0] * ra0.y + ca[1] * ra0.x,
+                    ca[2] * ra1.x - ca[3] * ra1.y, ca[2] * ra1.y + ca[3] * ra1.x, 8 * j + 8 + x,
+                    cb[0] * rb0.x - cb[1] * rb0.y, cb[0] * rb0.y + cb[1] * rb0.x, cb[2] * rb1.x - cb[3] * rb1.y,
+                    cb[2] * rb1.y + cb[3] * rb1.x);
+            }
+        } else {
+            // Half-split over the first rd dimensions: pairs are n-tiles j and j + rd/16, same
+            // thread position; the dimensions past rd are plain. The partner must be a
+            // compile-time index (a run-time one sends kc to local memory): one branch per rd.
+            auto half_split = [&](auto ht_c) {
+                constexpr int ht = decltype(ht_c)::value;
+#pragma unroll
+                for (int j = 0; j < ht; ++j) rot_half(kc[j], kc[j + ht], 8 * j + x);
+#pragma unroll
+                for (int j = 2 * ht; j < NT; j += 2)
+                    dot(8 * j + x, kc[j][0], kc[j][1], kc[j][2], kc[j][3], 8 * j + 8 + x, kc[j + 1][0], kc[j + 1][1],
+                        kc[j + 1][2], kc[j + 1][3]);
+            };
+            switch (rd / 16) {
+                case NT / 2: half_split(std::integral_constant<int, NT / 2>{}); break;
+                case 0: half_split(std::integral_constant<int, 0>{}); break;
+                case 1: half_split(std::integral_constant<int, 1>{}); break;
+                case 2: half_split(std::integral_constant<int, 2>{}); break;
+                case 3: half_split(std::integral_constant<int, 3>{}); break;
+                default:
+                    if constexpr (NT / 2 > 4) {
+                        switch (rd / 16) {
+                            case 4: half_split(std::integral_constant<int, 4>{}); break;
+                            case 5: half_split(std::integral_constant<int, 5 % (NT / 2)>{}); break;
+                            case 6: half_split(std::integral_constant<int, 6 % (NT / 2)>{}); break;
+                            default: half_split(std::integral_constant<int, 7 % (NT / 2)>{}); break;
+                        }
+                    }
+                    break;
+            }
+        }
+
+        const int t0 = k0 + t * kTile;
+        const bool v0 = t0 + R0 < k_end, v1 = t0 + R1 < k_end;
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if (g < G) {
+                float a = s0[g], c = s1[g];
+                a += __shfl_xor_sync(0xffffffffu, a, 1);
+                a += __shfl_xor_sync(0xffffffffu, a, 2);
+                c += __shfl_xor_sync(0xffffffffu, c, 1);
+                c += __shfl_xor_sync(0xffffffffu, c, 2);
+                a *= p.scale_log2;
+                c *= p.scale_log2;
+                if (lane % 4 == g % 4) {
+                    if (v0) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R0] = a;
+                    if (v1) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R1] = c;
+                }
+                const float mx = fmaxf(v0 ? a : -INFINITY, v1 ? c : -INFINITY);
+                if (mx > -INFINITY) {
+                    const float mn = fmaxf(m[g], mx);
+                    l[g] = l[g] * exp2f(m[g] - mn) + (v0 ? exp2f(a - mn) : 0.0f) + (v1 ? exp2f(c - mn) : 0.0f);
+                    m[g] = mn;
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // (m, l) over the block: lanes of a quad agree; merge the 8 row lanes, then the warps.
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        if (g < G) {
+            for (int off = 4; off < 32; off *= 2) {
+                const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+                const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+                merge_ml(m[g], l[g], mo, lo);
+            }
+            if (lane == 0) red[warp * kLatMaxGroup + g] = make_float2(m[g], l[g]);
+        }
+    }
+    __syncthreads();
+    if (tid < G) {
+        float mm = -INFINITY, ll = 0.0f;
+        for (int w = 0; w < kThreads / 32; ++w)
+            merge_ml(mm, ll, red[w * kLatMaxGroup + tid].x, red[w * kLatMaxGroup + tid].y);
+        ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(mm, ll);
+    }
+}
+
+// ---- pass 2: probability-weighted value latents ----
+
+struct ValueParams {
+    const float* scores;
+    const float2* ml;
+    const void* v_lat;
+    const int* n_keys;
+    float* part;  // [n_seq][n_chunk2][n_head][v_rank]
+    int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
+};
+
+constexpr int kPCols = kTile + kPad;
+
+__host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp) {
+    return (static_cast<size_t>(kStagesV) * kTile * (kSlice + kPad) + 2 * static_cast<size_t>(hp) * kPCols) * elem +
+           2 * kLatMaxHeads * sizeof(float);
+}
+
+// Block: (slice of the value rank, chunk of keys, sequence). Each tile:
+// P[heads][keys] = 2^(s - M) / L (the global softmax, from pass 1's chunk
+// partials), then acc[heads][slice] += P x Vlat[keys][slice]. The scores of
+// tile t+2 are loaded into registers while tile t is multiplied. MT: 16-row
+// tiles of heads (P rows, padded with zeros).
+template <typename T, int MT>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kernel(ValueParams p) {
+    constexpr int HP = MT * 16;
+    constexpr int kPRegs = HP * kTile / kThreads;
+    const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int n = min(p.n_keys[b], p.max_keys);
+    const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
+    const int n_tiles = k_end > k0 ? (k_end - k0 + kTile - 1) / kTile : 0;
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* Vs = reinterpret_cast<T*>(smem);
+    T* Ps = Vs + kStagesV * kTile * (kSlice + kPad);  // [2][HP][kPCols]
+    float* Ms = reinterpret_cast<float*>(Ps + 2 * HP * kPCols);
+    float* iL = Ms + kLatMaxHeads;
+
+    const T* vsrc = static_cast<const T*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * p.v_rank;
+    const int c0 = slice * kSlice;
+#pragma unroll
+    for (int s = 0; s < kStagesV - 1; ++s) {
+        if (s < n_tiles) load_value_tile(Vs + s * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, k0 + s * kTile, k_end);
+        cp_async_commit();
+    }
+    // The softmax of each head over the whole context, from the chunk partials.
+    if (tid < p.n_head) {
+        const float2* src = p.ml + (static_cast<size_t>(b) * p.n_head + tid) * p.n_chunk1;
+        float mm = -INFINITY, ll = 0.0f;
+        for (int c = 0; c < p.n_chunk1; ++c) merge_ml(mm, ll, src[c].x, src[c].y);
+        Ms[tid] = mm;
+        iL[tid] = ll > 0.0f ? 1.0f / ll : 0.0f;
+    }
+    __syncthreads();
+
+    const float* ssrc = p.scores + static_cast<size_t>(b) * p.n_head * p.keys_pad;
+    float sreg[kPRegs];
+    auto fetch = [&](int t) {  // scores of tile t into registers
+        const int t0 = k0 + t * kTile;
+#pragma unroll
+        for (int k = 0; k < kPRegs; ++k) {
+            const int e = tid + k * kThreads, head = e / kTile, key = t0 + e % kTile;
+            sreg[k] = (head < p.n_head && t < n_tiles && key < k_end)
+                          ? ssrc[static_cast<size_t>(head) * p.keys_pad + key]
+                          : -INFINITY;
+        }
+    };
+    auto store_p = [&](int buf) {  // P of the fetched tile into Ps[buf]
+#pragma unroll
+        for (int k = 0; k < kPRegs; ++k) {
+            const int e = tid + k * kThreads, head = e / kTile, key = e % kTile;
+            const float v = sreg[k] == -INFINITY ? 0.0f : exp2f(sreg[k] - Ms[head]) * iL[head];
+            Ps[(buf * HP + head) * kPCols + key] = from_float<T>(v);
+        }
+    };
+    if (n_tiles > 0) {
+        fetch(0);
+        store_p(0);
+        fetch(1);
+    }
+
+    float acc[MT][4][4];
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[a][j][i] = 0.0f;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<kStagesV - 2>();
+        __syncthreads();  // V tile t and Ps[t & 1] visible; tile t-1 no longer read
+        {
+            const int nt = t + kStagesV - 1;
+            if (nt < n_tiles)
+                load_value_tile(Vs + (nt % kStagesV) * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, k0 + nt * kTile,
+                                k_end);
+            cp_async_commit();
+        }
+        if (t + 1 < n_tiles) {
+            store_p((t + 1) & 1);
+            fetch(t + 2);
+        }
+        const T* V = Vs + (t % kStagesV) * kTile * (kSlice + kPad);
+        const T* P = Ps + (t & 1) * HP * kPCols;
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) {
+            uint32_t bf[2][4];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int row = ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+                const int col = warp * 32 + j * 16 + (lane / 16) * 8;
+                ldsm_x4_t(bf[j], V + row * (kSlice + kPad) + col);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                uint32_t af[4];
+                ldsm_x4(af, P + (mt * 16 + lane % 16) * kPCols + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    mma<T>(acc[mt][2 * j], af, bf[j][0], bf[j][1]);
+                    mma<T>(acc[mt][2 * j + 1], af, bf[j][2], bf[j][3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    float* dst = p.part + (static_cast<size_t>(b) * p.n_chunk + chunk) * p.n_head * p.v_rank + c0;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = warp * 32 + j * 8 + 2 * (lane % 4);
+            const int h0 = mt * 16 + lane / 4, h1 = h0 + 8;
+            if (h0 < p.n_head)
+                *reinterpret_cast<float2*>(dst + static_cast<size_t>(h0) * p.v_rank + col) =
+                    make_float2(acc[mt][j][0], acc[mt][j][1]);
+            if (h1 < p.n_head)
+                *reinterpret_cast<float2*>(dst + static_cast<size_t>(h1) * p.v_rank + col) =
+                    make_float2(acc[mt][j][2], acc[mt][j][3]);
+        }
+    }
+}
+
+// ---- 3: sum the chunks; acc[kvh][b * G + g][r] ----
+
+__global__ void latent_reduce_kernel(const float* part, float* acc, int n_seq, int n_head, int G, int v_rank,
+                                     int n_chunk) {
+    const size_t total = static_cast<size_t>(n_seq) * n_head * (v_rank / 4);
+    for (size_t e = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; e < total;
+         e += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const int r4 = static_cast<int>(e % (v_rank / 4));
+        const int hq = static_cast<int>((e / (v_rank / 4)) % n_head);
+        const int b = static_cast<int>(e / (static_cast<size_t>(v_rank / 4) * n_head));
+        float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int c = 0; c < n_chunk; ++c) {
+            const float4 v = *reinterpret_cast<const float4*>(
+                part + ((static_cast<size_t>(b) * n_chunk + c) * n_head + hq) * v_rank + 4 * r4);
+            s.x += v.x;
+            s.y += v.y;
+            s.z += v.z;
+            s.w += v.w;
+        }
+        const int kvh = hq / G, g = hq % G;
+        *reinterpret_cast<float4*>(acc + ((static_cast<size_t>(kvh) * n_seq + b) * G + g) * v_rank + 4 * r4) = s;
+    }
+}
+
+// ---- 4: o[b][kvh*G+g][d] = U_v[kvh*hd + d] . acc[kvh][b*G+g] ----
+// Block: (KV head, 16 rows of U_v); warp w holds rows 2w, 2w+1 in registers
+// (lane: columns 128k + 4 lane ..), the batch's acc rows staged in shared memory.
+
+constexpr int kExpandRows = 16;
+constexpr int kMaxVRank = 2048;
+
+__device__ inline float2 to_float2(uint32_t v, __nv_bfloat16*) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+__device__ inline float2 to_float2(uint32_t v, __half*) { return __half22float2(*reinterpret_cast<const __half2*>(&v)); }
+
+template <typename T>
+__global__ void __launch_bounds__(256) latent_expand_kernel(const T* vu, const float* acc, float* out, int n_seq,
+                                                            int n_head, int G, int hd, int v_rank, int nc) {
+    extern __shared__ __align__(16) float As[];  // [nc][v_rank]
+    const int kvh = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int d0 = blockIdx.y * kExpandRows + warp * 2;
+    const int N = n_seq * G, nk = v_rank / 128;
+    uint2 u[2][kMaxVRank / 128];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int k = 0; k < kMaxVRank / 128; ++k)
+            u[r][k] = (k < nk && d0 + r < hd) ? *reinterpret_cast<const uint2*>(
+                                                     vu + (static_cast<size_t>(kvh) * hd + d0 + r) * v_rank + 128 * k +
+                                                     4 * lane)
+                                               : make_uint2(0u, 0u);
+    const float* a = acc + static_cast<size_t>(kvh) * N * v_rank;
+    for (int n0 = 0; n0 < N; n0 += nc) {
+        const int cnt = min(nc, N - n0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < cnt * v_rank / 4; e += blockDim.x)
+            reinterpret_cast<float4*>(As)[e] = reinterpret_cast<const float4*>(a + static_cast<size_t>(n0) * v_rank)[e];
+        __syncthreads();
+        for (int nn = 0; nn < cnt; ++nn) {
+            float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kMaxVRank / 128; ++k) {
+                if (k < nk) {
+                    const float4 av = *reinterpret_cast<const float4*>(As + nn * v_rank + 128 * k + 4 * lane);
+                    const float2 u00 = to_float2(u[0][k].x, static_cast<T*>(nullptr)),
+                                 u01 = to_float2(u[0][k].y, static_cast<T*>(nullptr));
+                    const float2 u10 = to_float2(u[1][k].x, static_cast<T*>(nullptr)),
+                                 u11 = to_float2(u[1][k].y, static_cast<T*>(nullptr));
+                    s0 += u00.x * av.x + u00.y * av.y + u01.x * av.z + u01.y * av.w;
+                    s1 += u10.x * av.x + u10.y * av.y + u11.x * av.z + u11.y * av.w;
+                }
+            }
+            for (int off = 16; off > 0; off >>= 1) {
+                s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+            }
+            if (lane == 0) {
+                const int n = n0 + nn, b = n / G, g = n % G;
+                float* o = out + (static_cast<size_t>(b) * n_head + kvh * G + g) * hd;
+                if (d0 < hd) o[d0] = s0;
+                if (d0 + 1 < hd) o[d0 + 1] = s1;
+            }
+        }
+    }
+}
+
+// ---- host side ----
+
+struct Plan {
+    int G = 0, HP = 0, chunk1 = 0, n_chunk1 = 0, chunk2 = 0, n_chunk2 = 0, n_slice = 0, keys_pad = 0;
+    long long seq_stride = 0;
+    int roff[kLatMaxKvHeads] = {};
+    size_t off_ml = 0, off_part = 0, off_acc = 0, total = 0;
+};
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+bool make_plan(const LatentAttnShape& s, Plan* pl) {
+    if (s.n_seq <= 0 || s.n_kv <= 0 || s.n_kv > kLatMaxKvHeads || s.n_head <= 0 || s.n_head > kLatMaxHeads ||
+        s.n_head % s.n_kv != 0)
+        return false;
+    pl->G = s.n_head / s.n_kv;
+    if (pl->G > kLatMaxGroup) return false;
+    if (s.head_dim != 64 && s.head_dim != 128) return false;
+    if (s.rope_dims < 0 || s.rope_dims > s.head_dim || s.rope_dims % 16 != 0) return false;
+    if (s.v_rank <= 0 || s.v_rank % kSlice != 0 || s.v_rank > kMaxVRank) return false;
+    if (s.max_keys < 0 || s.ctx_cap < s.max_keys) return false;
+    if (s.format != LatentFormat::F16 && s.format != LatentFormat::BF16) return false;
+    long long sum = 0;
+    for (int h = 0; h < s.n_kv; ++h) {
+        if (s.k_rank[h] <= 0 || s.k_rank[h] > kLatMaxKeyRank) return false;
+        pl->roff[h] = static_cast<int>(sum);
+        sum += latent_rank_pad(s.k_rank[h]);
+    }
+    pl->seq_stride = sum * s.ctx_cap;
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const long long target = 16LL * sms;  // blocks per pass: enough waves that the tail is small
+    const int keys = s.max_keys > 0 ? s.max_keys : 1;
+    const int max_chunks = ceil_div(keys, kTile);
+    auto split = [&](long long pairs, int cap, int* chunk, int* n_chunk) {
+        int c = static_cast<int>(std::min<long long>(std::max<long long>(ceil_div(target, pairs), 1), cap));
+        c = std::min(c, max_chunks);
+        *chunk = ceil_div(ceil_div(keys, c), kTile) * kTile;
+        *n_chunk = ceil_div(keys, *chunk);
+    };
+    split(static_cast<long long>(s.n_seq) * s.n_kv, max_chunks, &pl->chunk1, &pl->n_chunk1);
+    pl->n_slice = s.v_rank / kSlice;
+    // Each value chunk writes n_head * v_rank fp32 partials; keep them a few % of the latents read.
+    split(static_cast<long long>(s.n_seq) * pl->n_slice, std::max(1, keys / (24 * s.n_head)), &pl->chunk2,
+          &pl->n_chunk2);
+    pl->HP = (s.n_head + 15) / 16 * 16;
+    pl->keys_pad = ceil_div(keys, kTile) * kTile;
+    const size_t scores = static_cast<size_t>(s.n_seq) * s.n_head * pl->keys_pad * sizeof(float);
+    pl->off_ml = align256(scores);
+    pl->off_part = pl->off_ml + align256(static_cast<size_t>(s.n_seq) * s.n_head * pl->n_chunk1 * sizeof(float2));
+    pl->off_acc =
+        pl->off_part + align256(static_cast<size_t>(s.n_seq) * pl->n_chunk2 * s.n_head * s.v_rank * sizeof(float));
+    pl->total = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
+    return true;
+}
+
+template <typename T, int HD, bool HALF, int GM>
+cudaError_t launch_scores_g(const ScoreParams& p, dim3 grid, int max_r, cudaStream_t st) {
+    const size_t smem = score_smem_bytes(HD, HALF, max_r, p.G, sizeof(T));
+    const cudaError_t e =
+        cudaFuncSetAttribute(latent_scores_kernel<T, HD, HALF, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    latent_scores_kernel<T, HD, HALF, GM><<<grid, kThreads, smem, st>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T, int HD, bool HALF>
+cudaError_t launch_scores(const ScoreParams& p, dim3 grid, int max_r, cudaStream_t st) {
+    if (p.G == 1) return launch_scores_g<T, HD, HALF, 1>(p, grid, max_r, st);
+    if (p.G == 2) return launch_scores_g<T, HD, HALF, 2>(p, grid, max_r, st);
+    if (p.G <= 4) return launch_scores_g<T, HD, HALF, 4>(p, grid, max_r, st);
+    return launch_scores_g<T, HD, HALF, 8>(p, grid, max_r, st);
+}
+
+template <typename T, int MT>
+cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
+    const size_t smem = value_smem_bytes(sizeof(T), MT * 16);
+    const cudaError_t e = cudaFuncSetAttribute(latent_values_kernel<T, MT>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    latent_values_kernel<T, MT><<<grid, kThreads, smem, st>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnArgs& a, unsigned char* ws,
+                    cudaStream_t st, cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
+    float* scores = reinterpret_cast<float*>(ws);
+    float2* ml = reinterpret_cast<float2*>(ws + pl.off_ml);
+    float* part = reinterpret_cast<float*>(ws + pl.off_part);
+    float* acc = reinterpret_cast<float*>(ws + pl.off_acc);
+
+    ScoreParams sp{};
+    sp.q = a.q;
+    sp.k_lat = a.k_lat;
+    sp.k_u = a.k_u;
+    sp.n_keys = a.n_keys;
+    sp.inv_freq = a.inv_freq;
+    sp.scores = scores;
+    sp.ml = ml;
+    sp.n_head = s.n_head;
+    sp.G = pl.G;
+    sp.rope_dims = s.rope_dims;
+    sp.ctx_cap = s.ctx_cap;
+    sp.max_keys = s.max_keys;
+    sp.keys_pad = pl.keys_pad;
+    sp.chunk = pl.chunk1;
+    sp.n_chunk = pl.n_chunk1;
+    sp.seq_stride = pl.seq_stride;
+    sp.scale_log2 = a.scale * kLog2e;
+    int max_r = 16;
+    for (int h = 0; h < s.n_kv; ++h) {
+        sp.rpad[h] = latent_rank_pad(s.k_rank[h]);
+        sp.roff[h] = pl.roff[h];
+        max_r = std::max(max_r, sp.rpad[h]);
+    }
+    const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
+    cudaError_t e;
+    if (s.head_dim == 128)
+        e = s.rope_half_split ? launch_scores<T, 128, true>(sp, g1, max_r, st)
+                              : launch_scores<T, 128, false>(sp, g1, max_r, st);
+    else
+        e = s.rope_half_split ? launch_scores<T, 64, true>(sp, g1, max_r, st)
+                              : launch_scores<T, 64, false>(sp, g1, max_r, st);
+    if (e != cudaSuccess) return e;
+    if (e1 && (e = cudaEventRecord(e1, st)) != cudaSuccess) return e;
+
+    ValueParams vp{};
+    vp.scores = scores;
+    vp.ml = ml;
+    vp.v_lat = a.v_lat;
+    vp.n_keys = a.n_keys;
+    vp.part = part;
+    vp.n_head = s.n_head;
+    vp.v_rank = s.v_rank;
+    vp.ctx_cap = s.ctx_cap;
+    vp.max_keys = s.max_keys;
+    vp.keys_pad = pl.keys_pad;
+    vp.chunk = pl.chunk2;
+    vp.n_chunk = pl.n_chunk2;
+    vp.n_chunk1 = pl.n_chunk1;
+    const dim3 g2(pl.n_slice, pl.n_chunk2, s.n_seq);
+    switch (pl.HP / 16) {
+        case 1: e = launch_values<T, 1>(vp, g2, st); break;
+        case 2: e = launch_values<T, 2>(vp, g2, st); break;
+        case 3: e = launch_values<T, 3>(vp, g2, st); break;
+        default: e = launch_values<T, 4>(vp, g2, st); break;
+    }
+    if (e != cudaSuccess) return e;
+    if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
+
+    const size_t n4 = static_cast<size_t>(s.n_seq) * s.n_head * (s.v_rank / 4);
+    const int rblocks = static_cast<int>(std::min<size_t>((n4 + 255) / 256, 4096));
+    latent_reduce_kernel<<<rblocks, 256, 0, st>>>(part, acc, s.n_seq, s.n_head, pl.G, s.v_rank, pl.n_chunk2);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    if (e3 && (e = cudaEventRecord(e3, st)) != cudaSuccess) return e;
+
+    const int nc = std::max(1, std::min(s.n_seq * pl.G, 8192 / s.v_rank));
+    latent_expand_kernel<T><<<dim3(s.n_kv, (s.head_dim + kExpandRows - 1) / kExpandRows), 256,
+                              static_cast<size_t>(nc) * s.v_rank * sizeof(float), st>>>(
+        static_cast<const T*>(a.v_u), acc, a.out, s.n_seq, s.n_head, pl.G, s.head_dim, s.v_rank, nc);
+    return cudaGetLastError();
+}
+
+cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, size_t ws_bytes, cudaStream_t st,
+                cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
+    Plan pl;
+    if (!make_plan(s, &pl) || ws_bytes < pl.total || !ws || !a.q || !a.k_lat || !a.k_u || !a.v_lat || !a.v_u ||
+        !a.n_keys || !a.out || (s.rope_dims > 0 && !a.inv_freq))
+        return cudaErrorInvalidValue;
+    auto* w = static_cast<unsigned char*>(ws);
+    return s.format == LatentFormat::BF16 ? run_all<__nv_bfloat16>(s, pl, a, w, st, e1, e2, e3)
+                                          : run_all<__half>(s, pl, a, w, st, e1, e2, e3);
+}
+
+}  // namespace
+
+size_t latent_attention_workspace(const LatentAttnShape& shape) {
+    Plan pl;
+    return make_plan(shape, &pl) ? pl.total : 0;
+}
+
+cudaError_t latent_attention(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,
+                             size_t workspace_bytes, cudaStream_t s) {
+    return run(shape, args, workspace, workspace_bytes, s, nullptr, nullptr, nullptr);
+}
+
+cudaError_t latent_attention_timed(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t s, cudaEvent_t after_scores,
+                                   cudaEvent_t after_values, cudaEvent_t after_reduce) {
+    return run(shape, args, workspace, workspace_bytes, s, after_scores, after_values, after_reduce);
+}
+
+}  // namespace starkv::cuda

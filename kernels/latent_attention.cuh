@@ -1,0 +1,90 @@
+// Decode attention over a STAR-KV latent cache (one query token per sequence),
+// bound by the bytes of the latents it reads. Four launches:
+//   1. scores: per (sequence, KV head, chunk of keys): key-latent tiles are
+//      expanded to keys with tensor cores (once per KV head, shared by its
+//      query heads), rotated (RoPE at each key's absolute position) in
+//      registers and scored against the group's queries; raw scores and the
+//      chunk's softmax max/sum go to the workspace.
+//   2. values: per (sequence, slice of the value rank, chunk of keys):
+//      P[heads x keys] x Vlat[keys x slice] with tensor cores, reading each
+//      value latent once for ALL heads; partial sums per chunk.
+//   3. reduce the chunks' partial sums (no atomics);
+//   4. expand: o_h = U_v^h acc_h.
+// Semantics are src/model/forward.cpp latent_attention's for one query token.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace starkv::cuda {
+
+constexpr int kLatMaxKvHeads = 64;
+constexpr int kLatMaxHeads = 64;     // query heads: P rows in the value pass
+constexpr int kLatMaxKeyRank = 128;  // per KV head, after padding
+constexpr int kLatMaxGroup = 8;      // query heads per KV head
+
+// How the latents are stored. Quantized latents (issue 5) add a format here;
+// the kernels read latents only through their tile loaders (load_key_tile /
+// load_value_tile in latent_attention.cu), which is where a dequantizing
+// loader goes: everything after the shared-memory tile is format-independent.
+enum class LatentFormat { F16, BF16 };
+
+struct LatentAttnShape {
+    int n_seq = 0;             // sequences in the batch, one query token each
+    int n_head = 0;            // query heads (<= kLatMaxHeads)
+    int n_kv = 0;              // KV heads; n_head % n_kv == 0, group <= kLatMaxGroup
+    int head_dim = 0;          // 64 or 128
+    int rope_dims = 0;         // rotated dimensions: multiple of 16, <= head_dim
+    bool rope_half_split = false;  // pairs (i, i + rope_dims/2) instead of (2i, 2i+1)
+    int v_rank = 0;            // joint value latent rank, multiple of 128, <= 2048
+    int ctx_cap = 0;           // positions per sequence in the cache (row count)
+    int max_keys = 0;          // >= every n_keys[b]; sizes the grid and workspace
+    int k_rank[kLatMaxKvHeads] = {};  // each KV head's key rank (ragged), <= kLatMaxKeyRank
+    LatentFormat format = LatentFormat::BF16;
+};
+
+// Key rank padded to the MMA tile (16), not to the layer's largest rank.
+inline int latent_rank_pad(int r) { return (r + 15) / 16 * 16; }
+
+// Device pointers. T = the format's element type (__half or __nv_bfloat16).
+//  q:      [n_seq][n_head][head_dim] fp32, RoPE already applied at the query's position.
+//  k_lat:  per sequence, per KV head h: [ctx_cap][pad(k_rank[h])], heads back to back
+//          (sequence stride ctx_cap * sum pad(k_rank)); padding columns must be finite.
+//  k_u:    per KV head h: U_h [head_dim][pad(k_rank[h])] row-major, back to back;
+//          padding columns zero.
+//  v_lat:  [n_seq][ctx_cap][v_rank].
+//  v_u:    U_v [n_kv * head_dim][v_rank] row-major (rows of KV head h: h*head_dim..).
+//  n_keys: [n_seq] int on the device: sequence b attends to positions [0, n_keys[b]).
+//  inv_freq: [rope_dims / 2] double (cpu::RopeTable::inv_freq, scaling included).
+//  out:    [n_seq][n_head][head_dim] fp32. A sequence with no keys gets zeros.
+struct LatentAttnArgs {
+    const float* q = nullptr;
+    const void* k_lat = nullptr;
+    const void* k_u = nullptr;
+    const void* v_lat = nullptr;
+    const void* v_u = nullptr;
+    const int* n_keys = nullptr;
+    const double* inv_freq = nullptr;
+    float* out = nullptr;
+    float scale = 0.0f;  // softmax scale, usually 1/sqrt(head_dim)
+};
+
+// Workspace bytes for this shape on the current device (0 when the shape is invalid).
+size_t latent_attention_workspace(const LatentAttnShape& shape);
+
+// Enqueues the attention on stream s. Returns cudaErrorInvalidValue for a
+// shape the kernels do not take (see the limits above) or a short workspace,
+// else the launch status. Never aborts.
+cudaError_t latent_attention(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,
+                             size_t workspace_bytes, cudaStream_t s);
+
+// Per-launch view for benchmarks: the same work as latent_attention, with an
+// event recorded after each of the four stages (any may be null).
+cudaError_t latent_attention_timed(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t s, cudaEvent_t after_scores,
+                                   cudaEvent_t after_values, cudaEvent_t after_reduce);
+
+}  // namespace starkv::cuda
