@@ -538,6 +538,9 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         if (compressed[static_cast<size_t>(l)])
             install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, factors[static_cast<size_t>(l)],
                     ranks.k[static_cast<size_t>(l)], ranks.v[static_cast<size_t>(l)]);
+    // 5. Quantized latents (plan, rotation folded into the factors).
+    json kv_quant;
+    if (opt.quant.avg_bits > 0) kv_quant = quant::plan_and_fold(model, calib, opt.quant, seq_len, opt.n_threads);
     const double ppl = held_out.empty() ? 0.0 : perplexity(model, held_out, seq_len, opt.n_threads);
 
     const Budget b = count_budget(c, ranks);
@@ -566,6 +569,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                {"sharpness", opt.sharpness},
                {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0}}},
              {"held_out", {{"tokens", n_eval}, {"perplexity_uncompressed", ppl_base}, {"perplexity", ppl}}}};
+    if (!kv_quant.is_null()) out["kv_quant"] = kv_quant;
     if (opt.strategy == Strategy::Adaptive)
         out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds}, {"probe_kl", probe_kl_total}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "kv/latent_quant.h"
+
 namespace starkv {
 
 struct Matrix {
@@ -30,7 +32,12 @@ struct LatentFactors {
     std::vector<Matrix> k_u;  // per KV head: [head_dim][r_h]
     Matrix v_a;               // [r_v][n_embd]
     Matrix v_u;               // [n_head_kv * head_dim][r_v]
+    // Quantized cache rows (docs/kv-layout.md): per KV head and for the value
+    // latent; empty k_q = fp32 latents. The width is the factors' rank.
+    std::vector<LatentQuant> k_q;
+    LatentQuant v_q;
     bool active() const { return !k_a.empty(); }
+    bool quantized() const { return !k_q.empty(); }
 };
 
 struct LayerWeights {
