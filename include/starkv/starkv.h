@@ -203,6 +203,7 @@ typedef struct starkv_pack_params {
     float kv_bits;
     int32_t hadamard_block;   /* 0 = auto (default); 8, 16, 32, 64, 128; -1 = no rotation, auto block */
     int32_t kv_bits_uniform;  /* nonzero: one bit width round(kv_bits) everywhere, no split */
+    int32_t kv_bits_plain;    /* with kv_bits: layers kept plain (skip layers) store K/V at 8 or 4 bits; 0 = fp32 */
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 

@@ -262,6 +262,8 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
     starkv_pack_params_default(&p);
     STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_pack_params_default)");
     return guarded([&] {
+        if (p.kv_bits_plain != 0 && p.kv_bits == 0.0f)
+            starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_plain needs kv_bits");
         if (p.kv_bits != 0.0f && p.kv_compress == 0.0f)
             starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits quantizes STAR-KV latents: it needs kv_compress");
         starkv::PackOptions opt;
@@ -303,6 +305,9 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
                 kv.quant.hadamard = p.hadamard_block >= 0;
                 kv.quant.block = std::max(p.hadamard_block, 0);
                 kv.quant.mixed = p.kv_bits_uniform == 0;
+                if (p.kv_bits_plain != 0 && p.kv_bits_plain != 8 && p.kv_bits_plain != 4)
+                    starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_plain must be 0, 8 or 4");
+                kv.quant.plain_bits = p.kv_bits_plain;
             }
             opt.kv = kv;
             opt.calib_path = p.calib_path;

@@ -41,6 +41,10 @@ json kv_quant_layers_to_json(const std::vector<LatentQuantLayer>& plan) {
             out.push_back(nullptr);
             continue;
         }
+        if (L.plain.active()) {
+            out.push_back({{"plain", to_json(L.plain)}});
+            continue;
+        }
         json k = json::array();
         for (const LatentQuant& q : L.k) k.push_back(to_json(q));
         out.push_back({{"k", k}, {"v", to_json(L.v)}});
@@ -56,6 +60,12 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
         const json& L = layers[l];
         if (L.is_null()) continue;
         const std::string where = "bundle: layer " + std::to_string(l);
+        if (L.is_object() && L.contains("plain")) {
+            out[l].plain = from_json(L["plain"], c.head_dim, where + " plain K/V");
+            if (out[l].plain.active() && out[l].plain.width != c.head_dim)
+                corrupt(where + ": plain K/V quantization width must be head_dim " + std::to_string(c.head_dim));
+            continue;
+        }
         if (!L.is_object() || !L.contains("k") || !L["k"].is_array() || L["k"].size() != static_cast<size_t>(c.n_head_kv) ||
             !L.contains("v"))
             corrupt(where + ": KV quantization plan needs 'k' (one per KV head) and 'v'");

@@ -1,7 +1,8 @@
 // The per-layer KV quantization plan in bundle metadata
 // (compression.kv_quant.layers, docs/bundle-format.md): one entry per layer,
 // null for a layer without quantized latents, else
-// {"k": [plan per KV head], "v": plan}, a plan being
+// {"k": [plan per KV head], "v": plan} for a latent layer, {"plain": plan}
+// for a plain layer whose K/V rows are quantized, a plan being
 // {"width", "block", "split", "hi_bits", "lo_bits"} (width 0 = fp32 latent).
 #pragma once
 

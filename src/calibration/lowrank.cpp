@@ -390,7 +390,7 @@ double tail_energy(const std::vector<double>& s, int r) {
 nlohmann::json calibrate(Model& model, const std::string& text, const Options& opt) {
     const ModelConfig& c = model.config();
     // A compressed source (a STAR-KV bundle keeps W_k and W_v) is calibrated afresh.
-    for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
+    for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{}, L.plain_q = LatentQuant{};
     if (!(opt.rate >= 0.0f && opt.rate < 1.0f))
         fail(STARKV_ERR_INVALID_ARGUMENT, "KV compression rate must be in [0, 1)");
     if (opt.calib_tokens < 1) fail(STARKV_ERR_INVALID_ARGUMENT, "calibration needs at least one token");

@@ -125,6 +125,8 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         fail(STARKV_ERR_INVALID_ARGUMENT, "KV bits must be in [2, 8]");
     if (opt.block != 0 && (opt.block < 8 || opt.block > 128 || (opt.block & (opt.block - 1)) != 0))
         fail(STARKV_ERR_INVALID_ARGUMENT, "Hadamard block must be 8, 16, 32, 64, 128 or auto");
+    if (opt.plain_bits != 0 && opt.plain_bits != 8 && opt.plain_bits != 4)
+        fail(STARKV_ERR_INVALID_ARGUMENT, "plain-layer KV bits must be 8 or 4");
     if (!opt.mixed && bits_index(static_cast<int>(std::lround(opt.avg_bits))) < 0)
         fail(STARKV_ERR_INVALID_ARGUMENT, "uniform KV bits must be 8, 4, 3 or 2");
     ModelWeights& w = model.mutable_weights();
@@ -199,15 +201,22 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);
     }
+    // Plain layers: per token and KV head, groups of up to 32 channels of the
+    // RoPE'd keys and of the values, uniform bits (no factors to fold into).
+    int plain_block = 32;
+    while (plain_block > 8 && c.head_dim % plain_block != 0) plain_block >>= 1;
+    const bool plain_ok = opt.plain_bits > 0 && c.head_dim % plain_block == 0 && c.head_dim >= 8;
     for (int l = 0; l < c.n_layer; ++l) {
-        const LatentFactors& F = w.layers[static_cast<size_t>(l)].lat;
-        if (F.active()) plan[static_cast<size_t>(l)] = {F.k_q, F.v_q};
+        LayerWeights& L = w.layers[static_cast<size_t>(l)];
+        if (L.lat.active()) plan[static_cast<size_t>(l)] = {L.lat.k_q, L.lat.v_q, {}};
+        else if (plain_ok) plan[static_cast<size_t>(l)].plain = L.plain_q = {c.head_dim, plain_block, 0, opt.plain_bits, opt.plain_bits};
     }
     json out{{"avg_bits", opt.avg_bits},
              {"block", opt.block > 0 ? json(opt.block) : json("auto")},
              {"hadamard", opt.hadamard},
              {"mixed", opt.mixed},
              {"sample_tokens", opt.sample_tokens},
+             {"plain_bits", plain_ok ? opt.plain_bits : 32},
              {"code_bits_per_channel", channels > 0 ? code_bits / channels : 0.0},
              {"relative_error_sum", err_total},
              {"layers", bundle::kv_quant_layers_to_json(plan)}};

@@ -21,6 +21,7 @@ struct Options {
     bool hadamard = true;   // rotate the blocks (off: the ablation)
     bool mixed = true;      // leading/tail split; false = one bit width everywhere (round(avg_bits))
     int sample_tokens = 1024;  // calibration tokens whose latents are measured
+    int plain_bits = 0;     // layers kept plain (skip layers): K/V rows at 8 or 4 bits; 0 = fp32
 };
 
 // The choice for one latent among its candidates, given its per-group errors.

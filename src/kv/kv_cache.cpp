@@ -28,6 +28,11 @@ KvCache::KvCache(const ModelConfig& config, const ModelWeights& weights, int n_c
         const LatentFactors& lat = weights.layers[static_cast<size_t>(l)].lat;
         for (int h = 0; h < n_head_kv_; ++h) {
             const size_t i = index(l, h);
+            const LatentQuant& pq = weights.layers[static_cast<size_t>(l)].plain_q;
+            if (!lat.active() && pq.active()) {
+                k_q_[i] = v_q_[i] = pq;
+                k_b_[i] = v_b_[i] = pq.row_bytes();
+            }
             if (lat.active()) {
                 k_w_[i] = lat.k_a[static_cast<size_t>(h)].rows;
                 v_w_[i] = h == 0 ? lat.v_a.rows : 0;

@@ -45,12 +45,14 @@ void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z);
 
 namespace starkv {
 
-// The plan of one layer: per KV head for the keys, one for the value latent;
-// empty k = a plain or fp32-latent layer.
+// The plan of one layer: per KV head for the keys, one for the value latent
+// (latent layers), or one for every key and value row (plain layers); empty =
+// fp32 rows.
 struct LatentQuantLayer {
     std::vector<LatentQuant> k;
     LatentQuant v;
-    bool empty() const { return k.empty(); }
+    LatentQuant plain;
+    bool empty() const { return k.empty() && !plain.active(); }
 };
 
 }  // namespace starkv

@@ -154,6 +154,57 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
     });
 }
 
+// Floats of scratch per thread for quantized_plain_attention.
+size_t plain_scratch(int group, size_t hd) { return 2 * kKeyTile * hd + static_cast<size_t>(group) * (kKeyTile + 2); }
+
+// Attention of one KV head over quantized plain rows (a layer with plain_q):
+// keys and values dequantized a tile at a time, online softmax; out receives
+// group x hd.
+void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, int n_keys, int group, size_t hd,
+                               float* out, float* scratch) {
+    const LatentQuant& kq = *kv.k_quant(l, h);
+    const LatentQuant& vq = *kv.v_quant(l, h);
+    float* keys = scratch;
+    float* vals = keys + kKeyTile * hd;
+    float* scores = vals + kKeyTile * hd;
+    float* mx = scores + static_cast<size_t>(group) * kKeyTile;
+    float* sum = mx + group;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::fill(out, out + static_cast<size_t>(group) * hd, 0.0f);
+    std::fill(mx, mx + group, -INFINITY);
+    std::fill(sum, sum + group, 0.0f);
+    for (size_t j0 = 0; j0 < static_cast<size_t>(n_keys); j0 += kKeyTile) {
+        const size_t jn = std::min(kKeyTile, static_cast<size_t>(n_keys) - j0);
+        for (size_t jj = 0; jj < jn; ++jj) {
+            dequantize_latent(kq, kv.k_row(l, h, static_cast<int>(j0 + jj)), keys + jj * hd);
+            dequantize_latent(vq, kv.v_row(l, h, static_cast<int>(j0 + jj)), vals + jj * hd);
+        }
+        for (int g = 0; g < group; ++g) {
+            float* sc = scores + static_cast<size_t>(g) * kKeyTile;
+            float* o = out + static_cast<size_t>(g) * hd;
+            float m = mx[g];
+            for (size_t jj = 0; jj < jn; ++jj) {
+                sc[jj] = cpu::dot(q + g * hd, keys + jj * hd, hd) * scale;
+                m = std::max(m, sc[jj]);
+            }
+            const float corr = std::exp(mx[g] - m);
+            sum[g] *= corr;
+            for (size_t d = 0; d < hd; ++d) o[d] *= corr;
+            mx[g] = m;
+            for (size_t jj = 0; jj < jn; ++jj) {
+                const float p = std::exp(sc[jj] - m);
+                sum[g] += p;
+                const float* v = vals + jj * hd;
+                for (size_t d = 0; d < hd; ++d) o[d] += p * v[d];
+            }
+        }
+    }
+    for (int g = 0; g < group; ++g) {
+        const float inv = 1.0f / sum[g];
+        for (size_t d = 0; d < hd; ++d) out[static_cast<size_t>(g) * hd + d] *= inv;
+    }
+}
+
 }  // namespace
 
 void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads) {
@@ -203,8 +254,8 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
                 model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
                 model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
                 for (int h = 0; h < c.n_head_kv; ++h) {
-                    std::memcpy(kv.k(l, h, pos0 + t), &s.k[t * kvd + h * hd], hd * sizeof(float));
-                    std::memcpy(kv.v(l, h, pos0 + t), &s.v[t * kvd + h * hd], hd * sizeof(float));
+                    store_latent(kv.k_quant(l, h), &s.k[t * kvd + h * hd], hd, kv.k_row(l, h, pos0 + t));
+                    store_latent(kv.v_quant(l, h), &s.v[t * kvd + h * hd], hd, kv.v_row(l, h, pos0 + t));
                 }
             }
             // One work item per (token, KV head): the query heads of a group read
@@ -213,8 +264,20 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
             const int group = c.n_head / c.n_head_kv;
             const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
             const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
+            const bool quantized = L.plain_q.active();
+            if (quantized) grow(s.lat_acc, static_cast<size_t>(pool.size()) * plain_scratch(group, hd));
             pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
                 float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
+                if (quantized) {
+                    for (size_t i = i0; i < i1; ++i) {
+                        const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
+                        const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
+                        const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
+                        quantized_plain_attention(&s.q[qo], kv, l, h, pos0 + t + 1, group, hd, &s.attn[qo],
+                                                  s.lat_acc.data() + chunk * plain_scratch(group, hd));
+                    }
+                    return;
+                }
                 for (size_t i = i0; i < i1; ++i) {
                     const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
                     const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));

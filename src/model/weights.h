@@ -51,6 +51,9 @@ struct LayerWeights {
     Matrix w_up;                   // [n_ff][n_embd]
     Matrix w_down;                 // [n_embd][n_ff]
     LatentFactors lat;             // STAR-KV factors; inactive = plain K/V
+    // Plain layers only: every KV head's key and value rows quantized (width
+    // head_dim, docs/kv-layout.md); inactive = fp32 rows.
+    LatentQuant plain_q;
 };
 
 struct ModelWeights {

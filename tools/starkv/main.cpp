@@ -284,6 +284,7 @@ struct KvPackArgs {
     float bits = 0.0f;
     std::string hadamard = "auto";
     bool uniform = false;
+    int plain_bits = 0;
 };
 
 int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
@@ -301,6 +302,7 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
         pp.kv_compress_v = kv.rate_v;
         pp.kv_bits = kv.bits;
         pp.kv_bits_uniform = kv.uniform ? 1 : 0;
+        pp.kv_bits_plain = kv.plain_bits;
         if (kv.hadamard == "auto") pp.hadamard_block = 0;
         else if (kv.hadamard == "none") pp.hadamard_block = -1;
         else pp.hadamard_block = std::stoi(kv.hadamard);
@@ -408,6 +410,10 @@ int cmd_inspect(const std::string& path, const std::string& svg) {
         const auto& layers = q["layers"];
         for (size_t l = 0; l < layers.size(); ++l) {
             if (layers[l].is_null()) continue;
+            if (layers[l].contains("plain")) {
+                std::printf("  layer %2zu: plain K/V %s per head\n", l, one(layers[l]["plain"]).c_str());
+                continue;
+            }
             std::string ks;
             for (const auto& k : layers[l]["k"]) ks += (ks.empty() ? "" : ", ") + one(k);
             std::printf("  layer %2zu: k [%s] v %s\n", l, ks.c_str(), one(layers[l]["v"]).c_str());
@@ -495,6 +501,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(2.0, 8.0));
     pack->add_option("--hadamard-block", kvp.hadamard, "Hadamard block of the quantized latents: auto (default), 8..128, none")
         ->check(CLI::IsMember({"auto", "none", "8", "16", "32", "64", "128"}));
+    pack->add_option("--kv-bits-plain", kvp.plain_bits, "with --kv-bits: K/V of the layers kept plain at 8 or 4 bits (default fp32)")
+        ->check(CLI::IsMember({0, 8, 4}));
     pack->add_flag("--kv-bits-uniform", kvp.uniform, "one bit width everywhere (no leading/tail split; ablation)");
 
     std::string inspect_path;
