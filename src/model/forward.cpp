@@ -33,12 +33,58 @@ const float* load_latent(const LatentQuant* q, const uint8_t* row, float* buf) {
     return buf;
 }
 
-// Key of position p for KV head h: U_h z (z dequantized if need be), then RoPE at p.
-void reconstruct_key(const Model& model, const Matrix& u, const KvCache& kv, const LatentQuant* q, int l, int h, int p,
-                     float* zbuf, float* out) {
+// cos/sin of every RoPE pair for positions [0, n), computed as RopeTable::apply does.
+void ensure_rope_table(const Model& model, ForwardScratch& s, int n) {
+    if (n <= s.rope_positions) return;
+    const std::vector<double>& f = model.rope().inv_freq();
+    const size_t half = f.size();
+    const int target = std::max(n, 2 * s.rope_positions);
+    s.rope_cs.resize(static_cast<size_t>(target) * half * 2);
+    for (int p = s.rope_positions; p < target; ++p)
+        for (size_t i = 0; i < half; ++i) {
+            const double angle = p * f[i];
+            s.rope_cs[(static_cast<size_t>(p) * half + i) * 2] = static_cast<float>(std::cos(angle));
+            s.rope_cs[(static_cast<size_t>(p) * half + i) * 2 + 1] = static_cast<float>(std::sin(angle));
+        }
+    s.rope_positions = target;
+}
+
+// RoPE of one head from the table (the same rotation as RopeTable::apply).
+void rope_from_table(const RopeConfig& rc, const float* cs, int head_dim, float* v) {
+    const int half = rc.n_dims / 2;
+    for (int i = 0; i < half; ++i) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        float* a = rc.layout == RopeLayout::Adjacent ? v + 2 * i : v + i;
+        float* b = rc.layout == RopeLayout::Adjacent ? v + 2 * i + 1 : v + i + half;
+        const float x0 = *a, x1 = *b;
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+    (void)head_dim;
+}
+
+// Dot product of short vectors (head_dim, small ranks): cpu::dot's wide
+// accumulators cost more than the work below 32 elements.
+inline float short_dot(const float* a, const float* b, size_t n) {
+    if (n >= 32) return cpu::dot(a, b, n);
+    float s = 0.0f;
+    for (size_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+// Key of position p for KV head h: U_h z (z dequantized if need be; ut is U_h
+// transposed, r x hd, so the sum runs over contiguous rows), then RoPE at p.
+void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const KvCache& kv,
+                     const LatentQuant* q, int l, int h, int p, float* zbuf, float* out) {
     const float* z = load_latent(q, kv.k_row(l, h, p), zbuf);
-    for (int d = 0; d < u.rows; ++d) out[d] = cpu::dot(u.row(d), z, static_cast<size_t>(u.cols));
-    model.rope().apply(out, 1, u.rows, p);
+    std::fill(out, out + hd, 0.0f);
+    for (int c = 0; c < r; ++c) {
+        const float zc = z[c];
+        const float* row = ut + static_cast<size_t>(c) * hd;
+        for (int d = 0; d < hd; ++d) out[d] += zc * row[d];
+    }
+    const size_t half = model.rope().inv_freq().size();
+    rope_from_table(model.config().rope, &s.rope_cs[static_cast<size_t>(p) * half * 2], hd, out);
 }
 
 // Attention of a STAR-KV layer: writes the micro-batch's latents to the cache
@@ -71,6 +117,17 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
     for (int t = 0; t < n; ++t) store_latent(vq, &s.lat[t * rv], rv, kv.v_row(l, 0, pos0 + t));
 
     const size_t n_pos = static_cast<size_t>(pos0 + n);
+    ensure_rope_table(model, s, static_cast<int>(n_pos));
+    // U_h transposed, per head.
+    std::vector<size_t> ut_off(static_cast<size_t>(n_kv) + 1, 0);
+    for (int h = 0; h < n_kv; ++h) ut_off[static_cast<size_t>(h) + 1] = ut_off[static_cast<size_t>(h)] + hd * static_cast<size_t>(F.k_u[static_cast<size_t>(h)].cols);
+    grow(s.u_t, ut_off.back());
+    for (int h = 0; h < n_kv; ++h) {
+        const Matrix& u = F.k_u[static_cast<size_t>(h)];
+        float* ut = &s.u_t[ut_off[static_cast<size_t>(h)]];
+        for (int d = 0; d < u.rows; ++d)
+            for (int c = 0; c < u.cols; ++c) ut[static_cast<size_t>(c) * hd + static_cast<size_t>(d)] = u.row(d)[c];
+    }
     const bool once = n >= kReconstructOnceFrom;
     if (once) {
         grow(s.keys, static_cast<size_t>(n_kv) * n_pos * hd + static_cast<size_t>(pool.size()) * max_r);
@@ -78,7 +135,8 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
         pool.parallel_chunks(static_cast<size_t>(n_kv) * n_pos, 64, [&](size_t i0, size_t i1, size_t chunk) {
             for (size_t i = i0; i < i1; ++i) {
                 const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
-                reconstruct_key(model, F.k_u[static_cast<size_t>(h)], kv, kv.k_quant(l, h), l, h, p,
+                reconstruct_key(model, s, &s.u_t[ut_off[static_cast<size_t>(h)]], F.k_u[static_cast<size_t>(h)].cols,
+                                c.head_dim, kv, kv.k_quant(l, h), l, h, p,
                                 zbufs + chunk * max_r, &s.keys[i * hd]);
             }
         });
@@ -101,7 +159,8 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
             const int t = static_cast<int>(i / static_cast<size_t>(n_kv));
             const int h = static_cast<int>(i % static_cast<size_t>(n_kv));
             const LatentQuant* kq = kv.k_quant(l, h);
-            const Matrix& u = F.k_u[static_cast<size_t>(h)];
+            const float* ut = &s.u_t[ut_off[static_cast<size_t>(h)]];
+            const int r = F.k_u[static_cast<size_t>(h)].cols;
             const size_t nk = static_cast<size_t>(pos0 + t + 1);
             const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
             std::fill(acc, acc + static_cast<size_t>(group) * rv, 0.0f);
@@ -113,12 +172,13 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
                 if (once) keys = &s.keys[(static_cast<size_t>(h) * n_pos + j0) * hd];
                 else
                     for (size_t jj = 0; jj < jn; ++jj)
-                        reconstruct_key(model, u, kv, kq, l, h, static_cast<int>(j0 + jj), zbuf, tile + jj * hd);
+                        reconstruct_key(model, s, ut, r, c.head_dim, kv, kq, l, h, static_cast<int>(j0 + jj), zbuf,
+                                        tile + jj * hd);
                 for (int g = 0; g < group; ++g) {
                     float* sc = scores + static_cast<size_t>(g) * kKeyTile;
                     float m = mx[g];
                     for (size_t jj = 0; jj < jn; ++jj) {
-                        sc[jj] = cpu::dot(&s.q[qo + g * hd], keys + jj * hd, hd) * scale;
+                        sc[jj] = short_dot(&s.q[qo + g * hd], keys + jj * hd, hd) * scale;
                         m = std::max(m, sc[jj]);
                     }
                     // Online softmax: rescale what was summed under the old maximum.
@@ -184,7 +244,7 @@ void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, 
             float* o = out + static_cast<size_t>(g) * hd;
             float m = mx[g];
             for (size_t jj = 0; jj < jn; ++jj) {
-                sc[jj] = cpu::dot(q + g * hd, keys + jj * hd, hd) * scale;
+                sc[jj] = short_dot(q + g * hd, keys + jj * hd, hd) * scale;
                 m = std::max(m, sc[jj]);
             }
             const float corr = std::exp(mx[g] - m);
