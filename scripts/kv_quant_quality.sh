@@ -6,7 +6,7 @@
 # the reduction against an fp16 uncompressed cache.
 #   scripts/kv_quant_quality.sh [MODEL] [EVAL] [CALIB]
 #   env: STARKV_BIN, RATE (0.75), STRATEGY (adaptive), SKIP (default skip), DOCS (200), CTX (512),
-#        CALIB_TOKENS (4096), CONFIGS ("fp32 8 4 3 4:none 3:none 4:uniform 3:uniform")
+#        CALIB_TOKENS (4096), PLAIN (8 or 4: --kv-bits-plain), CONFIGS ("fp32 8 4 3 4:none 3:none 4:uniform 3:uniform")
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${STARKV_SHARED:-$root/../shared}"
@@ -30,7 +30,7 @@ ppl() { "$bin" perplexity -m "$1" -f "$eval_text" --docs "$docs" -c "$ctx" | awk
 kvline() { "$bin" run -m "$1" -p "Once" -n 2 --seed 1 2>&1 >/dev/null | awk '/^kv bytes per token/ {gsub(";", ""); print $8, $11, $13}'; }
 base=$(ppl "$model")
 echo "uncompressed perplexity: $base (rate $rate, strategy ${STRATEGY:-adaptive}, skip ${SKIP:-default})"
-echo "| latents | block | Hadamard | bits split | code bits/channel | KV bytes/token | vs fp16 uncompressed | perplexity | vs fp32 latents |"
+echo "| latents | block | Hadamard | bits split | bits/channel (codes / with scales) | KV bytes/token | vs fp16 uncompressed | perplexity | vs fp32 latents |"
 echo "|---|---|---|---|---|---|---|---|---|"
 ref=""
 for cfg in ${CONFIGS:-fp32 8 4 3 4:none 3:none 4:uniform 3:uniform}; do
@@ -42,6 +42,7 @@ for cfg in ${CONFIGS:-fp32 8 4 3 4:none 3:none 4:uniform 3:uniform}; do
   hb="auto" mixed="mixed"
   if [ "$bits" != "fp32" ]; then
     args+=(--kv-bits "$bits")
+    [ -n "${PLAIN:-}" ] && args+=(--kv-bits-plain "$PLAIN")
     [ "$opt" = "none" ] && { args+=(--hadamard-block none); hb="none"; }
     [ "$opt" = "uniform" ] && { args+=(--kv-bits-uniform); mixed="uniform"; }
   fi
@@ -53,7 +54,7 @@ import sys, json
 for line in sys.stdin:
     if line.startswith("compression: "):
         q = json.loads(line[len("compression: "):]).get("kv_quant")
-        print("%.2f" % q["code_bits_per_channel"] if q else "32")')
+        print("%.2f / %.2f" % (q["code_bits_per_channel"], q["bits_per_channel"]) if q else "32")')
   [ -z "$ref" ] && ref="$p"
   python3 -c "import sys; b,hb,mx,cb,bpt,fp16,red,p,ref=sys.argv[1:]; \
 print(f'| {b} | {\"-\" if b==\"fp32\" else \"auto\"} | {\"-\" if b==\"fp32\" else (\"off\" if hb==\"none\" else \"on\")} | {\"-\" if b==\"fp32\" else mx} | {cb} | {bpt} | {red} | {float(p):.4f} | {100*(float(p)/float(ref)-1):+.2f}% |')" \

@@ -9,7 +9,8 @@ using json = nlohmann::json;
 namespace {
 
 json to_json(const LatentQuant& q) {
-    return {{"width", q.width}, {"block", q.block}, {"split", q.split}, {"hi_bits", q.hi_bits}, {"lo_bits", q.lo_bits}};
+    return {{"width", q.width}, {"block", q.block}, {"split", q.split}, {"hi_bits", q.hi_bits}, {"lo_bits", q.lo_bits},
+            {"zero_point", q.zero_point}};
 }
 
 LatentQuant from_json(const json& j, int max_width, const std::string& where) {
@@ -28,6 +29,10 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
     q.split = field("split");
     q.hi_bits = field("hi_bits");
     q.lo_bits = field("lo_bits");
+    if (auto zp = j.find("zero_point"); zp != j.end()) {
+        if (!zp->is_boolean()) corrupt(where + ": KV quantization plan 'zero_point' is not a boolean");
+        q.zero_point = zp->get<bool>();
+    }
     q.validate(max_width, where);
     return q;
 }

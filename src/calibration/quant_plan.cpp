@@ -29,11 +29,21 @@ int block_for(int r, int max_width, int requested) {
 namespace {
 
 constexpr int kBits[] = {8, 4, 3, 2};
-constexpr int kNumBits = 4;
+// Group formats measured: 8 bits, then 4, 3 and 2 bits each with a zero point and symmetric.
+constexpr int kNumFormats = 7;
+constexpr int kFormatBits[kNumFormats] = {8, 4, 4, 3, 3, 2, 2};
+constexpr bool kFormatZp[kNumFormats] = {false, true, false, true, false, true, false};
 
 int bits_index(int b) {
-    for (int i = 0; i < kNumBits; ++i)
+    for (int i = 0; i < 4; ++i)
         if (kBits[i] == b) return i;
+    return -1;
+}
+
+int format_index(int bits, bool zp) {
+    if (bits == 8) return 0;
+    for (int i = 1; i < kNumFormats; ++i)
+        if (kFormatBits[i] == bits && kFormatZp[i] == zp) return i;
     return -1;
 }
 
@@ -50,7 +60,7 @@ struct Latent {
 // Relative error of every group at every bit width for one block size:
 // err[g][i] = sum_t ||U_g (z_g - z^_g)||^2 / sum_t ||U z||^2 (errors of
 // different groups taken as uncorrelated).
-std::vector<std::array<double, kNumBits>> group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width,
+std::vector<std::array<double, kNumFormats>> group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width,
                                                        int block, bool rot) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
@@ -59,13 +69,13 @@ std::vector<std::array<double, kNumBits>> group_errors(const RowMatrixF& X, cons
     const double energy = std::max(static_cast<double>((Z * U.transpose()).squaredNorm()), 1e-30);
     const Eigen::MatrixXf M = U.transpose() * U;  // width x width
     const int G = width / block;
-    std::vector<std::array<double, kNumBits>> err(static_cast<size_t>(G));
+    std::vector<std::array<double, kNumFormats>> err(static_cast<size_t>(G));
     RowMatrixF D(Z.rows(), block);
     std::vector<uint8_t> row(quant_group_bytes(8, block) + 4);
     std::vector<float> back(static_cast<size_t>(block));
     for (int g = 0; g < G; ++g)
-        for (int i = 0; i < kNumBits; ++i) {
-            const LatentQuant q{block, block, 0, kBits[i], kBits[i]};
+        for (int i = 0; i < kNumFormats; ++i) {
+            const LatentQuant q{block, block, 0, kFormatBits[i], kFormatBits[i], kFormatZp[i]};
             for (Eigen::Index t = 0; t < Z.rows(); ++t) {
                 const float* z = Z.row(t).data() + static_cast<size_t>(g) * block;
                 quantize_latent(q, z, row.data());
@@ -92,23 +102,29 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
         const int width = ((r + b - 1) / b) * b;
         const auto err = group_errors(X, *L.a, *L.u, width, b, opt.hadamard);
         const int G = width / b;
-        auto push = [&](int split_groups, int hi, int lo) {
+        // Bits per token, scales and padding included.
+        auto push = [&](int split_groups, int hi, int lo, bool zp) {
             Candidate c;
-            c.q = LatentQuant{width, b, split_groups * b, hi, lo};
-            const int hi_i = bits_index(hi), lo_i = bits_index(lo);
-            for (int g = 0; g < G; ++g) c.error += err[static_cast<size_t>(g)][static_cast<size_t>(g < split_groups ? hi_i : lo_i)];
-            c.bits = static_cast<double>(split_groups) * b * hi + static_cast<double>(G - split_groups) * b * lo;
+            c.q = LatentQuant{width, b, split_groups * b, hi, lo, zp};
+            const int hi_i = format_index(hi, zp), lo_i = format_index(lo, zp);
+            for (int g = 0; g < G; ++g) {
+                const bool lead = g < split_groups;
+                c.error += err[static_cast<size_t>(g)][static_cast<size_t>(lead ? hi_i : lo_i)];
+                c.bits += 8.0 * static_cast<double>(quant_group_bytes(lead ? hi : lo, b, zp));
+            }
             L.cands.push_back(c);
         };
-        if (!opt.mixed) {
-            if (bits_index(uniform) >= 0) push(0, uniform, uniform);
-            continue;
+        for (bool zp : {true, false}) {
+            if (!opt.mixed) {
+                if (bits_index(uniform) >= 0) push(0, uniform, uniform, zp);
+                continue;
+            }
+            for (int bits : kBits) push(0, bits, bits, zp);
+            for (int hi : {8, 4})
+                for (int lo : {4, 3, 2})
+                    if (lo < hi)
+                        for (int s = 1; s < G; ++s) push(s, hi, lo, zp);
         }
-        for (int bits : kBits) push(0, bits, bits);
-        for (int hi : {8, 4})
-            for (int lo : {4, 3, 2})
-                if (lo < hi)
-                    for (int s = 1; s < G; ++s) push(s, hi, lo);
     }
 }
 
@@ -189,14 +205,14 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     choose(std::exp(hi), true);
 
     // 4. Fold the rotations into the factors.
-    double err_total = 0, code_bits = 0, channels = 0;
+    double err_total = 0, code_bits = 0, channels = 0, all_bits = 0;
     std::vector<LatentQuantLayer> plan(static_cast<size_t>(c.n_layer));
     for (Latent& L : lats) {
         if (!L.q->active()) continue;
         for (const Candidate& cd : L.cands)
             if (cd.q.width == L.q->width && cd.q.block == L.q->block && cd.q.split == L.q->split &&
-                cd.q.hi_bits == L.q->hi_bits && cd.q.lo_bits == L.q->lo_bits)
-                err_total += cd.error;
+                cd.q.hi_bits == L.q->hi_bits && cd.q.lo_bits == L.q->lo_bits && cd.q.zero_point == L.q->zero_point)
+                err_total += cd.error, all_bits += cd.bits;
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);
@@ -218,6 +234,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
              {"sample_tokens", opt.sample_tokens},
              {"plain_bits", plain_ok ? opt.plain_bits : 32},
              {"code_bits_per_channel", channels > 0 ? code_bits / channels : 0.0},
+             {"bits_per_channel", channels > 0 ? all_bits / channels : 0.0},
              {"relative_error_sum", err_total},
              {"layers", bundle::kv_quant_layers_to_json(plan)}};
     log(STARKV_LOG_INFO, "KV quantization plan: " + out.dump());

@@ -16,7 +16,7 @@
 namespace starkv::quant {
 
 struct Options {
-    double avg_bits = 0;    // code bits per latent channel, padding included; 0 = fp32 latents
+    double avg_bits = 0;    // bits per latent channel, scales and padding included; 0 = fp32 latents
     int block = 0;          // 0 = auto (per latent), else 8..128 (capped at the latent's padded rank)
     bool hadamard = true;   // rotate the blocks (off: the ablation)
     bool mixed = true;      // leading/tail split; false = one bit width everywhere (round(avg_bits))
@@ -28,7 +28,7 @@ struct Options {
 struct Candidate {
     LatentQuant q;
     double error = 0;  // relative activation error ||U (z - z^)||^2 / ||U z||^2 on the sample
-    double bits = 0;   // code bits per token (padding included)
+    double bits = 0;   // bits per token, scales and padding included
 };
 
 // Plans, folds and installs the quantization of every latent of the model's

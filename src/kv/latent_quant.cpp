@@ -10,7 +10,7 @@
 namespace starkv {
 namespace {
 
-size_t header_bytes(int bits) { return bits == 8 ? 2 : 4; }
+size_t header_bytes(int bits, bool zp) { return bits == 8 || !zp ? 2 : 4; }
 
 uint16_t load16(const uint8_t* p) {
     uint16_t v;
@@ -35,7 +35,31 @@ uint16_t fp16_at_most(float f) {
     return h;
 }
 
-void quantize_group(const float* x, int n, int bits, uint8_t* out) {
+// Packs 8 codes per `bits` bytes, little-endian bit order.
+void pack_codes(const uint32_t* q, int n, int bits, uint8_t* codes) {
+    for (int i = 0; i < n; i += 8) {
+        uint32_t word = 0;
+        for (int j = 0; j < 8; ++j) word |= q[i + j] << (j * bits);
+        for (int b = 0; b < bits; ++b) codes[b] = static_cast<uint8_t>(word >> (8 * b));
+        codes += bits;
+    }
+}
+
+void quantize_group(const float* x, int n, int bits, bool zp, uint8_t* out) {
+    if (bits < 8 && !zp) {
+        // Symmetric: codes q in [0, 2^b - 2] stand for (q - (2^(b-1) - 1)) * scale.
+        const int half = (1 << (bits - 1)) - 1;
+        float amax = 0;
+        for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const uint16_t s16 = fp16_at_least(amax / static_cast<float>(half));
+        const float s = fp16_to_fp32(s16), inv = s > 0 ? 1.0f / s : 0.0f;
+        store16(out, s16);
+        uint32_t q[128];
+        for (int i = 0; i < n; ++i)
+            q[i] = static_cast<uint32_t>(std::clamp(std::lround(x[i] * inv), -static_cast<long>(half), static_cast<long>(half)) + half);
+        pack_codes(q, n, bits, out + 2);
+        return;
+    }
     if (bits == 8) {
         float amax = 0;
         for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -68,8 +92,20 @@ void quantize_group(const float* x, int n, int bits, uint8_t* out) {
     }
 }
 
-void dequantize_group(const uint8_t* in, int n, int bits, float* x) {
+void dequantize_group(const uint8_t* in, int n, int bits, bool zp, float* x) {
     const float s = fp16_to_fp32(load16(in));
+    if (bits < 8 && !zp) {
+        const float m = -s * static_cast<float>((1 << (bits - 1)) - 1);
+        const uint8_t* codes = in + 2;
+        const uint32_t mask = (1u << bits) - 1;
+        for (int i = 0; i < n; i += 8) {
+            uint32_t word = 0;
+            for (int b = 0; b < bits; ++b) word |= static_cast<uint32_t>(codes[b]) << (8 * b);
+            for (int j = 0; j < 8; ++j) x[i + j] = m + s * static_cast<float>((word >> (j * bits)) & mask);
+            codes += bits;
+        }
+        return;
+    }
     if (bits == 8) {
         const int8_t* q = reinterpret_cast<const int8_t*>(in + 2);
         for (int i = 0; i < n; ++i) x[i] = s * static_cast<float>(q[i]);
@@ -95,14 +131,14 @@ void dequantize_group(const uint8_t* in, int n, int bits, float* x) {
 
 }  // namespace
 
-size_t quant_group_bytes(int bits, int block) {
-    return header_bytes(bits) + static_cast<size_t>(block) * static_cast<size_t>(bits) / 8;
+size_t quant_group_bytes(int bits, int block, bool zero_point) {
+    return header_bytes(bits, zero_point) + static_cast<size_t>(block) * static_cast<size_t>(bits) / 8;
 }
 
 size_t LatentQuant::row_bytes() const {
     if (!active()) return 0;
     size_t n = 0;
-    for (int g = 0; g < n_groups(); ++g) n += quant_group_bytes(group_bits(g), block);
+    for (int g = 0; g < n_groups(); ++g) n += quant_group_bytes(group_bits(g), block, zero_point);
     return n;
 }
 
@@ -126,16 +162,16 @@ void LatentQuant::validate(int max_width, const std::string& where) const {
 void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
-        quantize_group(z + static_cast<size_t>(g) * q.block, q.block, bits, row);
-        row += quant_group_bytes(bits, q.block);
+        quantize_group(z + static_cast<size_t>(g) * q.block, q.block, bits, q.zero_point, row);
+        row += quant_group_bytes(bits, q.block, q.zero_point);
     }
 }
 
 void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z) {
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
-        dequantize_group(row, q.block, bits, z + static_cast<size_t>(g) * q.block);
-        row += quant_group_bytes(bits, q.block);
+        dequantize_group(row, q.block, bits, q.zero_point, z + static_cast<size_t>(g) * q.block);
+        row += quant_group_bytes(bits, q.block, q.zero_point);
     }
 }
 

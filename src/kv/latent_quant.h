@@ -2,7 +2,8 @@
 // width w is cut into groups of `block` channels (the Hadamard block folded
 // into the factors at pack time); the leading `split` channels are stored at
 // hi_bits, the rest at lo_bits. Each group of one token holds its header
-// (8 bits: fp16 scale, symmetric int8; 2..4 bits: fp16 scale + fp16 minimum)
+// (8 bits: fp16 scale, symmetric int8; 2..4 bits: fp16 scale + fp16 minimum,
+// or fp16 scale only when symmetric)
 // followed by its packed codes, and the groups follow each other: one row of
 // row_bytes() bytes per token, rows contiguous over positions.
 #pragma once
@@ -20,6 +21,9 @@ struct LatentQuant {
     int split = 0;    // leading channels at hi_bits (a multiple of block, <= width)
     int hi_bits = 0;  // 8 or 4 (unused when split == 0)
     int lo_bits = 0;  // 4, 3 or 2 (unused when split == width)
+    // Groups below 8 bits: fp16 minimum + scale (true) or symmetric around 0
+    // with a scale only (false, 2 bytes less per group). 8 bits: always symmetric.
+    bool zero_point = true;
 
     bool active() const { return width > 0; }
     int n_groups() const { return width / block; }
@@ -34,7 +38,7 @@ struct LatentQuant {
 };
 
 // Bytes of one group of `block` channels at `bits` (header + codes).
-size_t quant_group_bytes(int bits, int block);
+size_t quant_group_bytes(int bits, int block, bool zero_point = true);
 
 // z: q.width floats -> row: q.row_bytes() bytes.
 void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row);

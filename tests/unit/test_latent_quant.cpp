@@ -56,8 +56,9 @@ void expect_within_bound(const LatentQuant& q, const float* z, const float* back
         const float* y = back + g * q.block;
         double lo = x[0], hi = x[0], amax = 0;
         for (int i = 0; i < q.block; ++i) lo = std::min<double>(lo, x[i]), hi = std::max<double>(hi, x[i]), amax = std::max<double>(amax, std::fabs(x[i]));
-        const double step = bits == 8 ? amax / 127.0 : (hi - lo) / ((1 << bits) - 1);
-        const double bound = 0.5 * step * (1.0 + 2.0 / 1024) + std::fabs(lo) / 1024.0 * (bits == 8 ? 0.0 : 1.0) + 1e-6 * amax;
+        const bool symmetric = bits == 8 || !q.zero_point;
+        const double step = symmetric ? amax / ((1 << (bits - 1)) - 1) : (hi - lo) / ((1 << bits) - 1);
+        const double bound = 0.5 * step * (1.0 + 2.0 / 1024) + (symmetric ? 0.0 : std::fabs(lo) / 1024.0) + 1e-6 * amax;
         for (int i = 0; i < q.block; ++i)
             ASSERT_LE(std::fabs(static_cast<double>(x[i]) - y[i]), bound)
                 << what << " bits " << bits << " block " << q.block << " group " << g << " channel " << i;
@@ -65,11 +66,12 @@ void expect_within_bound(const LatentQuant& q, const float* z, const float* back
 }
 
 size_t bytes_from_plan(const LatentQuant& q) {
-    // Independent count: per group a header (8 bits: fp16 scale; else fp16 scale + fp16 min) and b bits per channel.
+    // Independent count: per group a header (8 bits or symmetric: fp16 scale;
+    // else fp16 scale + fp16 min) and b bits per channel.
     size_t n = 0;
     for (int c = 0; c < q.width; c += q.block) {
         const int bits = c < q.split ? q.hi_bits : q.lo_bits;
-        n += (bits == 8 ? 2 : 4) + static_cast<size_t>(q.block * bits) / 8;
+        n += (bits == 8 || !q.zero_point ? 2 : 4) + static_cast<size_t>(q.block * bits) / 8;
     }
     return n;
 }
@@ -79,9 +81,9 @@ TEST(LatentQuant, RandomLatentsWithinTheBoundOfEachBitWidth) {
     std::normal_distribution<float> nd(0.0f, 1.0f);
     for (int block : {8, 32, 128})
         for (int bits : {8, 4, 3, 2})
-            for (int trial = 0; trial < 20; ++trial) {
+            for (int trial = 0; trial < 24; ++trial) {
                 const int width = block * (1 + trial % 3);
-                const LatentQuant q{width, block, trial % 2 ? block : 0, 8, bits};
+                const LatentQuant q{width, block, trial % 2 ? block : 0, 8, bits, trial % 4 < 2};
                 std::vector<float> z(static_cast<size_t>(width)), back(z.size());
                 const float scale = std::pow(10.0f, static_cast<float>(trial % 5) - 2.0f), offset = trial % 4 == 0 ? 3.0f * scale : 0.0f;
                 for (float& v : z) v = offset + scale * nd(rng);
@@ -115,8 +117,9 @@ TEST(LatentQuant, RealLatentsWithinTheBound) {
         ctx.eval(t.data(), t.size(), false);
     }
     const Matrix& a = F.v_a;  // 32 channels
-    for (int bits : {8, 4, 3, 2}) {
-        const LatentQuant q{a.rows, 8, 8, 8, bits};
+    for (int bits : {8, 4, 3, 2})
+    for (bool zp : {true, false}) {
+        const LatentQuant q{a.rows, 8, 8, 8, bits, zp};
         std::vector<float> z(static_cast<size_t>(a.rows)), back(z.size());
         std::vector<uint8_t> row(q.row_bytes());
         for (size_t t = 0; t * c.n_embd < xs.size(); ++t) {
@@ -237,6 +240,7 @@ TEST(LatentQuant, PlanValidationRefusesGarbage) {
     bad("split", 8);
     bad("split", -16);
     bad("lo_bits", "4");
+    bad("zero_point", 1);
     EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(nlohmann::json::array({nullptr}), c), starkv::Error);
     EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(nlohmann::json::object(), c), starkv::Error);
 }
@@ -291,7 +295,8 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
             continue;
         }
         auto add = [&](const nlohmann::json& p) {
-            LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(), p["lo_bits"].get<int>()};
+            LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(),
+                          p["lo_bits"].get<int>(), p["zero_point"].get<bool>()};
             want += bytes_from_plan(q);
             for (int ch = 0; ch < q.width; ++ch) code_bits += ch < q.split ? q.hi_bits : q.lo_bits;
             channels += q.width;
@@ -299,7 +304,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
         for (const auto& k : layers[static_cast<size_t>(l)]["k"]) add(k);
         add(layers[static_cast<size_t>(l)]["v"]);
     }
-    EXPECT_LE(code_bits / channels, 4.0 + 1e-9);  // the padded stories latents leave no room above 4 bits
+    EXPECT_LE(code_bits / channels, 4.0 + 1e-9);  // codes alone stay within the 4-bit budget
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
     // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).

@@ -497,7 +497,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
     pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
     pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 4096)")->check(CLI::Range(1, 1 << 26));
-    pack->add_option("--kv-bits", kvp.bits, "quantize the latents: average code bits per channel, e.g. 8, 4, 3 (default fp32)")
+    pack->add_option("--kv-bits", kvp.bits, "quantize the latents: average bits per channel, scales included, e.g. 8, 4, 3 (default fp32)")
         ->check(CLI::Range(2.0, 8.0));
     pack->add_option("--hadamard-block", kvp.hadamard, "Hadamard block of the quantized latents: auto (default), 8..128, none")
         ->check(CLI::IsMember({"auto", "none", "8", "16", "32", "64", "128"}));
