@@ -21,6 +21,11 @@ struct ForwardScratch {
     // STAR-KV layers: latents of the micro-batch, keys reconstructed for every
     // cached position of one layer, per-thread latent value sums. Grown on use.
     std::vector<float> lat, keys, lat_acc;
+    // RoPE cos/sin per position ([pos][n_dims / 2] pairs), grown on use: latent
+    // layers rotate every cached key at every step.
+    std::vector<float> rope_cs;
+    std::vector<float> u_t;  // key up-projections of one layer, transposed ([r_h][head_dim] per head)
+    int rope_positions = 0;
     // Calibration only: called per layer with the K/V projections' input
     // (n rows of n_embd normed hidden states). Unset in inference.
     std::function<void(int layer, const float* xn, int n)> observe_kv_input;
