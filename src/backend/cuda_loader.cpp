@@ -115,8 +115,11 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     // The GPU cache holds fp32/bf16 rows only: quantized KV rows (kv-quant
     // bundles) run on the CPU until the device kernels read them.
     for (const LayerWeights& L : w.layers)
-        if (L.lat.quantized() || L.plain_q.active())
-            return unavailable("the CUDA backend does not run quantized KV caches (bundle feature kv-quant) yet");
+        if (L.lat.quantized() || L.plain_q.active()) {
+            const std::string why = "the CUDA backend does not run quantized KV caches (bundle feature kv-quant) yet";
+            if (backend == STARKV_BACKEND_AUTO) return unavailable(why);
+            fail(STARKV_ERR_UNSUPPORTED, why);
+        }
     std::vector<starkv_backend_layer> layers(w.layers.size());
     // STAR-KV layers: per-head ranks and factor pointers, alive until create returns.
     std::vector<std::vector<int32_t>> ranks(w.layers.size());
