@@ -138,6 +138,13 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     // 1. The source, and proof that it loads.
     const ModelSource src = open_model_source(in_path, nullptr);
     LoadedModel loaded = build_model(src, report(0.0f, 0.2f));
+    // A STAR-KV bundle keeps only the latent factors of its compressed layers:
+    // W_k and W_v are gone, so neither a plain repack nor a new calibration
+    // can start from it.
+    for (size_t l = 0; l < loaded.weights.layers.size(); ++l)
+        if (loaded.weights.layers[l].wk.empty() || loaded.weights.layers[l].wv.empty())
+            fail(STARKV_ERR_UNSUPPORTED, "'" + in_path + "' layer " + std::to_string(l) +
+                                             " holds only STAR-KV latents (no K/V projections): pack from the original model");
     std::string calib_text;
     if (opt.kv) {
         std::ifstream in(opt.calib_path, std::ios::binary);
@@ -153,6 +160,7 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     json kv_meta = {{"kv", "none"}};
     std::vector<SourceTensor> extra;
     std::vector<std::vector<float>> extra_data;
+    std::vector<std::string> replaced;  // W_k, W_v of the latent layers
     if (opt.kv) {
         Model model(std::move(loaded));
         kv_meta = lowrank::calibrate(model, calib_text, *opt.kv);
@@ -172,6 +180,8 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
             const LatentFactors& F = model.weights().layers[static_cast<size_t>(l)].lat;
             if (!F.active()) continue;
             const std::string b = "blk." + std::to_string(l) + ".";
+            replaced.push_back(b + "attn_k.weight");
+            replaced.push_back(b + "attn_v.weight");
             for (size_t h = 0; h < F.k_a.size(); ++h) {
                 add(b + "attn_k_lat_a." + std::to_string(h), F.k_a[h]);
                 add(b + "attn_k_lat_u." + std::to_string(h), F.k_u[h]);
@@ -183,9 +193,11 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
 
     // 2. Tensors: the ones the runtime can read, in source order. A compressed
     // source's old factors are dropped: its metadata no longer applies.
+    // The K/V projections of latent layers are dropped too: the factors replace them.
     std::vector<const SourceTensor*> tensors;
     for (const SourceTensor& t : src.tensors) {
         if (t.name.find("_lat_") != std::string::npos) continue;
+        if (std::find(replaced.begin(), replaced.end(), t.name) != replaced.end()) continue;
         if (!t.data) {
             log(STARKV_LOG_WARN, "pack: skipping tensor '" + t.name + "' of unsupported type " + t.dtype_name);
             continue;
