@@ -133,6 +133,7 @@ class KVStats:
     bytes_in_use: int
     bytes_reserved: int
     bytes_per_token: int
+    bytes_per_token_uncompressed: int  # the same model's cache without STAR-KV
 
 
 @dataclasses.dataclass(frozen=True)
