@@ -474,6 +474,12 @@ void add_attended_gram(const Model& m, const LayerWeights& L, const float* x, in
 
 namespace {
 
+size_t count_tokens(const std::vector<std::vector<int32_t>>& seqs) {
+    size_t n = 0;
+    for (const auto& s : seqs) n += s.size();
+    return n;
+}
+
 double tail_energy(const std::vector<double>& s, int r) {
     double e = 0;
     for (size_t i = static_cast<size_t>(r); i < s.size(); ++i) e += s[i] * s[i];
@@ -505,6 +511,9 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     const std::vector<std::vector<int32_t>> docs = documents(model, text, seq_len);
     size_t next = 0;
     const auto calib = take(docs, &next, opt.calib_tokens);
+    // The weighting is chosen on text the factors were not fitted to (the
+    // tokens after the calibration ones), when the file has them.
+    const auto select_text = opt.select_weighting ? take(docs, &next, opt.probe_tokens) : decltype(docs){};
     const auto held_out = take(docs, &next, opt.eval_tokens);
     if (calib.empty()) fail(STARKV_ERR_INVALID_ARGUMENT, "the calibration text has no usable tokens");
     size_t n_calib = 0, n_eval = 0;
@@ -549,19 +558,25 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     RankMap uni = uniform_ranks(c, compressed, split ? opt.key_rate : opt.rate);
     if (split) uni.v = uniform_ranks(c, compressed, opt.value_rate).v;
 
-    // Probe text: the first calibration tokens, and the uncompressed model's log-probabilities there.
+    // Probe texts: the first calibration tokens (adaptive), the selection
+    // text (weighting), and the uncompressed model's log-probabilities there.
     size_t pnext = 0;
     const auto probe = take(calib, &pnext, opt.probe_tokens);
+    const auto& select_probe = select_text.empty() ? probe : select_text;
     const size_t V = static_cast<size_t>(c.n_vocab);
-    const bool need_probe = opt.strategy == Strategy::Adaptive || opt.select_weighting;
-    const auto base = need_probe ? log_probs(model, probe, seq_len, opt.n_threads) : std::vector<std::vector<float>>{};
-    // Mean KL on the probe text with every compressed layer at ranks r of `fs`.
-    auto total_kl = [&](const std::vector<LayerFactors>& fs, const RankMap& r) {
+    const auto base = opt.strategy == Strategy::Adaptive ? log_probs(model, probe, seq_len, opt.n_threads)
+                                                         : std::vector<std::vector<float>>{};
+    const auto select_base = opt.select_weighting ? log_probs(model, select_probe, seq_len, opt.n_threads)
+                                                  : std::vector<std::vector<float>>{};
+    // Mean KL on text `on` (uncompressed log-probabilities `ref`) with every
+    // compressed layer at ranks r of `fs`.
+    auto total_kl = [&](const std::vector<LayerFactors>& fs, const RankMap& r,
+                        const std::vector<std::vector<int32_t>>& on, const std::vector<std::vector<float>>& ref) {
         for (int l = 0; l < c.n_layer; ++l)
             if (compressed[static_cast<size_t>(l)])
                 install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, fs[static_cast<size_t>(l)],
                         r.k[static_cast<size_t>(l)], r.v[static_cast<size_t>(l)]);
-        const double kl = mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V);
+        const double kl = mean_kl(ref, log_probs(model, on, seq_len, opt.n_threads), V);
         for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
         return kl;
     };
@@ -597,7 +612,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
             factors = std::move(fs);
             break;
         }
-        const double kl = total_kl(fs, uni);
+        const double kl = total_kl(fs, uni, select_probe, select_base);
         weighting_kl[w.name] = kl;
         if (factors.empty() || kl < best_wkl) factors = std::move(fs), chosen = w, best_wkl = kl;
     }
@@ -676,14 +691,14 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         // The uniform allocation is a candidate too: adaptive is never worse
         // than uniform on the probe objective.
         ranks = uni;
-        double best_kl = total_kl(factors, uni);
+        double best_kl = total_kl(factors, uni, probe, base);
         uniform_kl = best_kl;
         RankMap at = uni;
         for (int round = 0; round < std::max(1, opt.adaptive_rounds); ++round) {
             probe_kl(at);
             if (round == 0) best_w_k = w_k, best_w_v = w_v;
             at = allocate([&](const Spectra& s, uint64_t t) { return adaptive_ranks(c, s, w_k, w_v, t, opt.sharpness); });
-            const double kl = total_kl(factors, at);
+            const double kl = total_kl(factors, at, probe, base);
             if (kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v, best_round = round + 1;
         }
         w_k = best_w_k;
@@ -726,7 +741,8 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                {"seq_len", seq_len},
                {"ridge", opt.ridge},
                {"sharpness", opt.sharpness},
-               {"probe_tokens", need_probe ? opt.probe_tokens : 0}}},
+               {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0},
+               {"weighting_tokens", opt.select_weighting ? count_tokens(select_probe) : 0}}},
              {"held_out", {{"tokens", n_eval}, {"perplexity_uncompressed", ppl_base}, {"perplexity", ppl}}}};
     if (opt.strategy == Strategy::Adaptive)
         out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds},

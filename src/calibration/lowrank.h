@@ -44,8 +44,8 @@ struct Options {
     // the values are read through) instead of the raw inputs' one.
     bool attended_values = true;
     // Try the weightings (activation only; output; output + attended values)
-    // at the uniform ranks and keep the one of least KL on the probe tokens
-    // (then output_aware / attended_values are ignored).
+    // at the uniform ranks and keep the one of least KL on probe_tokens tokens
+    // after the calibration ones (then output_aware / attended_values are ignored).
     bool select_weighting = true;
     int n_threads = 0;
 };
