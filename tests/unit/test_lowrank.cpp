@@ -344,6 +344,18 @@ TEST(LowRank, BundleAtRate075LoadsGeneratesAndShrinksTheCache) {
         EXPECT_EQ(L.wv.empty(), L.lat.active());
     }
     EXPECT_EQ(n_compressed, c.n_layer - 3);
+    // Parameters: the original's, less W_k and W_v of the latent layers, plus their factors.
+    {
+        const Model orig = starkv::load_model(starkv_test::stories_model(), nullptr);
+        uint64_t want = orig.n_params();
+        for (const auto& L : m->weights().layers) {
+            if (!L.lat.active()) continue;
+            want -= 2ull * c.n_head_kv * c.head_dim * c.n_embd;
+            for (size_t h = 0; h < L.lat.k_a.size(); ++h) want += L.lat.k_a[h].data.size() + L.lat.k_u[h].data.size();
+            want += L.lat.v_a.data.size() + L.lat.v_u.data.size();
+        }
+        EXPECT_EQ(m->n_params(), want);
+    }
     // Neither a plain repack nor a new calibration can start from the latents alone.
     try {
         starkv::pack_bundle(out, dir + "/again.skv", starkv::PackOptions{});
