@@ -2,14 +2,30 @@
 # STAR-KV quality sweep (docs/quality.md): packs MODEL at each rate and rank
 # strategy, calibrating on CALIB, and measures perplexity on the first DOCS
 # paragraphs of EVAL at context CTX.
-#   scripts/quality.sh [MODEL] [CALIB] [EVAL]   (env: STARKV_SHARED, DOCS, CTX, RATES, STRATEGIES, CALIB_TOKENS, SKIP)
+#   scripts/quality.sh [MODEL] [CALIB] [EVAL]   (env: STARKV_SHARED, DOCS, CTX, RATES, STRATEGIES, CALIB_TOKENS, SKIP, WIKI)
+# WIKI=1: EVAL has one paragraph per line (WikiText-2's wiki.test.raw, the
+# default then): its lines longer than 400 characters that are not headings
+# become the paragraphs, the first half evaluated, the second half calibrating.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${STARKV_SHARED:-$root/../shared}"
 model="${1:-$shared/models/stories260K.gguf}"
-eval_text="${3:-$shared/data/tinystories_val.txt}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+if [ -n "${WIKI:-}" ]; then
+  raw="${3:-$shared/data/wiki.test.raw}"
+  eval_text="$work/wiki_eval.txt"
+  python3 - "$raw" "$eval_text" "$work/wiki_calib.txt" <<'PY'
+import sys
+paras = [l.strip() for l in open(sys.argv[1], encoding='utf-8') if len(l.strip()) > 400 and not l.strip().startswith('=')]
+half = len(paras) // 2
+open(sys.argv[2], 'w', encoding='utf-8').write("\n\n".join(paras[:half]) + "\n")
+open(sys.argv[3], 'w', encoding='utf-8').write("\n\n".join(paras[half:]) + "\n")
+PY
+  set -- "$model" "${2:-$work/wiki_calib.txt}"
+else
+  eval_text="${3:-$shared/data/tinystories_val.txt}"
+fi
 if [ -n "${2:-}" ]; then
   calib="$2"
 else

@@ -127,10 +127,20 @@ uint64_t align_up(uint64_t x) { return (x + b::kAlignment - 1) / b::kAlignment *
 PackStats write_bundle(const ModelSource& src, const std::vector<SourceTensor>& extra, const json& kv_meta,
                        const json& provenance, TempFile& out, const PackOptions& opt, const ProgressFn& progress) {
     // 2. Tensors: the ones the runtime can read, in source order. A compressed
-    // source's old factors are dropped: its metadata no longer applies.
+    // source's old factors are dropped: its metadata no longer applies. The
+    // K/V projections of the layers that extra gives latent factors are dropped
+    // too: the factors replace them.
+    std::vector<std::string> replaced;
+    for (const SourceTensor& t : extra) {
+        const size_t at = t.name.find("attn_v_lat_a");
+        if (at == std::string::npos) continue;
+        replaced.push_back(t.name.substr(0, at) + "attn_k.weight");
+        replaced.push_back(t.name.substr(0, at) + "attn_v.weight");
+    }
     std::vector<const SourceTensor*> tensors;
     for (const SourceTensor& t : src.tensors) {
         if (t.name.find("_lat_") != std::string::npos) continue;
+        if (std::find(replaced.begin(), replaced.end(), t.name) != replaced.end()) continue;
         if (!t.data) {
             log(STARKV_LOG_WARN, "pack: skipping tensor '" + t.name + "' of unsupported type " + t.dtype_name);
             continue;
@@ -237,6 +247,13 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     // 1. The source, and proof that it loads.
     const ModelSource src = open_model_source(in_path, nullptr);
     LoadedModel loaded = build_model(src, report(0.0f, 0.2f));
+    // A STAR-KV bundle keeps only the latent factors of its compressed layers:
+    // W_k and W_v are gone, so neither a plain repack nor a new calibration
+    // can start from it.
+    for (size_t l = 0; l < loaded.weights.layers.size(); ++l)
+        if (loaded.weights.layers[l].wk.empty() || loaded.weights.layers[l].wv.empty())
+            fail(STARKV_ERR_UNSUPPORTED, "'" + in_path + "' layer " + std::to_string(l) +
+                                             " holds only STAR-KV latents (no K/V projections): pack from the original model");
     std::string calib_text;
     if (opt.kv) {
         std::ifstream in(opt.calib_path, std::ios::binary);

@@ -230,22 +230,44 @@ RankMap adaptive_ranks(const ModelConfig& c, const Spectra& sp, const std::vecto
 
 namespace {
 
-// Whitened SVD of one weight block W (out x E): with G = L L^T, W L = U S V^T
-// and A = S V^T L^-1, so that U_r A_r is the rank-r W of least activation error.
-struct Factor {
-    MatrixXd U, A;                // out x m, m x E (m = min(out, E)), channels by singular value
-    std::vector<double> s;
-};
+// Square root of a symmetric PSD matrix's regularized form: N with N N^T = M + ridge.
+MatrixXd sqrt_factor(const MatrixXd& M, double ridge, MatrixXd* inv) {
+    const Eigen::Index n = M.rows();
+    const double floor = ridge * std::max(M.trace() / static_cast<double>(n), 1e-30);
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(M + floor * MatrixXd::Identity(n, n));
+    const Eigen::VectorXd ev = eig.eigenvalues().cwiseMax(floor);
+    if (inv) *inv = ev.cwiseSqrt().cwiseInverse().asDiagonal() * eig.eigenvectors().transpose();
+    return eig.eigenvectors() * ev.cwiseSqrt().asDiagonal();
+}
 
-Factor factorize(const MatrixXd& W, const MatrixXd& L, const MatrixXd& Linv) {
-    Eigen::JacobiSVD<MatrixXd> svd(W * L, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    Factor f;
+}  // namespace
+
+WeightedFactor weighted_factorize(const MatrixXd& W, const MatrixXd& G, const MatrixXd& M, double ridge) {
+    MatrixXd Linv, Ninv;
+    const MatrixXd L = sqrt_factor(G, ridge, &Linv), N = sqrt_factor(M, ridge, &Ninv);
+    Eigen::JacobiSVD<MatrixXd> svd(N.transpose() * W * L, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    WeightedFactor f;
     const Eigen::VectorXd& sv = svd.singularValues();
     f.s.assign(sv.data(), sv.data() + sv.size());
-    f.U = svd.matrixU();
+    f.U = Ninv.transpose() * svd.matrixU();
     f.A = sv.asDiagonal() * svd.matrixV().transpose() * Linv;
     return f;
 }
+
+std::vector<double> rope_pair_weights(const RopeConfig& rope, int head_dim, const std::vector<double>& e) {
+    std::vector<double> d(e.begin(), e.end());
+    const int nd = std::min(rope.n_dims > 0 ? rope.n_dims : head_dim, head_dim);
+    for (int p = 0; p < nd / 2; ++p) {
+        const int a = rope.layout == RopeLayout::Adjacent ? 2 * p : p;
+        const int b = rope.layout == RopeLayout::Adjacent ? 2 * p + 1 : p + nd / 2;
+        d[static_cast<size_t>(a)] = d[static_cast<size_t>(b)] = 0.5 * (e[static_cast<size_t>(a)] + e[static_cast<size_t>(b)]);
+    }
+    return d;
+}
+
+namespace {
+
+using Factor = WeightedFactor;
 
 MatrixXd weight_block(const Matrix& w, int row0, int rows) {
     MatrixXd m(rows, w.cols);
@@ -276,16 +298,55 @@ void install(LatentFactors& lat, const LayerFactors& f, const std::vector<int>& 
     lat.v_u = to_matrix(f.v.U.leftCols(rv));
 }
 
-LayerFactors factor_layer(const ModelConfig& c, const LayerWeights& L, const MatrixXd& G, double ridge) {
-    const int E = c.n_embd;
-    const double mean_diag = std::max(G.trace() / E, 1e-30);
-    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(G + ridge * mean_diag * MatrixXd::Identity(E, E));
-    const Eigen::VectorXd ev = eig.eigenvalues().cwiseMax(ridge * mean_diag);
-    const MatrixXd Lw = eig.eigenvectors() * ev.cwiseSqrt().asDiagonal();
-    const MatrixXd Linv = ev.cwiseSqrt().cwiseInverse().asDiagonal() * eig.eigenvectors().transpose();
+// The output weights of one layer (see Options::output_aware / query_aware).
+struct OutputWeights {
+    std::vector<MatrixXd> k;  // per KV head, head_dim x head_dim (diagonal)
+    MatrixXd v;               // n_kv head_dim square, block diagonal over KV heads
+};
+
+OutputWeights output_weights(const ModelConfig& c, const LayerWeights& L, const MatrixXd& G, bool query_aware,
+                             bool output_aware) {
+    const int hd = c.head_dim, group = c.n_head / c.n_head_kv, kvd = c.n_head_kv * hd;
+    OutputWeights ow;
+    for (int h = 0; h < c.n_head_kv; ++h) {
+        if (!query_aware) {
+            ow.k.push_back(MatrixXd::Identity(hd, hd));
+            continue;
+        }
+        // E q_j^2 = (W_q G W_q^T)_jj, summed over the group's query heads.
+        std::vector<double> energy(static_cast<size_t>(hd), 0.0);
+        for (int g = 0; g < group; ++g) {
+            const MatrixXd wq = weight_block(L.wq, (h * group + g) * hd, hd);
+            const MatrixXd qg = wq * G;
+            for (int j = 0; j < hd; ++j) energy[static_cast<size_t>(j)] += qg.row(j).dot(wq.row(j));
+        }
+        const std::vector<double> d = rope_pair_weights(c.rope, hd, energy);
+        ow.k.push_back(Eigen::Map<const Eigen::VectorXd>(d.data(), hd).asDiagonal());
+    }
+    ow.v = MatrixXd::Identity(kvd, kvd);
+    if (output_aware) {
+        // Query head g reads its KV head's values through W_o's columns [g hd, (g+1) hd).
+        for (int h = 0; h < c.n_head_kv; ++h) {
+            MatrixXd m = MatrixXd::Zero(hd, hd);
+            for (int g = 0; g < group; ++g) {
+                MatrixXd wo(L.wo.rows, hd);
+                for (int r = 0; r < L.wo.rows; ++r)
+                    for (int j = 0; j < hd; ++j) wo(r, j) = L.wo.row(r)[(h * group + g) * hd + j];
+                m += wo.transpose() * wo;
+            }
+            ow.v.block(h * hd, h * hd, hd, hd) = m;
+        }
+    }
+    return ow;
+}
+
+// G: the Gram of the key inputs; G_v: the one the values are whitened with.
+LayerFactors factor_layer(const ModelConfig& c, const LayerWeights& L, const MatrixXd& G, const MatrixXd& G_v,
+                          double ridge, const OutputWeights& ow) {
     LayerFactors f;
-    for (int h = 0; h < c.n_head_kv; ++h) f.k.push_back(factorize(weight_block(L.wk, h * c.head_dim, c.head_dim), Lw, Linv));
-    f.v = factorize(weight_block(L.wv, 0, L.wv.rows), Lw, Linv);
+    for (int h = 0; h < c.n_head_kv; ++h)
+        f.k.push_back(weighted_factorize(weight_block(L.wk, h * c.head_dim, c.head_dim), G, ow.k[static_cast<size_t>(h)], ridge));
+    f.v = weighted_factorize(weight_block(L.wv, 0, L.wv.rows), G_v, ow.v, ridge);
     return f;
 }
 
@@ -379,6 +440,46 @@ double mean_kl(const std::vector<std::vector<float>>& base, const std::vector<st
     return n ? kl / static_cast<double>(n) : 0.0;
 }
 
+using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace
+
+void add_attended_gram(const Model& m, const LayerWeights& L, const float* x, int n, MatrixXd& gbar) {
+    const ModelConfig& c = m.config();
+    const int E = c.n_embd, hd = c.head_dim;
+    const Eigen::Map<const RowMatrixXf> X(x, n, E);
+    const int qd = c.n_head * hd, kvd = c.n_head_kv * hd, group = c.n_head / c.n_head_kv;
+    const Eigen::Map<const RowMatrixXf> wq(L.wq.data.data(), qd, E), wk(L.wk.data.data(), kvd, E);
+    RowMatrixXf Q = X * wq.transpose(), K = X * wk.transpose();
+    for (int t = 0; t < n; ++t) {
+        m.rope().apply(Q.row(t).data(), c.n_head, hd, t);
+        m.rope().apply(K.row(t).data(), c.n_head_kv, hd, t);
+    }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    RowMatrixXf bar(static_cast<Eigen::Index>(n) * c.n_head, E);
+    for (int g = 0; g < c.n_head; ++g) {
+        RowMatrixXf P = (Q.middleCols(g * hd, hd) * K.middleCols((g / group) * hd, hd).transpose()) * scale;
+        for (int t = 0; t < n; ++t) {
+            auto row = P.row(t);
+            const float mx = row.head(t + 1).maxCoeff();
+            float z = 0;
+            for (int j = 0; j <= t; ++j) z += row(j) = std::exp(row(j) - mx);
+            row.head(t + 1) /= z;
+            row.tail(n - t - 1).setZero();
+        }
+        bar.middleRows(static_cast<Eigen::Index>(g) * n, n) = P * X;
+    }
+    gbar += (bar.transpose() * bar).cast<double>();
+}
+
+namespace {
+
+size_t count_tokens(const std::vector<std::vector<int32_t>>& seqs) {
+    size_t n = 0;
+    for (const auto& s : seqs) n += s.size();
+    return n;
+}
+
 double tail_energy(const std::vector<double>& s, int r) {
     double e = 0;
     for (size_t i = static_cast<size_t>(r); i < s.size(); ++i) e += s[i] * s[i];
@@ -389,7 +490,11 @@ double tail_energy(const std::vector<double>& s, int r) {
 
 nlohmann::json calibrate(Model& model, const std::string& text, const Options& opt) {
     const ModelConfig& c = model.config();
-    // A compressed source (a STAR-KV bundle keeps W_k and W_v) is calibrated afresh.
+    // The factors come from W_k and W_v, which a STAR-KV bundle no longer holds.
+    for (size_t l = 0; l < model.weights().layers.size(); ++l)
+        if (model.weights().layers[l].wk.empty() || model.weights().layers[l].wv.empty())
+            fail(STARKV_ERR_UNSUPPORTED, "layer " + std::to_string(l) +
+                                             " holds only STAR-KV latents: calibrate from the original model");
     for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{}, L.plain_q = LatentQuant{};
     if (!(opt.rate >= 0.0f && opt.rate < 1.0f))
         fail(STARKV_ERR_INVALID_ARGUMENT, "KV compression rate must be in [0, 1)");
@@ -406,6 +511,9 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     const std::vector<std::vector<int32_t>> docs = documents(model, text, seq_len);
     size_t next = 0;
     const auto calib = take(docs, &next, opt.calib_tokens);
+    // The weighting is chosen on text the factors were not fitted to (the
+    // tokens after the calibration ones), when the file has them.
+    const auto select_text = opt.select_weighting ? take(docs, &next, opt.probe_tokens) : decltype(docs){};
     const auto held_out = take(docs, &next, opt.eval_tokens);
     if (calib.empty()) fail(STARKV_ERR_INVALID_ARGUMENT, "the calibration text has no usable tokens");
     size_t n_calib = 0, n_eval = 0;
@@ -415,36 +523,108 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     // 1. Gram matrices of the K/V inputs, on the uncompressed model.
     const int E = c.n_embd;
     std::vector<MatrixXd> gram(static_cast<size_t>(c.n_layer), MatrixXd::Zero(E, E));
+    // With attended_values, the value factorization's Gram (add_attended_gram).
+    const bool attended = opt.attended_values || opt.select_weighting;
+    std::vector<MatrixXd> gram_v(attended ? static_cast<size_t>(c.n_layer) : 0, MatrixXd::Zero(E, E));
     {
         Context ctx(borrow(model), ContextOptions{seq_len, opt.n_threads});
+        // The sequence's inputs per layer, gathered over the micro-batches.
+        std::vector<std::vector<float>> seq_x(static_cast<size_t>(c.n_layer));
         ctx.set_kv_input_observer([&](int l, const float* xn, int n) {
-            const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> X(xn, n, E);
+            const Eigen::Map<const RowMatrixXf> X(xn, n, E);
             gram[static_cast<size_t>(l)].selfadjointView<Eigen::Lower>().rankUpdate(X.cast<double>().transpose());
+            if (attended && compressed[static_cast<size_t>(l)])
+                seq_x[static_cast<size_t>(l)].insert(seq_x[static_cast<size_t>(l)].end(), xn, xn + static_cast<size_t>(n) * E);
         });
         for (const auto& s : calib) {
             ctx.reset();
             ctx.eval(s.data(), s.size(), false);
+            if (!attended) continue;
+            for (int l = 0; l < c.n_layer; ++l) {
+                std::vector<float>& x = seq_x[static_cast<size_t>(l)];
+                if (x.empty()) continue;
+                add_attended_gram(model, model.weights().layers[static_cast<size_t>(l)], x.data(), static_cast<int>(x.size() / E),
+                                  gram_v[static_cast<size_t>(l)]);
+                x.clear();
+            }
         }
     }
+    for (MatrixXd& g : gram_v) g /= static_cast<double>(n_calib) * c.n_head;
     for (MatrixXd& g : gram) g = g.selfadjointView<Eigen::Lower>().toDenseMatrix() / static_cast<double>(n_calib);
-
-    // 2. Whitened factorizations of the compressed layers.
-    std::vector<LayerFactors> factors(static_cast<size_t>(c.n_layer));
-    Spectra sp;
-    sp.k.resize(static_cast<size_t>(c.n_layer));
-    sp.v.resize(static_cast<size_t>(c.n_layer));
-    for (int l = 0; l < c.n_layer; ++l) {
-        if (!compressed[static_cast<size_t>(l)]) continue;
-        factors[static_cast<size_t>(l)] = factor_layer(c, model.weights().layers[static_cast<size_t>(l)], gram[static_cast<size_t>(l)], opt.ridge);
-        for (const Factor& f : factors[static_cast<size_t>(l)].k) sp.k[static_cast<size_t>(l)].push_back(f.s);
-        sp.v[static_cast<size_t>(l)] = factors[static_cast<size_t>(l)].v.s;
-    }
 
     const bool split = opt.key_rate >= 0.0f || opt.value_rate >= 0.0f;
     if (split && !(opt.key_rate >= 0.0f && opt.key_rate < 1.0f && opt.value_rate >= 0.0f && opt.value_rate < 1.0f))
         fail(STARKV_ERR_INVALID_ARGUMENT, "separate key and value rates must both be in [0, 1)");
     RankMap uni = uniform_ranks(c, compressed, split ? opt.key_rate : opt.rate);
     if (split) uni.v = uniform_ranks(c, compressed, opt.value_rate).v;
+
+    // Probe texts: the first calibration tokens (adaptive), the selection
+    // text (weighting), and the uncompressed model's log-probabilities there.
+    size_t pnext = 0;
+    const auto probe = take(calib, &pnext, opt.probe_tokens);
+    const auto& select_probe = select_text.empty() ? probe : select_text;
+    const size_t V = static_cast<size_t>(c.n_vocab);
+    const auto base = opt.strategy == Strategy::Adaptive ? log_probs(model, probe, seq_len, opt.n_threads)
+                                                         : std::vector<std::vector<float>>{};
+    const auto select_base = opt.select_weighting ? log_probs(model, select_probe, seq_len, opt.n_threads)
+                                                  : std::vector<std::vector<float>>{};
+    // Mean KL on text `on` (uncompressed log-probabilities `ref`) with every
+    // compressed layer at ranks r of `fs`.
+    auto total_kl = [&](const std::vector<LayerFactors>& fs, const RankMap& r,
+                        const std::vector<std::vector<int32_t>>& on, const std::vector<std::vector<float>>& ref) {
+        for (int l = 0; l < c.n_layer; ++l)
+            if (compressed[static_cast<size_t>(l)])
+                install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, fs[static_cast<size_t>(l)],
+                        r.k[static_cast<size_t>(l)], r.v[static_cast<size_t>(l)]);
+        const double kl = mean_kl(ref, log_probs(model, on, seq_len, opt.n_threads), V);
+        for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
+        return kl;
+    };
+
+    // 2. Weighted factorizations of the compressed layers. Which weighting
+    // works best differs between models (docs/quality.md): with
+    // select_weighting each candidate's factors are tried at the uniform
+    // ranks and the one of least probe KL is kept.
+    struct Weighting {
+        const char* name;
+        bool output_aware, attended_values;
+    };
+    std::vector<Weighting> cands{{"configured", opt.output_aware, opt.attended_values}};
+    if (opt.select_weighting) cands = {{"activation", false, false}, {"output", true, false}, {"output+attended", true, true}};
+    auto factor_all = [&](const Weighting& w) {
+        std::vector<LayerFactors> fs(static_cast<size_t>(c.n_layer));
+        for (int l = 0; l < c.n_layer; ++l) {
+            if (!compressed[static_cast<size_t>(l)]) continue;
+            const LayerWeights& L = model.weights().layers[static_cast<size_t>(l)];
+            const MatrixXd& G = gram[static_cast<size_t>(l)];
+            fs[static_cast<size_t>(l)] = factor_layer(c, L, G, w.attended_values ? gram_v[static_cast<size_t>(l)] : G, opt.ridge,
+                                                      output_weights(c, L, G, opt.query_aware, w.output_aware));
+        }
+        return fs;
+    };
+    std::vector<LayerFactors> factors;
+    Weighting chosen = cands[0];
+    json weighting_kl = json::object();
+    double best_wkl = 0;
+    for (const Weighting& w : cands) {
+        std::vector<LayerFactors> fs = factor_all(w);
+        if (cands.size() == 1) {
+            factors = std::move(fs);
+            break;
+        }
+        const double kl = total_kl(fs, uni, select_probe, select_base);
+        weighting_kl[w.name] = kl;
+        if (factors.empty() || kl < best_wkl) factors = std::move(fs), chosen = w, best_wkl = kl;
+    }
+    Spectra sp;
+    sp.k.resize(static_cast<size_t>(c.n_layer));
+    sp.v.resize(static_cast<size_t>(c.n_layer));
+    for (int l = 0; l < c.n_layer; ++l) {
+        if (!compressed[static_cast<size_t>(l)]) continue;
+        for (const Factor& f : factors[static_cast<size_t>(l)].k) sp.k[static_cast<size_t>(l)].push_back(f.s);
+        sp.v[static_cast<size_t>(l)] = factors[static_cast<size_t>(l)].v.s;
+    }
+
     const uint64_t target = total(uni);
     // Separate targets: keys and values are allocated apart, each with the
     // other's spectra emptied (their groups then sit at rank 1 and are swapped back).
@@ -469,7 +649,8 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     // 3. Ranks.
     std::vector<double> w_k(static_cast<size_t>(c.n_layer), 0.0), w_v(static_cast<size_t>(c.n_layer), 0.0);
     std::vector<double> kl_k(w_k), kl_v(w_v), best_w_k(w_k), best_w_v(w_v);
-    double probe_kl_total = 0;
+    double probe_kl_total = 0, uniform_kl = 0;
+    int best_round = 0;  // 0 = the uniform allocation won
     RankMap ranks;
     if (opt.strategy == Strategy::Uniform) {
         ranks = uni;
@@ -481,10 +662,6 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         // causes. First probed at the uniform ranks, then re-measured at the
         // allocation's own ranks (the KL is far from linear in the error), a
         // few rounds; the allocation with the least KL on the probe text wins.
-        size_t pnext = 0;
-        const auto probe = take(calib, &pnext, opt.probe_tokens);
-        const size_t V = static_cast<size_t>(c.n_vocab);
-        const auto base = log_probs(model, probe, seq_len, opt.n_threads);
         auto probe_kl = [&](const RankMap& at) {
             std::vector<double> nk(w_k), nv(w_v);
             for (int l = 0; l < c.n_layer; ++l) {
@@ -511,22 +688,18 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
             w_k = nk;
             w_v = nv;
         };
-        auto total_kl = [&](const RankMap& r) {
-            for (int l = 0; l < c.n_layer; ++l)
-                if (compressed[static_cast<size_t>(l)])
-                    install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, factors[static_cast<size_t>(l)],
-                            r.k[static_cast<size_t>(l)], r.v[static_cast<size_t>(l)]);
-            const double kl = mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V);
-            for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
-            return kl;
-        };
+        // The uniform allocation is a candidate too: adaptive is never worse
+        // than uniform on the probe objective.
+        ranks = uni;
+        double best_kl = total_kl(factors, uni, probe, base);
+        uniform_kl = best_kl;
         RankMap at = uni;
-        double best_kl = 0;
         for (int round = 0; round < std::max(1, opt.adaptive_rounds); ++round) {
             probe_kl(at);
+            if (round == 0) best_w_k = w_k, best_w_v = w_v;
             at = allocate([&](const Spectra& s, uint64_t t) { return adaptive_ranks(c, s, w_k, w_v, t, opt.sharpness); });
-            const double kl = total_kl(at);
-            if (round == 0 || kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v;
+            const double kl = total_kl(factors, at, probe, base);
+            if (kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v, best_round = round + 1;
         }
         w_k = best_w_k;
         w_v = best_w_v;
@@ -564,14 +737,20 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                {"kv_params_removed", b.params_removed()}}},
              {"calibration",
               {{"tokens", n_calib},
+               {"output_aware", chosen.output_aware},
+               {"query_aware", opt.query_aware},
+               {"attended_values", chosen.attended_values},
+               {"weighting_probe_kl", weighting_kl},
                {"seq_len", seq_len},
                {"ridge", opt.ridge},
                {"sharpness", opt.sharpness},
-               {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0}}},
+               {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0},
+               {"weighting_tokens", opt.select_weighting ? count_tokens(select_probe) : 0}}},
              {"held_out", {{"tokens", n_eval}, {"perplexity_uncompressed", ppl_base}, {"perplexity", ppl}}}};
     if (!kv_quant.is_null()) out["kv_quant"] = kv_quant;
     if (opt.strategy == Strategy::Adaptive)
-        out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds}, {"probe_kl", probe_kl_total}};
+        out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds},
+                              {"probe_kl", probe_kl_total}, {"probe_kl_uniform", uniform_kl}, {"best_round", best_round}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());
     return out;
 }
@@ -581,7 +760,7 @@ void install_full_rank(Model& model, const std::vector<int>& layers) {
     const MatrixXd I = MatrixXd::Identity(c.n_embd, c.n_embd);
     for (int l : layers) {
         LayerWeights& L = model.mutable_weights().layers[static_cast<size_t>(l)];
-        const LayerFactors f = factor_layer(c, L, I, 0.0);
+        const LayerFactors f = factor_layer(c, L, I, I, 0.0, output_weights(c, L, I, false, false));
         std::vector<int> rk;
         for (const Factor& k : f.k) rk.push_back(static_cast<int>(k.s.size()));
         install(L.lat, f, rk, static_cast<int>(f.v.s.size()));

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
 #include "calibration/quant_plan.h"
@@ -35,6 +36,18 @@ struct Options {
     double ridge = 1e-6;                // Gram ridge, relative to its mean diagonal
     double sharpness = 50.0;            // k of the soft threshold s * tanh(k (s - a))
     int adaptive_rounds = 6;            // sensitivity re-measurements at the allocation's ranks
+    // Output-side weights of the factorization error (see weighted_factorize):
+    // values through W_o of their query heads, keys through their group's
+    // query energy per rotary pair. Off = plain activation-aware SVD.
+    bool output_aware = true;
+    bool query_aware = false;  // measured: hurts on SmolLM2 (docs/quality.md)
+    // Whiten the values with the Gram of the attention-averaged inputs (what
+    // the values are read through) instead of the raw inputs' one.
+    bool attended_values = true;
+    // Try the weightings (activation only; output; output + attended values)
+    // at the uniform ranks and keep the one of least KL on probe_tokens tokens
+    // after the calibration ones (then output_aware / attended_values are ignored).
+    bool select_weighting = true;
     int n_threads = 0;
     quant::Options quant;               // quantized latents (avg_bits 0 = fp32)
 };
@@ -75,6 +88,35 @@ RankMap energy_ranks(const ModelConfig& c, const Spectra& sp, uint64_t target);
 // is searched until the budget is met. w_k / w_v: per-layer sensitivities.
 RankMap adaptive_ranks(const ModelConfig& c, const Spectra& sp, const std::vector<double>& w_k,
                        const std::vector<double>& w_v, uint64_t target, double sharpness);
+
+// Two-sided weighted truncated SVD of W (out x in): with input Gram G (in x in)
+// and output weight M (out x out, symmetric positive semi-definite), the
+// channels minimize E ||M^(1/2) (W - U_r A_r) x||^2 over inputs of Gram G.
+// With G + ridge = L L^T and M + ridge = N N^T: N^T W L = U' S V^T,
+// U = N^-T U', A = S V^T L^-1, so the weighted error of rank r is the sum of
+// the discarded s_i^2 (ridges relative to each matrix's mean diagonal).
+struct WeightedFactor {
+    Eigen::MatrixXd U, A;   // out x m, m x in (m = min(out, in)), channels by singular value
+    std::vector<double> s;  // weighted singular values, descending
+};
+WeightedFactor weighted_factorize(const Eigen::MatrixXd& W, const Eigen::MatrixXd& G, const Eigen::MatrixXd& M,
+                                  double ridge);
+
+// Output weight of one key head: averaged over relative positions, RoPE turns
+// the group's pre-RoPE query Gram into isotropic 2x2 blocks per rotary pair,
+// so a key error in pair p costs (E q_a^2 + E q_b^2) / 2 per unit of squared
+// error in either of its dimensions. query_energy[j] = sum over the group's
+// query heads of E q_j^2 (pre-RoPE). Dimensions past rope.n_dims are not
+// rotated and keep their own energy. Returns the diagonal, head_dim long.
+std::vector<double> rope_pair_weights(const RopeConfig& rope, int head_dim, const std::vector<double>& query_energy);
+
+// Adds the Gram of the attention-averaged inputs of one sequence's layer
+// (the value whitening of Options::attended_values): a value error reaches
+// query head g at position t only through sum_j p_gj(t) v_j, i.e. through
+// xbar_g(t) = sum_j p_gj(t) x_j; gbar += sum_g sum_t xbar_g(t) xbar_g(t)^T.
+// x: the sequence's K/V inputs, n rows of n_embd (positions 0..n-1); the
+// probabilities are those of L's own W_q, W_k (RoPE, causal softmax).
+void add_attended_gram(const Model& m, const LayerWeights& L, const float* x, int n, Eigen::MatrixXd& gbar);
 
 // Whole pipeline on a model (its weights gain the latent factors): Gram
 // matrices, whitened factorizations, sensitivities, ranks, held-out

@@ -170,14 +170,16 @@ LoadedModel build_model(const ModelSource& src, const ProgressFn& progress) {
         LayerWeights& L = w.layers[static_cast<size_t>(l)];
         L.attn_norm = p.vector(b + "attn_norm.weight", c.n_embd);
         L.wq = p.matrix(b + "attn_q.weight", q_dim, c.n_embd);
-        L.wk = p.matrix(b + "attn_k.weight", kv_dim, c.n_embd);
-        L.wv = p.matrix(b + "attn_v.weight", kv_dim, c.n_embd);
+        // A STAR-KV layer's latent factors replace W_k and W_v (packed bundles drop them).
+        const bool latent = src.find(b + "attn_v_lat_a") != nullptr;
+        L.wk = p.matrix(b + "attn_k.weight", kv_dim, c.n_embd, !latent);
+        L.wv = p.matrix(b + "attn_v.weight", kv_dim, c.n_embd, !latent);
         L.wo = p.matrix(b + "attn_output.weight", c.n_embd, q_dim);
         L.ffn_norm = p.vector(b + "ffn_norm.weight", c.n_embd);
         L.w_gate = p.matrix(b + "ffn_gate.weight", c.n_ff, c.n_embd);
         L.w_up = p.matrix(b + "ffn_up.weight", c.n_ff, c.n_embd);
         L.w_down = p.matrix(b + "ffn_down.weight", c.n_embd, c.n_ff);
-        if (src.find(b + "attn_v_lat_a")) load_latent(src, p, c, b, L.lat);
+        if (latent) load_latent(src, p, c, b, L.lat);
         if (!src.kv_quant.empty()) attach_quant(src, l, L.lat, L.plain_q);
     }
     w.output_norm = p.vector("output_norm.weight", c.n_embd);

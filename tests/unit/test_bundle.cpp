@@ -344,6 +344,12 @@ TEST_F(BundleFiles, CraftedFilesGiveTheRightStatus) {
     EXPECT_EQ(dir_case([](E& e) { e[0].codec = bundle::Codec::Raw; }), STARKV_ERR_CORRUPT);
     EXPECT_EQ(dir_case([](E& e) { e[0].dtype = 99; }), STARKV_ERR_UNSUPPORTED);
     EXPECT_EQ(dir_case([](E& e) { e.pop_back(); }), STARKV_ERR_CORRUPT);  // a missing weight
+    // Only a STAR-KV layer may lack W_k / W_v (its factors replace them); a plain one may not.
+    for (const char* w : {"blk.0.attn_k.weight", "blk.1.attn_v.weight"}) {
+        EXPECT_EQ(dir_case([w](E& e) { std::erase_if(e, [w](const bundle::DirEntry& d) { return d.name == w; }); }),
+                  STARKV_ERR_CORRUPT) << w;
+        EXPECT_NE(msg.find(w), std::string::npos) << msg;
+    }
     EXPECT_EQ(dir_case([](E& e) { e[0].name = std::string(2000, 'a'); }), STARKV_ERR_CORRUPT);
     EXPECT_EQ(dir_case([](E& e) { std::swap(e[0].shape[0], e[0].shape[1]); }), STARKV_ERR_CORRUPT);
 

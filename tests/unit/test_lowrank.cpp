@@ -14,6 +14,7 @@
 
 #include "bundle/writer.h"
 #include "calibration/lowrank.h"
+#include "core/error.h"
 #include "model/context.h"
 #include "model/loader.h"
 #include "model/model.h"
@@ -172,6 +173,20 @@ TEST(LowRank, BudgetAccountingMatchesDirectCount) {
         // Default skip layers: 0, 1 and the last.
         EXPECT_EQ(md["skip_layers"], nlohmann::json({0, 1, c.n_layer - 1}));
         EXPECT_LE(static_cast<double>(latent), 0.4 * static_cast<double>(full) + 1e-9) << lr::strategy_name(st);
+        // The weighting kept is the candidate of least KL on the selection
+        // text, and adaptive (which has the uniform allocation among its
+        // candidates) is never worse than uniform on its probe.
+        const nlohmann::json& cal = md["calibration"];
+        const nlohmann::json& wkl = cal["weighting_probe_kl"];
+        ASSERT_EQ(wkl.size(), 3u);
+        std::string least;
+        for (const auto& [name, kl] : wkl.items())
+            if (least.empty() || kl.get<double>() < wkl[least].get<double>()) least = name;
+        EXPECT_EQ(cal["output_aware"].get<bool>(), least != "activation") << least;
+        EXPECT_EQ(cal["attended_values"].get<bool>(), least == "output+attended") << least;
+        EXPECT_GT(cal["weighting_tokens"].get<int>(), 0);
+        if (st == lr::Strategy::Adaptive)
+            EXPECT_LE(md["sensitivity"]["probe_kl"].get<double>(), md["sensitivity"]["probe_kl_uniform"].get<double>());
         starkv::KvCache kv(c, m->weights(), 16);
         EXPECT_EQ(kv.bytes_per_token(), (latent + plain_floats) * sizeof(float));
         EXPECT_EQ(kv.bytes_per_token_uncompressed(), 2ull * c.n_layer * c.n_head_kv * c.head_dim * sizeof(float));
@@ -322,8 +337,32 @@ TEST(LowRank, BundleAtRate075LoadsGeneratesAndShrinksTheCache) {
     auto m = std::make_shared<const Model>(starkv::load_model(out, nullptr));
     const starkv::ModelConfig& c = m->config();
     int n_compressed = 0;
-    for (const auto& L : m->weights().layers) n_compressed += L.lat.active() ? 1 : 0;
+    for (const auto& L : m->weights().layers) {
+        n_compressed += L.lat.active() ? 1 : 0;
+        // Latent layers carry no K/V projections (the factors replace them); the others keep theirs.
+        EXPECT_EQ(L.wk.empty(), L.lat.active());
+        EXPECT_EQ(L.wv.empty(), L.lat.active());
+    }
     EXPECT_EQ(n_compressed, c.n_layer - 3);
+    // Parameters: the original's, less W_k and W_v of the latent layers, plus their factors.
+    {
+        const Model orig = starkv::load_model(starkv_test::stories_model(), nullptr);
+        uint64_t want = orig.n_params();
+        for (const auto& L : m->weights().layers) {
+            if (!L.lat.active()) continue;
+            want -= 2ull * c.n_head_kv * c.head_dim * c.n_embd;
+            for (size_t h = 0; h < L.lat.k_a.size(); ++h) want += L.lat.k_a[h].data.size() + L.lat.k_u[h].data.size();
+            want += L.lat.v_a.data.size() + L.lat.v_u.data.size();
+        }
+        EXPECT_EQ(m->n_params(), want);
+    }
+    // Neither a plain repack nor a new calibration can start from the latents alone.
+    try {
+        starkv::pack_bundle(out, dir + "/again.skv", starkv::PackOptions{});
+        ADD_FAILURE() << "repacking a latent-only bundle succeeded";
+    } catch (const starkv::Error& e) {
+        EXPECT_EQ(e.status(), STARKV_ERR_UNSUPPORTED) << e.what();
+    }
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     const std::vector<int32_t> p = prompt_tokens(*m, 8);
     ctx.eval(p.data(), p.size(), false);
@@ -381,3 +420,158 @@ TEST(LowRank, SeparateKeyAndValueTargets) {
 }
 
 }  // namespace
+
+namespace {
+
+Eigen::MatrixXd random_psd(std::mt19937& rng, int n, int samples) {
+    std::normal_distribution<double> g(0.0, 1.0);
+    Eigen::MatrixXd x(n, samples);
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < samples; ++j) x(i, j) = g(rng) * (1.0 + i);  // uneven scales
+    return x * x.transpose() / samples;
+}
+
+// E ||M^(1/2) (W - B) x||^2 over inputs of Gram G, straight from its definition.
+double weighted_error(const Eigen::MatrixXd& W, const Eigen::MatrixXd& B, const Eigen::MatrixXd& G,
+                      const Eigen::MatrixXd& M) {
+    const Eigen::MatrixXd D = W - B;
+    return (D.transpose() * M * D * G).trace();
+}
+
+}  // namespace
+
+// The two-sided weighted factorization: its truncation's weighted error is the
+// discarded spectrum, it is exact at full rank, and no other rank-r candidate
+// tried (plain SVD, one-sided whitening, perturbed factors) does better.
+TEST(LowRank, WeightedFactorizationErrorIsTheDiscardedSpectrum) {
+    std::mt19937 rng(11);
+    std::normal_distribution<double> g(0.0, 1.0);
+    for (auto [out, in] : {std::pair{6, 10}, std::pair{8, 5}}) {
+        Eigen::MatrixXd W(out, in);
+        for (int i = 0; i < out; ++i)
+            for (int j = 0; j < in; ++j) W(i, j) = g(rng);
+        const Eigen::MatrixXd G = random_psd(rng, in, 40), M = random_psd(rng, out, 30);
+        const lr::WeightedFactor f = lr::weighted_factorize(W, G, M, 0.0);
+        const int m = std::min(out, in);
+        ASSERT_EQ(static_cast<int>(f.s.size()), m);
+        EXPECT_LT((f.U * f.A - W).norm(), 1e-9 * W.norm());
+        const lr::WeightedFactor plain = lr::weighted_factorize(W, Eigen::MatrixXd::Identity(in, in),
+                                                                Eigen::MatrixXd::Identity(out, out), 0.0);
+        const lr::WeightedFactor one_sided = lr::weighted_factorize(W, G, Eigen::MatrixXd::Identity(out, out), 0.0);
+        for (int r = 1; r < m; ++r) {
+            double tail = 0;
+            for (int i = r; i < m; ++i) tail += f.s[static_cast<size_t>(i)] * f.s[static_cast<size_t>(i)];
+            const Eigen::MatrixXd B = f.U.leftCols(r) * f.A.topRows(r);
+            const double e = weighted_error(W, B, G, M);
+            EXPECT_NEAR(e, tail, 1e-9 * (1 + tail)) << out << "x" << in << " rank " << r;
+            EXPECT_LE(e, weighted_error(W, plain.U.leftCols(r) * plain.A.topRows(r), G, M) * (1 + 1e-12));
+            EXPECT_LE(e, weighted_error(W, one_sided.U.leftCols(r) * one_sided.A.topRows(r), G, M) * (1 + 1e-12));
+            for (int trial = 0; trial < 5; ++trial) {
+                Eigen::MatrixXd dU = Eigen::MatrixXd::Random(out, r) * 1e-3, dA = Eigen::MatrixXd::Random(r, in) * 1e-3;
+                const Eigen::MatrixXd B2 = (f.U.leftCols(r) + dU) * (f.A.topRows(r) + dA);
+                EXPECT_GE(weighted_error(W, B2, G, M), e * (1 - 1e-12));
+            }
+        }
+    }
+}
+
+// The key weights: the pre-RoPE query Gram C averaged over rotations,
+// mean_p R(p)^T C R(p), computed by rotating with the runtime's RopeTable over
+// many positions, is diagonal with rope_pair_weights(diag C) on the diagonal.
+TEST(LowRank, RopePairWeightsAreTheRotationAveragedQueryGram) {
+    std::mt19937 rng(5);
+    const int hd = 8;
+    for (starkv::RopeLayout layout : {starkv::RopeLayout::Adjacent, starkv::RopeLayout::HalfSplit}) {
+        for (int n_dims : {8, 6}) {
+            starkv::RopeConfig rc;
+            rc.theta = 3.0f;  // distinct, fast frequencies: the average converges in few positions
+            rc.n_dims = n_dims;
+            rc.layout = layout;
+            const starkv::cpu::RopeTable rope(rc);
+            const Eigen::MatrixXd C = random_psd(rng, hd, 50);
+            Eigen::MatrixXd avg = Eigen::MatrixXd::Zero(hd, hd);
+            const int P = 20000;
+            for (int p = 0; p < P; ++p) {
+                Eigen::MatrixXd R(hd, hd);  // column j: the rotated unit vector e_j
+                for (int j = 0; j < hd; ++j) {
+                    std::vector<float> e(hd, 0.0f);
+                    e[static_cast<size_t>(j)] = 1.0f;
+                    rope.apply(e.data(), 1, hd, p);
+                    for (int i = 0; i < hd; ++i) R(i, j) = e[static_cast<size_t>(i)];
+                }
+                avg += R.transpose() * C * R;
+            }
+            avg /= P;
+            std::vector<double> e(hd);
+            for (int j = 0; j < hd; ++j) e[static_cast<size_t>(j)] = C(j, j);
+            const std::vector<double> d = lr::rope_pair_weights(rc, hd, e);
+            const double scale = C.diagonal().maxCoeff();
+            for (int i = 0; i < hd; ++i)
+                for (int j = 0; j < hd; ++j) {
+                    // Unrotated dimensions keep their cross terms with each other.
+                    const bool fixed = i >= n_dims && j >= n_dims;
+                    const double want = i == j ? d[static_cast<size_t>(i)] : fixed ? C(i, j) : 0.0;
+                    EXPECT_NEAR(avg(i, j), want, 2e-2 * scale) << "n_dims " << n_dims << " (" << i << "," << j << ")";
+                }
+        }
+    }
+}
+
+// The attended Gram against a float64 evaluation of its definition: causal
+// softmax attention of every query head (RoPE at positions 0..n-1) over the
+// layer's own keys, xbar_g(t) = sum_j p_gj(t) x_j, summed outer products.
+TEST(LowRank, AttendedGramMatchesFloat64Reference) {
+    auto m = load_stories();
+    const starkv::ModelConfig& c = m->config();
+    const starkv::LayerWeights& L = m->weights().layers[2];
+    const int n = 23, E = c.n_embd, hd = c.head_dim, group = c.n_head / c.n_head_kv;
+    std::mt19937 rng(3);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(n) * E);
+    for (float& v : x) v = g(rng);
+    Eigen::MatrixXd got = Eigen::MatrixXd::Zero(E, E);
+    lr::add_attended_gram(*m, L, x.data(), n, got);
+
+    // Rotation of one head's vector at position p, in double, from the runtime's frequencies.
+    const std::vector<double>& inv_freq = m->rope().inv_freq();
+    auto rotate = [&](std::vector<double> v, int p) {
+        const int half = c.rope.n_dims / 2;
+        for (int i = 0; i < half; ++i) {
+            const int a = c.rope.layout == starkv::RopeLayout::Adjacent ? 2 * i : i;
+            const int b = c.rope.layout == starkv::RopeLayout::Adjacent ? 2 * i + 1 : i + half;
+            const double cs = std::cos(p * inv_freq[static_cast<size_t>(i)]), sn = std::sin(p * inv_freq[static_cast<size_t>(i)]);
+            const double x0 = v[static_cast<size_t>(a)], x1 = v[static_cast<size_t>(b)];
+            v[static_cast<size_t>(a)] = x0 * cs - x1 * sn;
+            v[static_cast<size_t>(b)] = x0 * sn + x1 * cs;
+        }
+        return v;
+    };
+    auto head = [&](const Matrix& w, int h, int t) {
+        std::vector<double> v(static_cast<size_t>(hd), 0.0);
+        for (int d = 0; d < hd; ++d)
+            for (int e = 0; e < E; ++e) v[static_cast<size_t>(d)] += double(w.row(h * hd + d)[e]) * x[static_cast<size_t>(t) * E + e];
+        return rotate(v, t);
+    };
+    Eigen::MatrixXd want = Eigen::MatrixXd::Zero(E, E);
+    for (int q = 0; q < c.n_head; ++q)
+        for (int t = 0; t < n; ++t) {
+            const std::vector<double> qv = head(L.wq, q, t);
+            std::vector<double> s(static_cast<size_t>(t) + 1);
+            double mx = -1e300, z = 0;
+            for (int j = 0; j <= t; ++j) {
+                const std::vector<double> kv = head(L.wk, q / group, j);
+                double d = 0;
+                for (int i = 0; i < hd; ++i) d += qv[static_cast<size_t>(i)] * kv[static_cast<size_t>(i)];
+                s[static_cast<size_t>(j)] = d / std::sqrt(double(hd));
+                mx = std::max(mx, s[static_cast<size_t>(j)]);
+            }
+            for (double& v : s) z += v = std::exp(v - mx);
+            Eigen::VectorXd bar = Eigen::VectorXd::Zero(E);
+            for (int j = 0; j <= t; ++j)
+                for (int e = 0; e < E; ++e) bar(e) += s[static_cast<size_t>(j)] / z * x[static_cast<size_t>(j) * E + e];
+            want += bar * bar.transpose();
+        }
+    const double err = (got - want).cwiseAbs().maxCoeff() / want.cwiseAbs().maxCoeff();
+    EXPECT_LT(err, 1e-4);
+    std::printf("attended Gram vs float64 reference: max rel err %.3g\n", err);
+}

@@ -133,8 +133,8 @@ class KVStats:
     bytes_in_use: int
     bytes_reserved: int
     bytes_per_token: int
-    device_bytes: int = 0
-    bytes_per_token_uncompressed: int = 0
+    bytes_per_token_uncompressed: int = 0  # the same model's cache without STAR-KV
+    device_bytes: int = 0  # GPU memory of a GPU-backed context
 
 
 @dataclasses.dataclass(frozen=True)

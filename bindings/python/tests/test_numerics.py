@@ -75,5 +75,6 @@ def test_kv_stats(model, ctx):
     assert st.n_ctx == ctx.n_ctx == 512
     assert st.bytes_per_token == 5 * 2 * 4 * 8 * 4  # layers * (k,v) * kv heads * head_dim * fp32
     assert st.bytes_in_use == 5 * st.bytes_per_token
+    assert st.bytes_per_token_uncompressed == st.bytes_per_token  # a plain model: no STAR-KV saving
     ctx.rewind(2)
     assert ctx.n_past == 2
