@@ -225,3 +225,44 @@ TEST_F(Fixture, F16CloseToCpu) {
     EXPECT_LT(rel, 1e-2);
     EXPECT_LT(ppl_rel, 5e-3);
 }
+
+// device_memory_limit: under what the context takes, CUDA fails with
+// OUT_OF_MEMORY (nothing left allocated: a second context at the measured size
+// fits) and AUTO falls back to the CPU; at the measured size it is accepted.
+TEST_F(Fixture, DeviceMemoryLimit) {
+    unsetenv("STARKV_CUDA_DTYPE");
+    starkv_status st;
+    starkv_context* gpu = make_ctx(model, STARKV_BACKEND_CUDA, &st);
+    if (st == STARKV_ERR_NO_DEVICE) GTEST_SKIP() << starkv_last_error();
+    ASSERT_EQ(st, STARKV_OK) << starkv_last_error();
+    starkv_kv_stats kv;
+    starkv_kv_stats_default(&kv);
+    ASSERT_EQ(starkv_context_kv_stats(gpu, &kv), STARKV_OK);
+    starkv_context_free(gpu);
+    const uint64_t need = kv.device_bytes;
+    ASSERT_GT(need, 0u);
+    for (int backend : {STARKV_BACKEND_CUDA, STARKV_BACKEND_AUTO}) {
+        for (uint64_t limit : {need - 1, need}) {
+            starkv_context_params p;
+            starkv_context_params_default(&p);
+            p.n_ctx = 512;
+            p.backend = backend;
+            p.device_memory_limit = limit;
+            starkv_context* c = nullptr;
+            st = starkv_context_create(model, &p, &c);
+            starkv_kv_stats s;
+            starkv_kv_stats_default(&s);
+            if (limit < need && backend == STARKV_BACKEND_CUDA) {
+                EXPECT_EQ(st, STARKV_ERR_OUT_OF_MEMORY);
+                EXPECT_EQ(c, nullptr);
+                EXPECT_NE(std::string(starkv_last_error()).find("device_memory_limit"), std::string::npos);
+                continue;
+            }
+            ASSERT_EQ(st, STARKV_OK) << starkv_last_error();
+            ASSERT_EQ(starkv_context_kv_stats(c, &s), STARKV_OK);
+            // AUTO under the limit runs on the CPU (no device bytes); at the limit on the GPU.
+            EXPECT_EQ(s.device_bytes, limit < need ? 0u : need) << "backend " << backend << " limit " << limit;
+            starkv_context_free(c);
+        }
+    }
+}

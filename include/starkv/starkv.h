@@ -262,6 +262,11 @@ typedef struct starkv_context_params {
     uint64_t seed;      /**< seed of the default sampler of starkv_generate (sampler NULL) */
     int32_t backend;    /**< STARKV_BACKEND_*; default CPU */
     int32_t device;     /**< GPU ordinal for the CUDA backend; default 0 */
+    /** Bytes a GPU-backed context may hold on its device (weights, KV cache for
+     * n_ctx tokens, buffers; starkv_kv_stats.device_bytes); 0 = no limit. Over
+     * it, backend CUDA fails with STARKV_ERR_OUT_OF_MEMORY and AUTO uses the
+     * CPU, both having freed what they took. Ignored on the CPU. Since 0.2. */
+    uint64_t device_memory_limit;
 } starkv_context_params;
 
 /** Where a context runs. CUDA loads libstarkv_cuda.so (beside libstarkv, or the

@@ -401,6 +401,18 @@ void starkv_context_params_default(starkv_context_params* p) {
     p->seed = 0;
 }
 
+// 0.1.0 binaries call the filler on the 0.1.0 struct (up to device): it
+// writes that much and no more (abi/README.md).
+extern "C" __attribute__((visibility("default"))) void context_params_default_v0(starkv_context_params* p) {
+    if (!p) return;
+    starkv_context_params full;
+    starkv_context_params_default(&full);
+    full.struct_size = static_cast<uint32_t>(offsetof(starkv_context_params, device_memory_limit));
+    std::memcpy(p, &full, offsetof(starkv_context_params, device_memory_limit));
+}
+__asm__(".symver context_params_default_v0,starkv_context_params_default@STARKV_0");
+__asm__(".symver starkv_context_params_default,starkv_context_params_default@@@STARKV_0.2");
+
 starkv_status starkv_context_create(const starkv_model* model, const starkv_context_params* params,
                                     starkv_context** out_ctx) {
     STARKV_REQUIRE(out_ctx, "out_ctx is NULL");
@@ -419,6 +431,7 @@ starkv_status starkv_context_create(const starkv_model* model, const starkv_cont
         o.n_threads = static_cast<int>(p.n_threads);
         o.backend = p.backend;
         o.device = p.device;
+        o.device_memory_limit = p.device_memory_limit;
         auto ctx = std::make_unique<starkv_context>();
         ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
         ctx->seed = p.seed;

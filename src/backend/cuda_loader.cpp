@@ -91,7 +91,8 @@ double copy_bandwidth(int device) {
     return bw;
 }
 
-std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device) {
+std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device,
+                                                   uint64_t memory_limit) {
     if (backend == STARKV_BACKEND_CPU) return nullptr;
     // AUTO falls back for a missing device; any other failure is reported.
     auto unavailable = [&](const std::string& why) -> std::unique_ptr<DeviceForward> {
@@ -173,8 +174,19 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     void* handle = nullptr;
     if (int32_t st = api->create(&d, &handle, msg, sizeof msg); st != STARKV_OK)
         fail(static_cast<starkv_status>(st), std::string("cuda: ") + msg);
+    auto fwd = std::make_unique<DeviceForward>(api, handle);
+    // Checked on what create really took (cuBLASLt workspaces and allocator
+    // rounding included), then given back at once.
+    if (memory_limit && fwd->device_bytes() > memory_limit) {
+        const std::string why = "the context needs " + std::to_string(fwd->device_bytes()) + " bytes on device " +
+                                std::to_string(device) + ", over its device_memory_limit of " +
+                                std::to_string(memory_limit);
+        fwd.reset();
+        if (backend == STARKV_BACKEND_AUTO) return unavailable(why);
+        fail(STARKV_ERR_OUT_OF_MEMORY, why);
+    }
     log(STARKV_LOG_INFO, "backend cuda: device " + std::to_string(device) + ", " + dt + " weights");
-    return std::make_unique<DeviceForward>(api, handle);
+    return fwd;
 }
 
 }  // namespace starkv::backend

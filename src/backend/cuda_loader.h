@@ -38,8 +38,10 @@ private:
 // For backend CPU: nullptr. CUDA: the device forward, or Error
 // STARKV_ERR_NO_DEVICE saying why. AUTO: the device forward, or nullptr
 // after logging why the CPU is used. Weight/KV types from $STARKV_CUDA_DTYPE
-// ("f32" default, "bf16").
-std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device);
+// ("f32" default, "bf16"). memory_limit (bytes, 0 = none): a device forward
+// taking more is freed, then Error STARKV_ERR_OUT_OF_MEMORY (AUTO: nullptr).
+std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device,
+                                                   uint64_t memory_limit = 0);
 
 // Device-to-device copy speed of a CUDA device (bytes read + written per
 // second); Error STARKV_ERR_NO_DEVICE without the backend or the device.

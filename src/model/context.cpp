@@ -28,7 +28,8 @@ Context::Context(std::shared_ptr<const Model> model, const ContextOptions& optio
     : model_(std::move(model)),
       kv_(model_->config(), model_->weights(), resolve_ctx(*model_, options.n_ctx)),
       pool_(std::min(resolve_threads(options.n_threads), 256)),
-      device_(backend::open_device_forward(*model_, kv_.n_ctx(), options.backend, options.device)) {}
+      device_(backend::open_device_forward(*model_, kv_.n_ctx(), options.backend, options.device,
+                                            options.device_memory_limit)) {}
 
 Context::~Context() = default;
 

@@ -21,6 +21,7 @@ struct ContextOptions {
     int n_threads = 0;  // 0 = hardware threads
     int backend = 0;    // STARKV_BACKEND_*
     int device = 0;     // GPU ordinal
+    uint64_t device_memory_limit = 0;  // bytes on the GPU; 0 = none
 };
 
 class Context {

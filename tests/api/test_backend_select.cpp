@@ -46,6 +46,8 @@ TEST_F(BackendSelect, DefaultIsCpu) {
     starkv_context_params_default(&p);
     EXPECT_EQ(p.backend, STARKV_BACKEND_CPU);
     EXPECT_EQ(p.device, 0);
+    EXPECT_EQ(p.device_memory_limit, 0u);
+    EXPECT_EQ(p.struct_size, sizeof p);
     EXPECT_STREQ(starkv_status_name(STARKV_ERR_NO_DEVICE), "STARKV_ERR_NO_DEVICE");
 }
 
@@ -100,4 +102,15 @@ TEST_F(BackendSelect, AutoFallsBackToCpuAndLogs) {
         ASSERT_EQ(g_logs.size(), 1u);
         EXPECT_NE(g_logs[0].find("using the CPU"), std::string::npos) << g_logs[0];
     }
+}
+
+// A CPU context ignores the device limit (documented): even 1 byte is accepted.
+TEST_F(BackendSelect, CpuIgnoresTheDeviceMemoryLimit) {
+    starkv_context_params p;
+    starkv_context_params_default(&p);
+    p.n_ctx = 64;
+    p.device_memory_limit = 1;
+    starkv_context* ctx = nullptr;
+    ASSERT_EQ(starkv_context_create(model, &p, &ctx), STARKV_OK) << starkv_last_error();
+    starkv_context_free(ctx);
 }
