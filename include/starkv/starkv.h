@@ -195,6 +195,15 @@ typedef struct starkv_pack_params {
      * of one budget shared by keys and values; 0 (default) = shared. */
     float kv_compress_k;
     float kv_compress_v;
+    /* Quantized latents (docs/kv-layout.md; with kv_compress): average code
+     * bits per latent channel, padding included (0 = fp32 latents, the
+     * default; 2..8, e.g. 8, 4, 3). Each latent gets a Hadamard block size
+     * and a split between leading channels at 8 or 4 bits and a tail at 4, 3
+     * or 2 bits, chosen on the calibration text. */
+    float kv_bits;
+    int32_t hadamard_block;   /* 0 = auto (default); 8, 16, 32, 64, 128; -1 = no rotation, auto block */
+    int32_t kv_bits_uniform;  /* nonzero: one bit width round(kv_bits) everywhere, no split */
+    int32_t kv_bits_plain;    /* with kv_bits: layers kept plain (skip layers) store K/V at 8 or 4 bits; 0 = fp32 */
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 

@@ -1,6 +1,7 @@
 // The C ABI: argument checks, struct_size handling, and the one place where
 // C++ exceptions become status codes and the thread's last-error message.
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -242,6 +243,18 @@ void starkv_pack_params_default(starkv_pack_params* p) {
     p->calib_tokens = 4096;
 }
 
+// 0.1.0 binaries call the filler on the 0.1.0 struct (up to kv_compress_v):
+// it writes that much and no more (abi/README.md).
+extern "C" __attribute__((visibility("default"))) void pack_params_default_v0(starkv_pack_params* p) {
+    if (!p) return;
+    starkv_pack_params full;
+    starkv_pack_params_default(&full);
+    full.struct_size = static_cast<uint32_t>(offsetof(starkv_pack_params, kv_bits));
+    std::memcpy(p, &full, offsetof(starkv_pack_params, kv_bits));
+}
+__asm__(".symver pack_params_default_v0,starkv_pack_params_default@STARKV_0");
+__asm__(".symver starkv_pack_params_default,starkv_pack_params_default@@@STARKV_0.2");
+
 starkv_status starkv_pack(const char* in_path, const char* out_path, const starkv_pack_params* params) {
     STARKV_REQUIRE(in_path, "in_path is NULL");
     STARKV_REQUIRE(out_path, "out_path is NULL");
@@ -249,6 +262,10 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
     starkv_pack_params_default(&p);
     STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_pack_params_default)");
     return guarded([&] {
+        if (p.kv_bits_plain != 0 && p.kv_bits == 0.0f)
+            starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_plain needs kv_bits");
+        if (p.kv_bits != 0.0f && p.kv_compress == 0.0f)
+            starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits quantizes STAR-KV latents: it needs kv_compress");
         starkv::PackOptions opt;
         opt.zstd_level = p.zstd_level;
         if (p.progress) opt.progress = [&p](float f) { return p.progress(f, p.progress_user_data); };
@@ -281,6 +298,16 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
                         i = j + 1;
                     }
                 }
+            }
+            if (p.kv_bits != 0.0f) {
+                if (!(p.kv_bits >= 2.0f && p.kv_bits <= 8.0f)) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits must be in [2, 8]");
+                kv.quant.avg_bits = p.kv_bits;
+                kv.quant.hadamard = p.hadamard_block >= 0;
+                kv.quant.block = std::max(p.hadamard_block, 0);
+                kv.quant.mixed = p.kv_bits_uniform == 0;
+                if (p.kv_bits_plain != 0 && p.kv_bits_plain != 8 && p.kv_bits_plain != 4)
+                    starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_plain must be 0, 8 or 4");
+                kv.quant.plain_bits = p.kv_bits_plain;
             }
             opt.kv = kv;
             opt.calib_path = p.calib_path;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bundle/format.h"
+#include "bundle/kv_quant_plan.h"
 #include "bundle/metadata.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
@@ -28,7 +29,7 @@ struct Layout {
 
 // Optional-feature evolution: a key this reader does not know is ignored, a
 // feature listed in required_features that it does not know is refused.
-bool feature_known(const std::string& f) { return f == "kv-lowrank"; }
+bool feature_known(const std::string& f) { return f == "kv-lowrank" || f == "kv-quant"; }
 
 void check_metadata(const json& md) {
     if (!md.is_object()) corrupt("bundle: metadata is not a JSON object");
@@ -92,6 +93,11 @@ ModelSource open_bundle_source_impl(const std::string& path, const ProgressFn& p
     src.config = b::config_from_json(section(L.metadata, "model"));
     src.vocab = b::vocab_from_json(section(L.metadata, "tokenizer"));
     src.config.validate();
+    if (auto c = L.metadata.find("compression"); c != L.metadata.end())
+        if (auto q = c->find("kv_quant"); q != c->end()) {
+            if (!q->is_object() || !q->contains("layers")) corrupt("bundle: compression.kv_quant has no 'layers'");
+            src.kv_quant = bundle::kv_quant_layers_from_json((*q)["layers"], src.config);
+        }
 
     const size_t n = L.entries.size();
     uint64_t total_raw = 0;

@@ -244,6 +244,8 @@ PackStats pack_bundle(const std::string& in_path, const std::string& out_path, c
     md["required_features"] = json::array();
     // Older readers must refuse a bundle whose K/V live only as latents.
     if (kv_meta.value("kv", "none") != "none") md["required_features"].push_back("kv-lowrank");
+    // ... and one whose latents are quantized (rows it could not read).
+    if (kv_meta.contains("kv_quant")) md["required_features"].push_back("kv-quant");
     md["model"] = b::config_to_json(src.config);
     md["tokenizer"] = b::vocab_to_json(src.vocab);
     md["compression"] = kv_meta;

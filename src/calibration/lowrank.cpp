@@ -390,7 +390,7 @@ double tail_energy(const std::vector<double>& s, int r) {
 nlohmann::json calibrate(Model& model, const std::string& text, const Options& opt) {
     const ModelConfig& c = model.config();
     // A compressed source (a STAR-KV bundle keeps W_k and W_v) is calibrated afresh.
-    for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
+    for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{}, L.plain_q = LatentQuant{};
     if (!(opt.rate >= 0.0f && opt.rate < 1.0f))
         fail(STARKV_ERR_INVALID_ARGUMENT, "KV compression rate must be in [0, 1)");
     if (opt.calib_tokens < 1) fail(STARKV_ERR_INVALID_ARGUMENT, "calibration needs at least one token");
@@ -538,6 +538,9 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         if (compressed[static_cast<size_t>(l)])
             install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, factors[static_cast<size_t>(l)],
                     ranks.k[static_cast<size_t>(l)], ranks.v[static_cast<size_t>(l)]);
+    // 5. Quantized latents (plan, rotation folded into the factors).
+    json kv_quant;
+    if (opt.quant.avg_bits > 0) kv_quant = quant::plan_and_fold(model, calib, opt.quant, seq_len, opt.n_threads);
     const double ppl = held_out.empty() ? 0.0 : perplexity(model, held_out, seq_len, opt.n_threads);
 
     const Budget b = count_budget(c, ranks);
@@ -566,6 +569,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                {"sharpness", opt.sharpness},
                {"probe_tokens", opt.strategy == Strategy::Adaptive ? opt.probe_tokens : 0}}},
              {"held_out", {{"tokens", n_eval}, {"perplexity_uncompressed", ppl_base}, {"perplexity", ppl}}}};
+    if (!kv_quant.is_null()) out["kv_quant"] = kv_quant;
     if (opt.strategy == Strategy::Adaptive)
         out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds}, {"probe_kl", probe_kl_total}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "calibration/quant_plan.h"
 #include "model/model.h"
 
 namespace starkv::lowrank {
@@ -35,6 +36,7 @@ struct Options {
     double sharpness = 50.0;            // k of the soft threshold s * tanh(k (s - a))
     int adaptive_rounds = 6;            // sensitivity re-measurements at the allocation's ranks
     int n_threads = 0;
+    quant::Options quant;               // quantized latents (avg_bits 0 = fp32)
 };
 
 // Ranks per layer: k[l][h] per KV head, v[l] per layer; empty k[l] = skipped layer.

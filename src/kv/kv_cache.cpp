@@ -15,22 +15,38 @@ KvCache::KvCache(const ModelConfig& config, int n_ctx)
     v_.resize(n_buffers);
     k_w_.assign(n_buffers, config.head_dim);
     v_w_.assign(n_buffers, config.head_dim);
+    k_b_.assign(n_buffers, static_cast<size_t>(config.head_dim) * sizeof(float));
+    v_b_ = k_b_;
+    k_q_.assign(n_buffers, LatentQuant{});
+    v_q_ = k_q_;
     bytes_per_token_ = bytes_per_token_uncompressed();
 }
 
 KvCache::KvCache(const ModelConfig& config, const ModelWeights& weights, int n_ctx) : KvCache(config, n_ctx) {
-    uint64_t floats = 0;
+    uint64_t bytes = 0;
     for (int l = 0; l < config.n_layer; ++l) {
         const LatentFactors& lat = weights.layers[static_cast<size_t>(l)].lat;
         for (int h = 0; h < n_head_kv_; ++h) {
-            if (lat.active()) {
-                k_w_[index(l, h)] = lat.k_a[static_cast<size_t>(h)].rows;
-                v_w_[index(l, h)] = h == 0 ? lat.v_a.rows : 0;
+            const size_t i = index(l, h);
+            const LatentQuant& pq = weights.layers[static_cast<size_t>(l)].plain_q;
+            if (!lat.active() && pq.active()) {
+                k_q_[i] = v_q_[i] = pq;
+                k_b_[i] = v_b_[i] = pq.row_bytes();
             }
-            floats += static_cast<uint64_t>(k_w_[index(l, h)] + v_w_[index(l, h)]);
+            if (lat.active()) {
+                k_w_[i] = lat.k_a[static_cast<size_t>(h)].rows;
+                v_w_[i] = h == 0 ? lat.v_a.rows : 0;
+                if (lat.quantized()) {
+                    k_q_[i] = lat.k_q[static_cast<size_t>(h)];
+                    if (h == 0) v_q_[i] = lat.v_q;
+                }
+                k_b_[i] = k_q_[i].active() ? k_q_[i].row_bytes() : static_cast<size_t>(k_w_[i]) * sizeof(float);
+                v_b_[i] = v_q_[i].active() ? v_q_[i].row_bytes() : static_cast<size_t>(v_w_[i]) * sizeof(float);
+            }
+            bytes += k_b_[i] + v_b_[i];
         }
     }
-    bytes_per_token_ = floats * sizeof(float);
+    bytes_per_token_ = bytes;
 }
 
 void KvCache::ensure(int n_tokens) {
@@ -39,8 +55,8 @@ void KvCache::ensure(int n_tokens) {
     const int target = std::min(n_ctx_, std::max({n_tokens, 2 * allocated_, 256}));
     try {
         for (size_t i = 0; i < k_.size(); ++i) {
-            k_[i].resize(static_cast<size_t>(target) * static_cast<size_t>(k_w_[i]));
-            v_[i].resize(static_cast<size_t>(target) * static_cast<size_t>(v_w_[i]));
+            k_[i].resize(static_cast<size_t>(target) * k_b_[i]);
+            v_[i].resize(static_cast<size_t>(target) * v_b_[i]);
         }
     } catch (const std::bad_alloc&) {
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot grow the KV cache to " + std::to_string(target) + " tokens");

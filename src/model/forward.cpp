@@ -12,10 +12,41 @@ void grow(std::vector<T>& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-// Attention of a STAR-KV layer: writes the micro-batch's latents to the cache,
-// reconstructs each cached key once per KV head (U_h k_lat, then RoPE at the
-// key's own position), and sums values in latent space before expanding them
-// with the head's rows of U_v.
+// Keys handled together by one work item: small enough that the tile of
+// reconstructed keys stays in L1, large enough to amortise the softmax rescale.
+constexpr size_t kKeyTile = 32;
+// From this many tokens in a micro-batch on, every cached key is reconstructed
+// once per layer (each is read by many queries); below it, each work item
+// reconstructs the keys it reads, tile by tile, and there is no key buffer.
+constexpr int kReconstructOnceFrom = 8;
+
+// Writes one latent row: fp32, or quantized on the fly.
+void store_latent(const LatentQuant* q, const float* z, size_t width, uint8_t* row) {
+    if (q) quantize_latent(*q, z, row);
+    else std::memcpy(row, z, width * sizeof(float));
+}
+
+// The latent at row, as fp32: the row itself, or dequantized into buf.
+const float* load_latent(const LatentQuant* q, const uint8_t* row, float* buf) {
+    if (!q) return reinterpret_cast<const float*>(row);
+    dequantize_latent(*q, row, buf);
+    return buf;
+}
+
+// Key of position p for KV head h: U_h z (z dequantized if need be), then RoPE at p.
+void reconstruct_key(const Model& model, const Matrix& u, const KvCache& kv, const LatentQuant* q, int l, int h, int p,
+                     float* zbuf, float* out) {
+    const float* z = load_latent(q, kv.k_row(l, h, p), zbuf);
+    for (int d = 0; d < u.rows; ++d) out[d] = cpu::dot(u.row(d), z, static_cast<size_t>(u.cols));
+    model.rope().apply(out, 1, u.rows, p);
+}
+
+// Attention of a STAR-KV layer: writes the micro-batch's latents to the cache
+// (quantized when the layer has a plan), then one pass per (token, KV head)
+// over the cached latents, a tile of keys at a time: keys are rebuilt
+// (U_h k_lat, then RoPE at the key's own position), scored with an online
+// softmax, and values are summed in latent space before being expanded with
+// the head's rows of U_v. Quantized rows are dequantized inside the loop.
 void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s, ThreadPool& pool, int n,
                       int pos0) {
     const ModelConfig& c = model.config();
@@ -24,6 +55,7 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
     const size_t qd = static_cast<size_t>(c.n_head) * hd;
     const int n_kv = c.n_head_kv, group = c.n_head / c.n_head_kv;
     const size_t rv = static_cast<size_t>(F.v_a.rows);
+    const LatentQuant* vq = kv.v_quant(l, 0);
 
     size_t max_r = rv;
     for (const Matrix& a : F.k_a) max_r = std::max(max_r, static_cast<size_t>(a.rows));
@@ -32,54 +64,145 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
         const Matrix& a = F.k_a[static_cast<size_t>(h)];
         cpu::matmul(a, s.xn.data(), n, s.lat.data(), pool);
         for (int t = 0; t < n; ++t)
-            std::memcpy(kv.k(l, h, pos0 + t), &s.lat[static_cast<size_t>(t) * a.rows], a.rows * sizeof(float));
+            store_latent(kv.k_quant(l, h), &s.lat[static_cast<size_t>(t) * a.rows], static_cast<size_t>(a.rows),
+                         kv.k_row(l, h, pos0 + t));
     }
     cpu::matmul(F.v_a, s.xn.data(), n, s.lat.data(), pool);
-    for (int t = 0; t < n; ++t) std::memcpy(kv.v(l, 0, pos0 + t), &s.lat[t * rv], rv * sizeof(float));
+    for (int t = 0; t < n; ++t) store_latent(vq, &s.lat[t * rv], rv, kv.v_row(l, 0, pos0 + t));
 
     const size_t n_pos = static_cast<size_t>(pos0 + n);
-    grow(s.keys, static_cast<size_t>(n_kv) * n_pos * hd);
-    pool.parallel_for(static_cast<size_t>(n_kv) * n_pos, 64, [&](size_t i0, size_t i1) {
-        for (size_t i = i0; i < i1; ++i) {
-            const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
-            const Matrix& u = F.k_u[static_cast<size_t>(h)];
-            const float* z = kv.k(l, h, p);
-            float* out = &s.keys[i * hd];
-            for (size_t d = 0; d < hd; ++d) out[d] = cpu::dot(u.row(static_cast<int>(d)), z, static_cast<size_t>(u.cols));
-            model.rope().apply(out, 1, c.head_dim, p);
-        }
-    });
+    const bool once = n >= kReconstructOnceFrom;
+    if (once) {
+        grow(s.keys, static_cast<size_t>(n_kv) * n_pos * hd + static_cast<size_t>(pool.size()) * max_r);
+        float* zbufs = s.keys.data() + static_cast<size_t>(n_kv) * n_pos * hd;
+        pool.parallel_chunks(static_cast<size_t>(n_kv) * n_pos, 64, [&](size_t i0, size_t i1, size_t chunk) {
+            for (size_t i = i0; i < i1; ++i) {
+                const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
+                reconstruct_key(model, F.k_u[static_cast<size_t>(h)], kv, kv.k_quant(l, h), l, h, p,
+                                zbufs + chunk * max_r, &s.keys[i * hd]);
+            }
+        });
+    }
 
-    grow(s.lat_acc, static_cast<size_t>(pool.size()) * static_cast<size_t>(group) * rv);
+    // Per thread: latent sums (group x rv), key tile, scores (group x tile),
+    // running max and sum per query head, latent buffers.
+    const size_t per_thread = static_cast<size_t>(group) * (rv + kKeyTile + 2) + kKeyTile * hd + max_r + rv;
+    grow(s.lat_acc, static_cast<size_t>(pool.size()) * per_thread);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    const float* vlat = kv.v(l, 0, 0);
     pool.parallel_chunks(static_cast<size_t>(n) * n_kv, 1, [&](size_t i0, size_t i1, size_t chunk) {
-        float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
-        float* acc = s.lat_acc.data() + chunk * static_cast<size_t>(group) * rv;
+        float* acc = s.lat_acc.data() + chunk * per_thread;
+        float* scores = acc + static_cast<size_t>(group) * rv;
+        float* mx = scores + static_cast<size_t>(group) * kKeyTile;
+        float* sum = mx + group;
+        float* tile = sum + group;
+        float* zbuf = tile + kKeyTile * hd;
+        float* vbuf = zbuf + max_r;
         for (size_t i = i0; i < i1; ++i) {
             const int t = static_cast<int>(i / static_cast<size_t>(n_kv));
             const int h = static_cast<int>(i % static_cast<size_t>(n_kv));
+            const LatentQuant* kq = kv.k_quant(l, h);
+            const Matrix& u = F.k_u[static_cast<size_t>(h)];
             const size_t nk = static_cast<size_t>(pos0 + t + 1);
             const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
-            const float* keys = &s.keys[static_cast<size_t>(h) * n_pos * hd];
-            for (size_t j = 0; j < nk; ++j)
-                for (int g = 0; g < group; ++g)
-                    scores[g * nk + j] = cpu::dot(&s.q[qo + g * hd], keys + j * hd, hd) * scale;
-            for (int g = 0; g < group; ++g) cpu::softmax(scores + g * nk, static_cast<int>(nk));
             std::fill(acc, acc + static_cast<size_t>(group) * rv, 0.0f);
-            for (size_t j = 0; j < nk; ++j) {
-                const float* z = vlat + j * rv;
+            std::fill(mx, mx + group, -INFINITY);
+            std::fill(sum, sum + group, 0.0f);
+            for (size_t j0 = 0; j0 < nk; j0 += kKeyTile) {
+                const size_t jn = std::min(kKeyTile, nk - j0);
+                const float* keys = tile;
+                if (once) keys = &s.keys[(static_cast<size_t>(h) * n_pos + j0) * hd];
+                else
+                    for (size_t jj = 0; jj < jn; ++jj)
+                        reconstruct_key(model, u, kv, kq, l, h, static_cast<int>(j0 + jj), zbuf, tile + jj * hd);
                 for (int g = 0; g < group; ++g) {
-                    const float p = scores[g * nk + j];
-                    float* a = acc + g * rv;
-                    for (size_t r = 0; r < rv; ++r) a[r] += p * z[r];
+                    float* sc = scores + static_cast<size_t>(g) * kKeyTile;
+                    float m = mx[g];
+                    for (size_t jj = 0; jj < jn; ++jj) {
+                        sc[jj] = cpu::dot(&s.q[qo + g * hd], keys + jj * hd, hd) * scale;
+                        m = std::max(m, sc[jj]);
+                    }
+                    // Online softmax: rescale what was summed under the old maximum.
+                    const float corr = std::exp(mx[g] - m);
+                    if (corr != 1.0f) {
+                        sum[g] *= corr;
+                        float* a = acc + g * rv;
+                        for (size_t r = 0; r < rv; ++r) a[r] *= corr;
+                    }
+                    mx[g] = m;
+                    for (size_t jj = 0; jj < jn; ++jj) {
+                        sc[jj] = std::exp(sc[jj] - m);
+                        sum[g] += sc[jj];
+                    }
+                }
+                for (size_t jj = 0; jj < jn; ++jj) {
+                    const float* z = load_latent(vq, kv.v_row(l, 0, static_cast<int>(j0 + jj)), vbuf);
+                    for (int g = 0; g < group; ++g) {
+                        const float p = scores[static_cast<size_t>(g) * kKeyTile + jj];
+                        float* a = acc + g * rv;
+                        for (size_t r = 0; r < rv; ++r) a[r] += p * z[r];
+                    }
                 }
             }
-            for (int g = 0; g < group; ++g)
+            for (int g = 0; g < group; ++g) {
+                float* a = acc + g * rv;
+                const float inv = 1.0f / sum[g];
+                for (size_t r = 0; r < rv; ++r) a[r] *= inv;
                 for (size_t d = 0; d < hd; ++d)
-                    s.attn[qo + g * hd + d] = cpu::dot(F.v_u.row(static_cast<int>(h * hd + d)), acc + g * rv, rv);
+                    s.attn[qo + g * hd + d] = cpu::dot(F.v_u.row(static_cast<int>(h * hd + d)), a, rv);
+            }
         }
     });
+}
+
+// Floats of scratch per thread for quantized_plain_attention.
+size_t plain_scratch(int group, size_t hd) { return 2 * kKeyTile * hd + static_cast<size_t>(group) * (kKeyTile + 2); }
+
+// Attention of one KV head over quantized plain rows (a layer with plain_q):
+// keys and values dequantized a tile at a time, online softmax; out receives
+// group x hd.
+void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, int n_keys, int group, size_t hd,
+                               float* out, float* scratch) {
+    const LatentQuant& kq = *kv.k_quant(l, h);
+    const LatentQuant& vq = *kv.v_quant(l, h);
+    float* keys = scratch;
+    float* vals = keys + kKeyTile * hd;
+    float* scores = vals + kKeyTile * hd;
+    float* mx = scores + static_cast<size_t>(group) * kKeyTile;
+    float* sum = mx + group;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::fill(out, out + static_cast<size_t>(group) * hd, 0.0f);
+    std::fill(mx, mx + group, -INFINITY);
+    std::fill(sum, sum + group, 0.0f);
+    for (size_t j0 = 0; j0 < static_cast<size_t>(n_keys); j0 += kKeyTile) {
+        const size_t jn = std::min(kKeyTile, static_cast<size_t>(n_keys) - j0);
+        for (size_t jj = 0; jj < jn; ++jj) {
+            dequantize_latent(kq, kv.k_row(l, h, static_cast<int>(j0 + jj)), keys + jj * hd);
+            dequantize_latent(vq, kv.v_row(l, h, static_cast<int>(j0 + jj)), vals + jj * hd);
+        }
+        for (int g = 0; g < group; ++g) {
+            float* sc = scores + static_cast<size_t>(g) * kKeyTile;
+            float* o = out + static_cast<size_t>(g) * hd;
+            float m = mx[g];
+            for (size_t jj = 0; jj < jn; ++jj) {
+                sc[jj] = cpu::dot(q + g * hd, keys + jj * hd, hd) * scale;
+                m = std::max(m, sc[jj]);
+            }
+            const float corr = std::exp(mx[g] - m);
+            sum[g] *= corr;
+            for (size_t d = 0; d < hd; ++d) o[d] *= corr;
+            mx[g] = m;
+            for (size_t jj = 0; jj < jn; ++jj) {
+                const float p = std::exp(sc[jj] - m);
+                sum[g] += p;
+                const float* v = vals + jj * hd;
+                for (size_t d = 0; d < hd; ++d) o[d] += p * v[d];
+            }
+        }
+    }
+    for (int g = 0; g < group; ++g) {
+        const float inv = 1.0f / sum[g];
+        for (size_t d = 0; d < hd; ++d) out[static_cast<size_t>(g) * hd + d] *= inv;
+    }
 }
 
 }  // namespace
@@ -131,8 +254,8 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
                 model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
                 model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
                 for (int h = 0; h < c.n_head_kv; ++h) {
-                    std::memcpy(kv.k(l, h, pos0 + t), &s.k[t * kvd + h * hd], hd * sizeof(float));
-                    std::memcpy(kv.v(l, h, pos0 + t), &s.v[t * kvd + h * hd], hd * sizeof(float));
+                    store_latent(kv.k_quant(l, h), &s.k[t * kvd + h * hd], hd, kv.k_row(l, h, pos0 + t));
+                    store_latent(kv.v_quant(l, h), &s.v[t * kvd + h * hd], hd, kv.v_row(l, h, pos0 + t));
                 }
             }
             // One work item per (token, KV head): the query heads of a group read
@@ -141,8 +264,20 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
             const int group = c.n_head / c.n_head_kv;
             const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
             const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
+            const bool quantized = L.plain_q.active();
+            if (quantized) grow(s.lat_acc, static_cast<size_t>(pool.size()) * plain_scratch(group, hd));
             pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
                 float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
+                if (quantized) {
+                    for (size_t i = i0; i < i1; ++i) {
+                        const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
+                        const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
+                        const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
+                        quantized_plain_attention(&s.q[qo], kv, l, h, pos0 + t + 1, group, hd, &s.attn[qo],
+                                                  s.lat_acc.data() + chunk * plain_scratch(group, hd));
+                    }
+                    return;
+                }
                 for (size_t i = i0; i < i1; ++i) {
                     const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
                     const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));

@@ -122,6 +122,28 @@ void load_latent(const ModelSource& src, Planner& p, const ModelConfig& c, const
     }
 }
 
+// The quantization plan of layer l onto its factors: each latent's width must
+// be its factor's rank.
+void attach_quant(const ModelSource& src, int l, LatentFactors& F, LatentQuant& plain_q) {
+    const LatentQuantLayer& q = src.kv_quant[static_cast<size_t>(l)];
+    if (q.empty()) return;
+    const std::string where = src.label + ": layer " + std::to_string(l);
+    if (q.plain.active()) {
+        if (F.active()) corrupt(where + " has latent factors and a plain K/V quantization plan");
+        plain_q = q.plain;
+        return;
+    }
+    if (!F.active()) corrupt(where + " has a KV quantization plan but no latent factors");
+    auto check = [&](const LatentQuant& lq, int rank) {
+        if (lq.active() && lq.width != rank)
+            corrupt(where + ": KV quantization width " + std::to_string(lq.width) + " != latent rank " + std::to_string(rank));
+    };
+    for (size_t h = 0; h < F.k_a.size(); ++h) check(q.k[h], F.k_a[h].rows);
+    check(q.v, F.v_a.rows);
+    F.k_q = q.k;
+    F.v_q = q.v;
+}
+
 }  // namespace
 
 LoadedModel build_model(const ModelSource& src, const ProgressFn& progress) {
@@ -156,6 +178,7 @@ LoadedModel build_model(const ModelSource& src, const ProgressFn& progress) {
         L.w_up = p.matrix(b + "ffn_up.weight", c.n_ff, c.n_embd);
         L.w_down = p.matrix(b + "ffn_down.weight", c.n_embd, c.n_ff);
         if (src.find(b + "attn_v_lat_a")) load_latent(src, p, c, b, L.lat);
+        if (!src.kv_quant.empty()) attach_quant(src, l, L.lat, L.plain_q);
     }
     w.output_norm = p.vector("output_norm.weight", c.n_embd);
     // As transformers does: a tied model uses the embedding (a stray output is ignored).

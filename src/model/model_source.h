@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kv/latent_quant.h"
 #include "model/loader.h"
 
 namespace starkv {
@@ -32,6 +33,8 @@ struct ModelSource {
     Vocab vocab;
     std::vector<SourceTensor> tensors;
     std::vector<TensorInfo> infos;  // the file's own tensor table, for `info`
+    // Quantized STAR-KV latents per layer (bundles with feature kv-quant); empty = none.
+    std::vector<LatentQuantLayer> kv_quant;
     // What keeps the tensor bytes alive (mapped files, decompressed buffers).
     std::vector<std::shared_ptr<const void>> owners;
     // Canonical name -> the name in the source file (messages); null = same.

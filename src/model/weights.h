@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "kv/latent_quant.h"
+
 namespace starkv {
 
 struct Matrix {
@@ -30,7 +32,12 @@ struct LatentFactors {
     std::vector<Matrix> k_u;  // per KV head: [head_dim][r_h]
     Matrix v_a;               // [r_v][n_embd]
     Matrix v_u;               // [n_head_kv * head_dim][r_v]
+    // Quantized cache rows (docs/kv-layout.md): per KV head and for the value
+    // latent; empty k_q = fp32 latents. The width is the factors' rank.
+    std::vector<LatentQuant> k_q;
+    LatentQuant v_q;
     bool active() const { return !k_a.empty(); }
+    bool quantized() const { return !k_q.empty(); }
 };
 
 struct LayerWeights {
@@ -44,6 +51,9 @@ struct LayerWeights {
     Matrix w_up;                   // [n_ff][n_embd]
     Matrix w_down;                 // [n_embd][n_ff]
     LatentFactors lat;             // STAR-KV factors; inactive = plain K/V
+    // Plain layers only: every KV head's key and value rows quantized (width
+    // head_dim, docs/kv-layout.md); inactive = fp32 rows.
+    LatentQuant plain_q;
 };
 
 struct ModelWeights {

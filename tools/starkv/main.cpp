@@ -151,6 +151,12 @@ int cmd_run(const RunArgs& a) {
                  static_cast<unsigned long long>(kv.bytes_reserved), static_cast<unsigned long long>(kv.bytes_per_token),
                  static_cast<unsigned long long>(kv.bytes_per_token_uncompressed),
                  kv.bytes_per_token_uncompressed ? 100.0 * kv.bytes_per_token / kv.bytes_per_token_uncompressed : 0.0);
+    // The reference of the papers: every layer's K and V in fp16 (the plain
+    // cache here holds fp32, half of bytes_per_token_uncompressed would be fp16).
+    const double fp16 = static_cast<double>(kv.bytes_per_token_uncompressed) / 2.0;
+    std::fprintf(stderr, "kv bytes per token (codes, scales, padding): %llu; fp16 uncompressed %.0f; reduction %.2fx\n",
+                 static_cast<unsigned long long>(kv.bytes_per_token), fp16,
+                 kv.bytes_per_token ? fp16 / static_cast<double>(kv.bytes_per_token) : 0.0);
     if (kv.device_bytes) std::fprintf(stderr, "device memory: %llu bytes\n", static_cast<unsigned long long>(kv.device_bytes));
     return 0;
 }
@@ -275,6 +281,10 @@ struct KvPackArgs {
     float rate = 0.0f, rate_k = 0.0f, rate_v = 0.0f;
     std::string calib, strategy = "adaptive", skip;
     int calib_tokens = 4096;
+    float bits = 0.0f;
+    std::string hadamard = "auto";
+    bool uniform = false;
+    int plain_bits = 0;
 };
 
 int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
@@ -290,6 +300,14 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
         pp.calib_tokens = kv.calib_tokens;
         pp.kv_compress_k = kv.rate_k;
         pp.kv_compress_v = kv.rate_v;
+        pp.kv_bits = kv.bits;
+        pp.kv_bits_uniform = kv.uniform ? 1 : 0;
+        pp.kv_bits_plain = kv.plain_bits;
+        if (kv.hadamard == "auto") pp.hadamard_block = 0;
+        else if (kv.hadamard == "none") pp.hadamard_block = -1;
+        else pp.hadamard_block = std::stoi(kv.hadamard);
+    } else if (kv.bits > 0.0f) {
+        throw CliError{"--kv-bits quantizes STAR-KV latents: it needs --kv-compress"};
     }
     static char label[] = "packing";
     if (isatty(STDERR_FILENO)) {
@@ -373,6 +391,34 @@ int cmd_inspect(const std::string& path, const std::string& svg) {
             std::printf("  layer %2zu: k [%s] v %d\n", l, ks.c_str(), rv[l].get<int>());
         }
     }
+    if (const auto& c = d["compression"]; c.contains("kv_quant")) {
+        const auto& q = c["kv_quant"];
+        std::printf("KV quantization plan (avg %.2f bits, block %s, hadamard %s, %s); per latent: width/block "
+                    "leading@bits+tail@bits\n",
+                    q["avg_bits"].get<double>(), q["block"].dump().c_str(), q["hadamard"].get<bool>() ? "on" : "off",
+                    q["mixed"].get<bool>() ? "mixed" : "uniform");
+        auto one = [](const nlohmann::json& p) {
+            const int w = p["width"].get<int>();
+            if (w == 0) return std::string("fp32");
+            const int sp = p["split"].get<int>();
+            std::string out = std::to_string(w) + "/" + std::to_string(p["block"].get<int>()) + " ";
+            if (sp > 0) out += std::to_string(sp) + "@" + std::to_string(p["hi_bits"].get<int>());
+            if (sp > 0 && sp < w) out += "+";
+            if (sp < w) out += std::to_string(w - sp) + "@" + std::to_string(p["lo_bits"].get<int>());
+            return out;
+        };
+        const auto& layers = q["layers"];
+        for (size_t l = 0; l < layers.size(); ++l) {
+            if (layers[l].is_null()) continue;
+            if (layers[l].contains("plain")) {
+                std::printf("  layer %2zu: plain K/V %s per head\n", l, one(layers[l]["plain"]).c_str());
+                continue;
+            }
+            std::string ks;
+            for (const auto& k : layers[l]["k"]) ks += (ks.empty() ? "" : ", ") + one(k);
+            std::printf("  layer %2zu: k [%s] v %s\n", l, ks.c_str(), one(layers[l]["v"]).c_str());
+        }
+    }
     std::printf("model: %s\n", d["model"].dump().c_str());
     std::printf("tokenizer: %s\n", d["tokenizer"].dump().c_str());
     std::printf("provenance:\n");
@@ -451,6 +497,13 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
     pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
     pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 4096)")->check(CLI::Range(1, 1 << 26));
+    pack->add_option("--kv-bits", kvp.bits, "quantize the latents: average code bits per channel, e.g. 8, 4, 3 (default fp32)")
+        ->check(CLI::Range(2.0, 8.0));
+    pack->add_option("--hadamard-block", kvp.hadamard, "Hadamard block of the quantized latents: auto (default), 8..128, none")
+        ->check(CLI::IsMember({"auto", "none", "8", "16", "32", "64", "128"}));
+    pack->add_option("--kv-bits-plain", kvp.plain_bits, "with --kv-bits: K/V of the layers kept plain at 8 or 4 bits (default fp32)")
+        ->check(CLI::IsMember({0, 8, 4}));
+    pack->add_flag("--kv-bits-uniform", kvp.uniform, "one bit width everywhere (no leading/tail split; ablation)");
 
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");

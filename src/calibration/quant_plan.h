@@ -1,0 +1,45 @@
+// Quantized STAR-KV latents, calibration side (`starkv pack --kv-bits`):
+// chooses per latent (each key head, each layer's value latent) the block
+// size and the split between a leading group of channels at more bits and
+// the tail at fewer, minimising the activation error measured on calibration
+// latents at the requested average bits, and folds the Hadamard rotation
+// into the factors. Runs after the low-rank factors are final.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model.h"
+
+namespace starkv::quant {
+
+struct Options {
+    double avg_bits = 0;    // code bits per latent channel, padding included; 0 = fp32 latents
+    int block = 0;          // 0 = auto (per latent), else 8..128 (capped at the latent's padded rank)
+    bool hadamard = true;   // rotate the blocks (off: the ablation)
+    bool mixed = true;      // leading/tail split; false = one bit width everywhere (round(avg_bits))
+    int sample_tokens = 1024;  // calibration tokens whose latents are measured
+    int plain_bits = 0;     // layers kept plain (skip layers): K/V rows at 8 or 4 bits; 0 = fp32
+};
+
+// The choice for one latent among its candidates, given its per-group errors.
+struct Candidate {
+    LatentQuant q;
+    double error = 0;  // relative activation error ||U (z - z^)||^2 / ||U z||^2 on the sample
+    double bits = 0;   // code bits per token (padding included)
+};
+
+// Plans, folds and installs the quantization of every latent of the model's
+// compressed layers, measuring on the calibration sequences. Returns the
+// plan's metadata (compression.kv_quant of the bundle).
+nlohmann::json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib, const Options& opt,
+                             int seq_len, int n_threads);
+
+// The largest block the runtime allows for a latent of rank r and maximum
+// width max_width when `requested` (0 = any) is asked: a power of two in
+// [8, 128], at most the rank rounded up to a power of two; 0 when none fits.
+int block_for(int r, int max_width, int requested);
+
+}  // namespace starkv::quant

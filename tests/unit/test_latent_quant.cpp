@@ -1,0 +1,325 @@
+// Quantized STAR-KV latents: the error bound of each bit width (random and
+// real latents), the Hadamard rotation, folded vs unfolded factors, the plan's
+// validation, and a bundle packed with --kv-bits 4 whose cache holds exactly
+// the bytes its plan implies.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bundle/kv_quant_plan.h"
+#include "bundle/reader.h"
+#include "bundle/writer.h"
+#include "calibration/hadamard.h"
+#include "calibration/lowrank.h"
+#include "calibration/quant_plan.h"
+#include "core/error.h"
+#include "kv/latent_quant.h"
+#include "model/context.h"
+#include "model/loader.h"
+#include "model/model.h"
+#include "test_paths.h"
+
+namespace {
+
+using starkv::LatentQuant;
+using starkv::Matrix;
+using starkv::Model;
+namespace lr = starkv::lowrank;
+
+std::shared_ptr<const Model> borrow(const Model& m) { return std::shared_ptr<const Model>(&m, [](const Model*) {}); }
+
+std::unique_ptr<Model> load_stories() {
+    return std::make_unique<Model>(starkv::load_model(starkv_test::stories_model(), nullptr));
+}
+
+std::vector<int32_t> text_tokens(const Model& m, int n) {
+    const std::string text = starkv_test::read_file(starkv_test::shared_path("data/tinystories_val.txt"));
+    std::vector<int32_t> t = m.tokenizer().tokenize(text.substr(0, 6000), true, false);
+    t.resize(static_cast<size_t>(n));
+    return t;
+}
+
+// The worst error each group may have, from the group's own range: half a
+// step of (max - min) / (2^b - 1) (8 bits: max|x| / 127, symmetric), widened
+// by the fp16 rounding of the scale and the minimum.
+void expect_within_bound(const LatentQuant& q, const float* z, const float* back, const std::string& what) {
+    for (int g = 0; g < q.n_groups(); ++g) {
+        const int bits = q.group_bits(g);
+        const float* x = z + g * q.block;
+        const float* y = back + g * q.block;
+        double lo = x[0], hi = x[0], amax = 0;
+        for (int i = 0; i < q.block; ++i) lo = std::min<double>(lo, x[i]), hi = std::max<double>(hi, x[i]), amax = std::max<double>(amax, std::fabs(x[i]));
+        const double step = bits == 8 ? amax / 127.0 : (hi - lo) / ((1 << bits) - 1);
+        const double bound = 0.5 * step * (1.0 + 2.0 / 1024) + std::fabs(lo) / 1024.0 * (bits == 8 ? 0.0 : 1.0) + 1e-6 * amax;
+        for (int i = 0; i < q.block; ++i)
+            ASSERT_LE(std::fabs(static_cast<double>(x[i]) - y[i]), bound)
+                << what << " bits " << bits << " block " << q.block << " group " << g << " channel " << i;
+    }
+}
+
+size_t bytes_from_plan(const LatentQuant& q) {
+    // Independent count: per group a header (8 bits: fp16 scale; else fp16 scale + fp16 min) and b bits per channel.
+    size_t n = 0;
+    for (int c = 0; c < q.width; c += q.block) {
+        const int bits = c < q.split ? q.hi_bits : q.lo_bits;
+        n += (bits == 8 ? 2 : 4) + static_cast<size_t>(q.block * bits) / 8;
+    }
+    return n;
+}
+
+TEST(LatentQuant, RandomLatentsWithinTheBoundOfEachBitWidth) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int block : {8, 32, 128})
+        for (int bits : {8, 4, 3, 2})
+            for (int trial = 0; trial < 20; ++trial) {
+                const int width = block * (1 + trial % 3);
+                const LatentQuant q{width, block, trial % 2 ? block : 0, 8, bits};
+                std::vector<float> z(static_cast<size_t>(width)), back(z.size());
+                const float scale = std::pow(10.0f, static_cast<float>(trial % 5) - 2.0f), offset = trial % 4 == 0 ? 3.0f * scale : 0.0f;
+                for (float& v : z) v = offset + scale * nd(rng);
+                std::vector<uint8_t> row(q.row_bytes());
+                ASSERT_EQ(q.row_bytes(), bytes_from_plan(q));
+                starkv::quantize_latent(q, z.data(), row.data());
+                starkv::dequantize_latent(q, row.data(), back.data());
+                expect_within_bound(q, z.data(), back.data(), "random");
+            }
+    // A constant group (zero range) comes back exactly up to the fp16 minimum.
+    const LatentQuant q{8, 8, 0, 4, 4};
+    std::vector<float> z(8, 0.25f), back(8);
+    std::vector<uint8_t> row(q.row_bytes());
+    starkv::quantize_latent(q, z.data(), row.data());
+    starkv::dequantize_latent(q, row.data(), back.data());
+    for (float v : back) EXPECT_EQ(v, 0.25f);
+}
+
+TEST(LatentQuant, RealLatentsWithinTheBound) {
+    auto m = load_stories();
+    const starkv::ModelConfig& c = m->config();
+    lr::install_full_rank(*m, {2});
+    const starkv::LatentFactors& F = m->weights().layers[2].lat;
+    std::vector<float> xs;
+    {
+        starkv::Context ctx(borrow(*m), starkv::ContextOptions{128, 1});
+        ctx.set_kv_input_observer([&](int l, const float* xn, int n) {
+            if (l == 2) xs.insert(xs.end(), xn, xn + static_cast<size_t>(n) * c.n_embd);
+        });
+        const std::vector<int32_t> t = text_tokens(*m, 64);
+        ctx.eval(t.data(), t.size(), false);
+    }
+    const Matrix& a = F.v_a;  // 32 channels
+    for (int bits : {8, 4, 3, 2}) {
+        const LatentQuant q{a.rows, 8, 8, 8, bits};
+        std::vector<float> z(static_cast<size_t>(a.rows)), back(z.size());
+        std::vector<uint8_t> row(q.row_bytes());
+        for (size_t t = 0; t * c.n_embd < xs.size(); ++t) {
+            for (int r = 0; r < a.rows; ++r) {
+                double s = 0;
+                for (int i = 0; i < c.n_embd; ++i) s += static_cast<double>(a.row(r)[i]) * xs[t * c.n_embd + static_cast<size_t>(i)];
+                z[static_cast<size_t>(r)] = static_cast<float>(s);
+            }
+            starkv::quantize_latent(q, z.data(), row.data());
+            starkv::dequantize_latent(q, row.data(), back.data());
+            expect_within_bound(q, z.data(), back.data(), "real");
+        }
+    }
+}
+
+TEST(LatentQuant, HadamardRotationIsOrthogonalAndFoldingKeepsTheProduct) {
+    for (int block : {8, 32, 128}) {
+        const int n = 2 * block;
+        // Columns of the rotation: images of the unit vectors.
+        std::vector<std::vector<float>> H(static_cast<size_t>(n), std::vector<float>(static_cast<size_t>(n), 0.0f));
+        for (int j = 0; j < n; ++j) {
+            H[static_cast<size_t>(j)][static_cast<size_t>(j)] = 1.0f;
+            starkv::hadamard::rotate(H[static_cast<size_t>(j)].data(), n, block);
+        }
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < n; ++j) {
+                double d = 0;
+                for (int k = 0; k < n; ++k) d += static_cast<double>(H[static_cast<size_t>(i)][static_cast<size_t>(k)]) * H[static_cast<size_t>(j)][static_cast<size_t>(k)];
+                EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-6) << "block " << block;
+                EXPECT_NEAR(H[static_cast<size_t>(i)][static_cast<size_t>(j)], H[static_cast<size_t>(j)][static_cast<size_t>(i)], 1e-7);  // symmetric
+                if ((i / block) != (j / block)) EXPECT_EQ(H[static_cast<size_t>(i)][static_cast<size_t>(j)], 0.0f);
+            }
+    }
+    // U A is unchanged by padding and rotation.
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd;
+    Matrix a(13, 20), u(24, 13);
+    for (float& v : a.data) v = nd(rng);
+    for (float& v : u.data) v = nd(rng);
+    Matrix fa = a, fu = u;
+    starkv::hadamard::fold(fa, fu, 16, 8, true);
+    ASSERT_EQ(fa.rows, 16);
+    ASSERT_EQ(fu.cols, 16);
+    for (int r = 0; r < u.rows; ++r)
+        for (int c = 0; c < a.cols; ++c) {
+            double want = 0, got = 0;
+            for (int k = 0; k < a.rows; ++k) want += static_cast<double>(u.row(r)[k]) * a.row(k)[c];
+            for (int k = 0; k < fa.rows; ++k) got += static_cast<double>(fu.row(r)[k]) * fa.row(k)[c];
+            EXPECT_NEAR(got, want, 1e-4 * (1.0 + std::fabs(want)));
+        }
+}
+
+std::vector<float> logits_of(const Model& m, const std::vector<int32_t>& t) {
+    starkv::Context ctx(borrow(m), starkv::ContextOptions{128, 2});
+    ctx.eval(t.data(), t.size(), true);
+    const size_t V = static_cast<size_t>(m.config().n_vocab);
+    std::vector<float> out(t.size() * V);
+    for (size_t i = 0; i < t.size(); ++i) std::copy(ctx.logits(static_cast<int>(i)), ctx.logits(static_cast<int>(i)) + V, &out[i * V]);
+    return out;
+}
+
+double max_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+        den = std::max(den, std::fabs(static_cast<double>(b[i])));
+    }
+    return num / den;
+}
+
+// Folding the rotation (and zero padding) into fp32 latents changes nothing but rounding.
+TEST(LatentQuant, FoldedAndUnfoldedFactorsGiveTheSameOutput) {
+    auto m = load_stories();
+    lr::install_full_rank(*m, {1, 2, 3});
+    const std::vector<int32_t> t = text_tokens(*m, 40);
+    const std::vector<float> want = logits_of(*m, t);
+    for (int l : {1, 2, 3}) {
+        starkv::LatentFactors& F = m->mutable_weights().layers[static_cast<size_t>(l)].lat;
+        for (size_t h = 0; h < F.k_a.size(); ++h) starkv::hadamard::fold(F.k_a[h], F.k_u[h], 8, 8, true);
+        starkv::hadamard::fold(F.v_a, F.v_u, 32, l == 2 ? 32 : 16, true);
+    }
+    const double err = max_rel_err(logits_of(*m, t), want);
+    EXPECT_LT(err, 2e-5);
+    std::printf("folded vs unfolded factors: max rel err %.3g\n", err);
+}
+
+TEST(LatentQuant, PlanValidationRefusesGarbage) {
+    starkv::ModelConfig c;
+    c.n_layer = 2;
+    c.n_head = 2;
+    c.n_head_kv = 1;
+    c.head_dim = 64;
+    const nlohmann::json ok = {{{"k", {{{"width", 32}, {"block", 16}, {"split", 16}, {"hi_bits", 8}, {"lo_bits", 3}}}},
+                                {"v", {{"width", 0}}}},
+                               nullptr};
+    const auto plan = starkv::bundle::kv_quant_layers_from_json(ok, c);
+    ASSERT_EQ(plan.size(), 2u);
+    EXPECT_EQ(plan[0].k[0].row_bytes(), bytes_from_plan(plan[0].k[0]));
+    EXPECT_FALSE(plan[0].v.active());
+    EXPECT_TRUE(plan[1].empty());
+    auto bad = [&](const std::string& key, const nlohmann::json& value) {
+        nlohmann::json j = ok;
+        j[0]["k"][0][key] = value;
+        try {
+            starkv::bundle::kv_quant_layers_from_json(j, c);
+            ADD_FAILURE() << key << " = " << value.dump() << " accepted";
+        } catch (const starkv::Error& e) {
+            EXPECT_EQ(e.status(), STARKV_ERR_CORRUPT);
+            EXPECT_NE(std::string(e.what()).find("layer 0"), std::string::npos) << e.what();
+        }
+    };
+    bad("lo_bits", 5);
+    bad("hi_bits", 3);
+    bad("block", 12);
+    bad("block", 256);
+    bad("width", 40);   // not a multiple of the block
+    bad("width", 128);  // beyond head_dim
+    bad("split", 8);
+    bad("split", -16);
+    bad("lo_bits", "4");
+    EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(nlohmann::json::array({nullptr}), c), starkv::Error);
+    EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(nlohmann::json::object(), c), starkv::Error);
+}
+
+TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
+    EXPECT_EQ(starkv::quant::block_for(2, 8, 0), 8);
+    EXPECT_EQ(starkv::quant::block_for(2, 4, 0), 0);  // no block fits: the latent stays fp32
+    EXPECT_EQ(starkv::quant::block_for(16, 64, 64), 16);
+    EXPECT_EQ(starkv::quant::block_for(96, 192, 0), 128);  // pads 96 to 128 <= 192
+    EXPECT_EQ(starkv::quant::block_for(100, 128, 64), 64);
+    EXPECT_EQ(starkv::quant::block_for(190, 192, 128), 64);
+}
+
+// Packs stories260K at rate 0.5 with 4-bit latents, layer 0 plain with 8-bit K/V.
+TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
+    const std::string dir = starkv_test::temp_dir();
+    const std::string out = dir + "/stories_q4.skv", calib = dir + "/calib.txt";
+    {
+        std::ofstream f(calib);
+        f << starkv_test::read_file(starkv_test::shared_path("data/tinyshakespeare_input.txt")).substr(0, 40000);
+    }
+    starkv::PackOptions po;
+    lr::Options o;
+    o.rate = 0.5f;
+    o.strategy = lr::Strategy::Uniform;
+    o.default_skip = false;
+    o.skip_layers = {0};
+    o.calib_tokens = 1024;
+    o.eval_tokens = 256;
+    o.quant.avg_bits = 4;
+    o.quant.sample_tokens = 256;
+    o.quant.plain_bits = 8;  // layer 0 (kept plain) at 8 bits
+    po.kv = o;
+    po.calib_path = calib;
+    starkv::pack_bundle(starkv_test::stories_model(), out, po);
+
+    const nlohmann::json d = nlohmann::json::parse(starkv::describe_bundle(out));
+    EXPECT_NE(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant"), d["required_features"].end());
+    auto m = std::make_shared<const Model>(starkv::load_model(out, nullptr));
+    const starkv::ModelConfig& c = m->config();
+    const auto& layers = d["compression"]["kv_quant"]["layers"];
+    uint64_t want = 0;
+    double code_bits = 0, channels = 0;
+    for (int l = 0; l < c.n_layer; ++l) {
+        ASSERT_FALSE(layers[static_cast<size_t>(l)].is_null());
+        if (const auto& L = layers[static_cast<size_t>(l)]; L.contains("plain")) {
+            const auto& p = L["plain"];
+            const LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(), p["lo_bits"].get<int>()};
+            EXPECT_EQ(q.width, c.head_dim);
+            EXPECT_EQ(q.lo_bits, 8);
+            want += 2ull * c.n_head_kv * bytes_from_plan(q);  // keys and values of every KV head
+            continue;
+        }
+        auto add = [&](const nlohmann::json& p) {
+            LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(), p["lo_bits"].get<int>()};
+            want += bytes_from_plan(q);
+            for (int ch = 0; ch < q.width; ++ch) code_bits += ch < q.split ? q.hi_bits : q.lo_bits;
+            channels += q.width;
+        };
+        for (const auto& k : layers[static_cast<size_t>(l)]["k"]) add(k);
+        add(layers[static_cast<size_t>(l)]["v"]);
+    }
+    EXPECT_LE(code_bits / channels, 4.0 + 1e-9);  // the padded stories latents leave no room above 4 bits
+    starkv::Context ctx(m, starkv::ContextOptions{128, 2});
+    EXPECT_EQ(ctx.kv_bytes_per_token(), want);
+    // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).
+    EXPECT_LT(ctx.kv_bytes_per_token(), ctx.kv_bytes_per_token_uncompressed() / 4);
+
+    // Prefill (keys rebuilt once per layer) and token-by-token decode (keys
+    // rebuilt tile by tile) read the same quantized rows: same logits.
+    const std::vector<int32_t> t = text_tokens(*m, 48);
+    const std::vector<float> batch = logits_of(*m, t);
+    const size_t V = static_cast<size_t>(c.n_vocab);
+    double worst = 0;
+    for (size_t i = 0; i < t.size(); ++i) {
+        ctx.eval(&t[i], 1, false);
+        const float* lg = ctx.logits(-1);
+        for (size_t j = 0; j < V; ++j) ASSERT_TRUE(std::isfinite(lg[j]));
+        std::vector<float> got(lg, lg + V), ref(batch.begin() + static_cast<std::ptrdiff_t>(i * V), batch.begin() + static_cast<std::ptrdiff_t>((i + 1) * V));
+        worst = std::max(worst, max_rel_err(got, ref));
+    }
+    EXPECT_LT(worst, 1e-4);
+    EXPECT_EQ(ctx.kv_bytes_reserved() % want, 0u);
+}
+
+}  // namespace
