@@ -15,7 +15,12 @@
 
 enum { SLOTS = 4, MAX_TOKENS = 256, MAX_PROMPT = 64 };
 
-static const char *const kPrompts[] = {"Once upon a time", "The little dog", "One day, a girl named Lily"};
+/* Long enough for a whole page or two of 16 tokens: later sessions with the
+ * same prompt reuse them from the prefix cache. */
+static const char *const kPrompts[] = {
+    "Once upon a time, there was a little girl named Lily. She loved to play in the park with her",
+    "The little dog ran to the big tree. He saw a bird and wanted to",
+    "One day, a girl named Lily went to the store with her mom. They bought"};
 enum { N_PROMPTS = sizeof kPrompts / sizeof kPrompts[0] };
 
 typedef struct session {
@@ -169,14 +174,17 @@ int main(int argc, char **argv) {
                 printf("[%s] -> %s\n", kPrompts[ss->prompt], text);
             } else if (ss->n != first[ss->prompt]->n ||
                        memcmp(ss->tokens, first[ss->prompt]->tokens, (size_t)ss->n * sizeof(starkv_token)) != 0) {
-                fprintf(stderr, "thread %d session %d differs from the first session with its prompt\n", t, s);
+                int at = 0;
+                while (at < ss->n && at < first[ss->prompt]->n && ss->tokens[at] == first[ss->prompt]->tokens[at]) ++at;
+                fprintf(stderr, "thread %d session %d differs from the first session with its prompt at token %d of %d (prompt %d)\n",
+                        t, s, at, ss->n, ss->n_prompt);
                 rc = 1;
             }
         }
         printf("thread %d: %d sessions, prefix cache %llu of %llu prompt tokens\n", t, n_sessions,
                (unsigned long long)w->prefix_hits, (unsigned long long)w->prefix_queried);
-        free(w->sessions);
     }
+    for (int t = 0; t < n_threads; ++t) free(workers[t].sessions);
     free(workers);
     free(threads);
     starkv_model_free(model);

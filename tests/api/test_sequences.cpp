@@ -19,16 +19,17 @@ using starkv_test::ModelPtr;
 
 // Models under test: the GGUF (fp32 rows) and a STAR-KV bundle with 4-bit
 // latents and 8-bit plain layers (every row format the forward pass reads).
-struct Models {
-    ModelPtr plain, starkv;
-};
-
-Models& models() {
-    static Models m = [] {
-        Models r;
+const starkv_model* plain_model() {
+    static ModelPtr m = [] {
         starkv_model* p = nullptr;
         EXPECT_EQ(starkv_model_load(starkv_test::stories_model().c_str(), nullptr, &p), STARKV_OK);
-        r.plain.reset(p);
+        return ModelPtr(p);
+    }();
+    return m.get();
+}
+
+const starkv_model* starkv_model_4bit() {
+    static ModelPtr m = [] {
         const std::string dir = starkv_test::temp_dir() + "/seqs";
         std::filesystem::create_directories(dir);
         const std::string calib = starkv_test::shared_path("data/tinystories_val.txt"), out = dir + "/kv4.skv";
@@ -42,10 +43,9 @@ Models& models() {
         EXPECT_EQ(starkv_pack(starkv_test::stories_model().c_str(), out.c_str(), &pp), STARKV_OK) << starkv_last_error();
         starkv_model* s = nullptr;
         EXPECT_EQ(starkv_model_load(out.c_str(), nullptr, &s), STARKV_OK) << starkv_last_error();
-        r.starkv.reset(s);
-        return r;
+        return ModelPtr(s);
     }();
-    return m;
+    return m.get();
 }
 
 uint32_t n_vocab(const starkv_model* m) {
@@ -107,7 +107,7 @@ std::vector<std::vector<float>> alone(const starkv_model* m, const std::vector<s
 
 class Sequences : public ::testing::TestWithParam<bool> {
 protected:
-    const starkv_model* model() { return GetParam() ? models().starkv.get() : models().plain.get(); }
+    const starkv_model* model() { return GetParam() ? starkv_model_4bit() : plain_model(); }
 };
 
 INSTANTIATE_TEST_SUITE_P(Models, Sequences, ::testing::Values(false, true),
@@ -340,7 +340,7 @@ TEST_P(Sequences, SaveRestoreRoundTrip) {
     bad[bad.size() / 2] ^= 0x40;
     EXPECT_TRUE(is_error(starkv_state_restore(b.get(), bad.data(), bad.size(), -1), STARKV_ERR_CORRUPT));
     EXPECT_TRUE(is_error(starkv_state_restore(b.get(), state.data(), state.size() - 9, -1), STARKV_ERR_CORRUPT));
-    ContextPtr other = pooled(GetParam() ? models().plain.get() : models().starkv.get());
+    ContextPtr other = pooled(GetParam() ? plain_model() : starkv_model_4bit());
     EXPECT_TRUE(is_error(starkv_state_restore(other.get(), state.data(), state.size(), -1), STARKV_ERR_INVALID_ARGUMENT));
     starkv_pool_stats st;
     starkv_pool_stats_default(&st);
@@ -368,7 +368,7 @@ TEST_P(Sequences, SaveRestoreRoundTrip) {
 }
 
 TEST(SequencesApi, BadInputsGetAStatusAndAMessage) {
-    const starkv_model* m = models().plain.get();
+    const starkv_model* m = plain_model();
     ASSERT_NE(m, nullptr);
     ContextPtr c = pooled(m);
     const starkv_token t[] = {1, 2, 3};
@@ -424,7 +424,7 @@ TEST(SequencesApi, BadInputsGetAStatusAndAMessage) {
 // context running batched sequences; every thread gets what one thread alone
 // gets. Run under ThreadSanitizer by scripts/test.sh (the name has "Thread").
 TEST(SequencesApi, ThreadsShareOneModelEachWithItsOwnContext) {
-    const starkv_model* m = models().plain.get();  // no packing: fast under ThreadSanitizer
+    const starkv_model* m = plain_model();  // no packing: fast under ThreadSanitizer
     ASSERT_NE(m, nullptr);
     const size_t V = n_vocab(m);
     auto session = [&](int salt, std::vector<float>* out) {
