@@ -2,6 +2,7 @@
 // them: each sequence's page pointers gathered once per pass, so that a row
 // is a page lookup and two offsets (no hash-map lookup per row, as
 // PagePool::row would do). Valid until the next non-const call on the pool.
+// Reused across passes (clear() keeps the memory: a step allocates nothing).
 #pragma once
 
 #include <cstddef>
@@ -14,21 +15,24 @@ namespace starkv {
 
 class PagedRows {
 public:
-    explicit PagedRows(const PagePool& pool)
-        : page_tokens_(pool.page_tokens()), layout_(&pool.layout()) {
+    // Forgets the sequences; takes pool's page geometry.
+    void clear(const PagePool& pool) {
+        page_tokens_ = pool.page_tokens();
+        layout_ = &pool.layout();
         offset_.resize(layout_->n_streams());
         for (size_t s = 0; s < offset_.size(); ++s) offset_[s] = pool.stream_offset(s);
+        pages_.clear();
+        first_.clear();
     }
 
     // Adds seq (its pages as they are now) and returns its index. The rows a
     // pass writes must be in pages seq holds alone (PagePool::append ensures it).
     int add(const PagePool& pool, SeqId seq) {
-        std::vector<uint8_t*> pages(static_cast<size_t>(pool.n_pages(seq)));
-        for (size_t i = 0; i < pages.size(); ++i)
-            pages[i] = const_cast<uint8_t*>(pool.page_span(seq, static_cast<int>(i), 0, 0, KvKind::K).data) -
-                       offset_[0];
-        seqs_.push_back(std::move(pages));
-        return static_cast<int>(seqs_.size()) - 1;
+        first_.push_back(pages_.size());
+        const int n = pool.n_pages(seq);
+        for (int i = 0; i < n; ++i)
+            pages_.push_back(const_cast<uint8_t*>(pool.page_span(seq, i, 0, 0, KvKind::K).data) - offset_[0]);
+        return static_cast<int>(first_.size()) - 1;
     }
 
     int page_tokens() const { return page_tokens_; }
@@ -36,7 +40,7 @@ public:
     uint32_t row_bytes(size_t stream) const { return layout_->row_bytes(stream); }
     // First row of page p of sequence s in a stream (rows row_bytes apart).
     uint8_t* page_rows(int s, int p, size_t stream) const {
-        return seqs_[static_cast<size_t>(s)][static_cast<size_t>(p)] + offset_[stream];
+        return pages_[first_[static_cast<size_t>(s)] + static_cast<size_t>(p)] + offset_[stream];
     }
     uint8_t* row(int s, size_t stream, int pos) const {
         return page_rows(s, pos / page_tokens_, stream) +
@@ -44,10 +48,11 @@ public:
     }
 
 private:
-    int page_tokens_;
-    const RowLayout* layout_;
+    int page_tokens_ = 1;
+    const RowLayout* layout_ = nullptr;
     std::vector<uint64_t> offset_;
-    std::vector<std::vector<uint8_t*>> seqs_;
+    std::vector<uint8_t*> pages_;  // every sequence's page pointers, back to back
+    std::vector<size_t> first_;    // index in pages_ of each sequence's first page
 };
 
 }  // namespace starkv

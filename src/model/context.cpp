@@ -70,27 +70,42 @@ void Context::require_cpu(const char* what) const {
     if (device_) fail(STARKV_ERR_UNSUPPORTED, std::string(what) + " is not supported on a GPU backend yet");
 }
 
+namespace {
+
+// Index of seq in v (pairs keyed by sequence), or -1.
+template <class T>
+int find_seq(const std::vector<std::pair<SeqId, T>>& v, SeqId seq) {
+    for (size_t i = 0; i < v.size(); ++i)
+        if (v[i].first == seq) return static_cast<int>(i);
+    return -1;
+}
+
+}  // namespace
+
 void Context::check_items(std::span<const BatchItem> items) const {
     if (items.empty()) fail(STARKV_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
     const int n_vocab = model_->config().n_vocab;
-    std::unordered_map<SeqId, int> next;  // position each sequence's next item must have
+    auto& next = step_.seqs;  // position each sequence's next item must have
+    next.clear();
     for (size_t i = 0; i < items.size(); ++i) {
         const BatchItem& it = items[i];
         if (it.token < 0 || it.token >= n_vocab)
             fail(STARKV_ERR_INVALID_ARGUMENT, "token id " + std::to_string(it.token) + " is outside the vocabulary");
-        auto [at, fresh] = next.try_emplace(it.seq, 0);
-        if (fresh) {
+        int k = find_seq(next, it.seq);
+        if (k < 0) {
             if (!kv_->has(it.seq)) fail(STARKV_ERR_INVALID_ARGUMENT, "no sequence " + std::to_string(it.seq));
-            at->second = kv_->length(it.seq);
+            next.emplace_back(it.seq, kv_->length(it.seq));
+            k = static_cast<int>(next.size()) - 1;
         }
-        if (it.pos != at->second)
+        int& at = next[static_cast<size_t>(k)].second;
+        if (it.pos != at)
             fail(STARKV_ERR_INVALID_ARGUMENT, "item " + std::to_string(i) + ": sequence " + std::to_string(it.seq) +
-                                                  " is at position " + std::to_string(at->second) + ", not " +
+                                                  " is at position " + std::to_string(at) + ", not " +
                                                   std::to_string(it.pos));
-        if (at->second >= fmt_.n_ctx())
+        if (at >= fmt_.n_ctx())
             fail(STARKV_ERR_CONTEXT_FULL, "context full: sequence " + std::to_string(it.seq) + " would exceed n_ctx " +
                                               std::to_string(fmt_.n_ctx()) + " tokens");
-        ++at->second;
+        ++at;
     }
     uint64_t pages = 0;
     for (const auto& [seq, end] : next) {
@@ -108,69 +123,90 @@ void Context::check_items(std::span<const BatchItem> items) const {
 }
 
 void Context::run(std::span<const BatchItem> items, float* out, bool check_abort) {
-    // Tokens per sequence, sequences in order of first appearance.
-    std::vector<SeqId> order;
-    std::unordered_map<SeqId, std::vector<int32_t>> toks;
-    for (const BatchItem& it : items) {
-        auto [at, fresh] = toks.try_emplace(it.seq);
-        if (fresh) order.push_back(it.seq);
-        at->second.push_back(it.token);
-    }
-    std::vector<std::pair<SeqId, int>> appended;  // for the rollback
+    StepScratch& w = step_;
+    // Sequences in order of first appearance, with their lengths before the step.
+    w.seqs.clear();
+    for (const BatchItem& it : items)
+        if (find_seq(w.seqs, it.seq) < 0) w.seqs.emplace_back(it.seq, kv_->length(it.seq));
     const size_t V = static_cast<size_t>(model_->config().n_vocab);
-    std::vector<std::pair<SeqId, int64_t>> last_row;  // sequence -> its last logits row
+    w.last_row.clear();
+    size_t n_appended = 0;  // for the rollback: w.seqs[0, n_appended) were appended to
+    w.fresh.clear();          // sequences whose logits buffer was empty (cleared again on failure)
+    auto rollback = [&] {
+        for (size_t i = 0; i < n_appended; ++i) kv_->truncate(w.seqs[i].first, w.seqs[i].second);
+        for (SeqId seq : w.fresh) seq_logits_[seq].clear();
+    };
     try {
-        for (SeqId seq : order) {
-            const int before = kv_->length(seq);
-            kv_->append(seq, toks[seq]);
-            appended.emplace_back(seq, before);
+        // Every allocation a step may need happens here, before the rows change.
+        if (out)
+            for (const BatchItem& it : items) {
+                if (!it.logits) continue;
+                std::vector<float>& l = seq_logits_[it.seq];
+                if (l.empty()) {
+                    w.fresh.push_back(it.seq);
+                    l.resize(V);
+                }
+            }
+        for (const auto& [seq, before] : w.seqs) {
+            w.tokens.clear();
+            for (const BatchItem& it : items)
+                if (it.seq == seq) w.tokens.push_back(it.token);
+            kv_->append(seq, w.tokens);
+            ++n_appended;
         }
         scratch_.reserve(model_->config(), static_cast<int>(std::min<size_t>(items.size(), kMicroBatch)),
                          fmt_.n_ctx(), pool_.size());
-        PagedRows rows(*kv_);
-        std::unordered_map<SeqId, int> index;
-        for (SeqId seq : order) index[seq] = rows.add(*kv_, seq);
+        // Sequence i of w.seqs is index i of the PagedRows.
+        w.rows.clear(*kv_);
+        for (const auto& sp : w.seqs) w.rows.add(*kv_, sp.first);
 
-        std::vector<int32_t> tk, pos, sq, lr;
         int64_t produced = 0;
         for (size_t done = 0; done < items.size();) {
             if (check_abort && aborted())
                 fail(STARKV_ERR_CANCELLED, "evaluation cancelled by the abort callback after " + std::to_string(done) +
                                                " of " + std::to_string(items.size()) + " tokens");
             const size_t m = std::min<size_t>(items.size() - done, kMicroBatch);
-            tk.clear(), pos.clear(), sq.clear(), lr.clear();
+            w.tk.clear(), w.pos.clear(), w.sq.clear(), w.lr.clear();
             for (size_t i = 0; i < m; ++i) {
                 const BatchItem& it = items[done + i];
-                tk.push_back(it.token);
-                pos.push_back(it.pos);
-                sq.push_back(index[it.seq]);
+                w.tk.push_back(it.token);
+                w.pos.push_back(it.pos);
+                w.sq.push_back(find_seq(w.seqs, it.seq));
                 if (it.logits) {
-                    lr.push_back(static_cast<int32_t>(i));
-                    last_row.emplace_back(it.seq, produced + static_cast<int64_t>(lr.size()) - 1);
+                    w.lr.push_back(static_cast<int32_t>(i));
+                    const int64_t row = produced + static_cast<int64_t>(w.lr.size()) - 1;
+                    const int k = find_seq(w.last_row, it.seq);
+                    if (k < 0) w.last_row.emplace_back(it.seq, row);
+                    else w.last_row[static_cast<size_t>(k)].second = row;
                 }
             }
-            ForwardRows fr{tk.data(), pos.data(), sq.data(), static_cast<int>(m), lr.data(), static_cast<int>(lr.size())};
-            forward(*model_, fmt_, rows, scratch_, pool_, fr, out ? out + static_cast<size_t>(produced) * V : nullptr);
-            produced += static_cast<int64_t>(lr.size());
+            ForwardRows fr{w.tk.data(), w.pos.data(), w.sq.data(), static_cast<int>(m), w.lr.data(),
+                           static_cast<int>(w.lr.size())};
+            forward(*model_, fmt_, w.rows, scratch_, pool_, fr, out ? out + static_cast<size_t>(produced) * V : nullptr);
+            produced += static_cast<int64_t>(w.lr.size());
             done += m;
         }
     } catch (const std::bad_alloc&) {
-        for (auto [seq, len] : appended) kv_->truncate(seq, len);
+        rollback();
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot allocate buffers for " + std::to_string(items.size()) + " tokens");
     } catch (...) {
-        for (auto [seq, len] : appended) kv_->truncate(seq, len);
+        rollback();
         throw;
     }
-    for (SeqId seq : order) {
-        kv_->commit(seq);
-        seq_logits_.erase(seq);
+    for (const auto& [seq, before] : w.seqs) {
+        // Registering pages for prefix reuse is an optimisation: without memory
+        // for it the step still succeeded (the pages just stay private).
+        try {
+            kv_->commit(seq);
+        } catch (const std::bad_alloc&) {
+        } catch (const Error& e) {
+            if (e.status() != STARKV_ERR_OUT_OF_MEMORY) throw;
+        }
+        if (!out || find_seq(w.last_row, seq) < 0) clear_seq_logits(seq);
     }
     if (!out) return;
-    for (auto [seq, row] : last_row) {
-        std::vector<float>& l = seq_logits_[seq];
-        const float* src = out + static_cast<size_t>(row) * V;
-        l.assign(src, src + V);
-    }
+    for (const auto& [seq, row] : w.last_row)  // buffers sized above: no allocation
+        std::copy_n(out + static_cast<size_t>(row) * V, V, seq_logits_[seq].data());
 }
 
 void Context::eval(const int32_t* tokens, size_t n, bool all_logits, bool check_abort) {
@@ -186,7 +222,8 @@ void Context::eval(const int32_t* tokens, size_t n, bool all_logits, bool check_
     const size_t V = static_cast<size_t>(n_vocab);
 
     if (!device_) {
-        std::vector<BatchItem> items(n);
+        std::vector<BatchItem>& items = step_.items;
+        items.resize(n);
         for (size_t i = 0; i < n; ++i) items[i] = {tokens[i], 0, past + static_cast<int32_t>(i), all_logits || i + 1 == n};
         check_items(items);
         try {
@@ -244,7 +281,7 @@ void Context::rewind(int n_past) {
                                               std::to_string(past) + " tokens)");
     if (device_) device_n_past_ = n_past;
     else kv_->truncate(0, n_past);
-    seq_logits_.erase(0);
+    clear_seq_logits(0);
     n_logits_ = 0;  // the old logits no longer describe the sequence's end
 }
 
@@ -275,7 +312,7 @@ void Context::seq_truncate(SeqId seq, int n_past) {
                                               std::to_string(n_past) + " (holding " +
                                               std::to_string(kv_->length(seq)) + " tokens)");
     kv_->truncate(seq, n_past);
-    seq_logits_.erase(seq);
+    clear_seq_logits(seq);
 }
 
 void Context::seq_fork(SeqId src, SeqId dst) {
@@ -287,7 +324,7 @@ void Context::seq_fork(SeqId src, SeqId dst) {
         fail(STARKV_ERR_INVALID_ARGUMENT, "the context holds its maximum of " + std::to_string(max_sequences_) + " sequences");
     kv_->fork(src, dst);
     auto it = seq_logits_.find(src);
-    if (it != seq_logits_.end()) {
+    if (it != seq_logits_.end() && !it->second.empty()) {
         try {
             seq_logits_[dst] = it->second;
         } catch (...) {
@@ -365,7 +402,12 @@ const float* Context::batch_logits(size_t i) const {
 
 const float* Context::seq_logits(SeqId seq) const {
     auto it = seq_logits_.find(seq);
-    return it == seq_logits_.end() ? nullptr : it->second.data();
+    return it == seq_logits_.end() || it->second.empty() ? nullptr : it->second.data();
+}
+
+void Context::clear_seq_logits(SeqId seq) {
+    auto it = seq_logits_.find(seq);
+    if (it != seq_logits_.end()) it->second.clear();  // keeps the memory for the next step
 }
 
 // ---- saved state -------------------------------------------------------------------
@@ -398,7 +440,8 @@ std::vector<SeqId> Context::restore_state(std::span<const uint8_t> state, SeqId 
         opt.target_seq = target;
         opt.n_vocab = model_->config().n_vocab;
         ids = restore_kv_state(*kv_, bundle_hash(), state, opt);
-        if (kv_->stats().n_sequences > static_cast<uint64_t>(max_sequences_) + (kv_->has(0) ? 0 : 1)) {
+        // Sequence 0 comes back below if the state did not hold it.
+        if (kv_->stats().n_sequences + (kv_->has(0) ? 0 : 1) > static_cast<uint64_t>(max_sequences_)) {
             for (SeqId s : ids) kv_->remove(s);
             fail(STARKV_ERR_INVALID_ARGUMENT, "the state's sequences exceed the context's maximum of " +
                                                   std::to_string(max_sequences_));
@@ -409,7 +452,7 @@ std::vector<SeqId> Context::restore_state(std::span<const uint8_t> state, SeqId 
     }
     if (!kv_->has(0)) kv_->create(0);
     for (SeqId s : ids) {
-        seq_logits_.erase(s);
+        clear_seq_logits(s);
         if (s == 0) n_logits_ = 0;
     }
     return ids;

@@ -19,6 +19,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
 #include "kv/page_pool.h"
+#include "kv/paged_rows.h"
 #include "model/forward.h"
 #include "model/model.h"
 
@@ -132,6 +133,7 @@ private:
     void run(std::span<const BatchItem> items, float* out, bool check_abort);
     void check_items(std::span<const BatchItem> items) const;
     void require_cpu(const char* what) const;
+    void clear_seq_logits(SeqId seq);
 
     std::shared_ptr<const Model> model_;
     KvCache fmt_;  // row formats
@@ -144,7 +146,18 @@ private:
     int n_logits_ = 0;
     std::vector<float> batch_logits_;
     std::vector<int64_t> batch_row_;  // item -> row of batch_logits_ (-1: none)
-    std::unordered_map<SeqId, std::vector<float>> seq_logits_;
+    std::unordered_map<SeqId, std::vector<float>> seq_logits_;  // empty: none
+    // Buffers of a step, kept so that a decode step allocates nothing once
+    // warm (a batch holds few sequences: linear searches are cheaper than maps).
+    struct StepScratch {
+        std::vector<BatchItem> items;
+        std::vector<std::pair<SeqId, int>> seqs;  // sequence, its end position / old length
+        std::vector<int32_t> tokens, tk, pos, sq, lr;
+        std::vector<std::pair<SeqId, int64_t>> last_row;
+        std::vector<SeqId> fresh;
+        PagedRows rows;
+    };
+    mutable StepScratch step_;
     mutable std::optional<uint64_t> bundle_hash_;
     int device_n_past_ = 0;                           // sequence 0 on a GPU backend
     std::unique_ptr<backend::DeviceForward> device_;  // GPU forward (its own KV cache); null on the CPU
