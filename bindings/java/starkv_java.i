@@ -135,6 +135,27 @@ STARKV_ARRAY(float, out, n, jfloatArray, float, jfloat, Float, 0)
 %ignore starkv_log_fn;
 
 %ignore starkv_tensor_info::shape;
+/* Sequences, batches and saved KV state (0.2): not bound yet. */
+%ignore starkv_pool_params;
+%ignore starkv_pool_params_default;
+%ignore starkv_context_create_pooled;
+%ignore starkv_seq_create;
+%ignore starkv_seq_remove;
+%ignore starkv_seq_truncate;
+%ignore starkv_seq_fork;
+%ignore starkv_seq_n_past;
+%ignore starkv_seq_prefill;
+%ignore starkv_batch_item;
+%ignore starkv_batch_eval;
+%ignore starkv_batch_logits;
+%ignore starkv_seq_logits;
+%ignore starkv_pool_stats;
+%ignore starkv_pool_stats_default;
+%ignore starkv_context_pool_stats;
+%ignore starkv_state_save;
+%ignore starkv_state_save_file;
+%ignore starkv_state_restore;
+%ignore starkv_state_restore_file;
 %include "starkv/starkv.h"
 %extend starkv_tensor_info {
     int64_t shapeAt(int i) const { return i >= 0 && i < 4 ? $self->shape[i] : 0; }

@@ -114,6 +114,27 @@ STARKV_ARRAY_IN(float, NPY_FLOAT32, logits, n_vocab)
 %ignore starkv_generate_params_default;
 %ignore starkv_generate;
 
+/* Sequences, batches and saved KV state (0.2): not bound yet. */
+%ignore starkv_pool_params;
+%ignore starkv_pool_params_default;
+%ignore starkv_context_create_pooled;
+%ignore starkv_seq_create;
+%ignore starkv_seq_remove;
+%ignore starkv_seq_truncate;
+%ignore starkv_seq_fork;
+%ignore starkv_seq_n_past;
+%ignore starkv_seq_prefill;
+%ignore starkv_batch_item;
+%ignore starkv_batch_eval;
+%ignore starkv_batch_logits;
+%ignore starkv_seq_logits;
+%ignore starkv_pool_stats;
+%ignore starkv_pool_stats_default;
+%ignore starkv_context_pool_stats;
+%ignore starkv_state_save;
+%ignore starkv_state_save_file;
+%ignore starkv_state_restore;
+%ignore starkv_state_restore_file;
 %include "starkv/starkv.h"
 
 /* ---- helpers: C signatures Python can call, with callbacks as callables ----------- */

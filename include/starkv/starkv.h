@@ -337,6 +337,124 @@ STARKV_API starkv_status starkv_context_device_weight_bytes(const starkv_context
  * the backend or the device. */
 STARKV_API starkv_status starkv_device_copy_bandwidth(int32_t device, double *out_bytes_per_second);
 
+/* ---- Sequences, batches and saved KV state (since 0.2) ------------------ */
+/** A context's KV cache is a pool of fixed-size pages of tokens shared by its
+ * sequences, each with its own page table (docs/kv-pool.md). Sequence 0 always
+ * exists: starkv_context_eval, _rewind, _logits and starkv_generate work on it.
+ * Other sequences are created by id (chosen by the caller, >= 0), forked
+ * (copy-on-write: no row is copied until one side writes), truncated and
+ * removed; starkv_batch_eval runs tokens of many sequences in one forward pass
+ * (continuous batching: sequences join and leave between batches).
+ * Sequences, batches and saved states run on the CPU backend; on a GPU
+ * context they fail with STARKV_ERR_UNSUPPORTED.
+ *
+ * Thread contract: a starkv_model is shared by any number of threads and
+ * contexts; a context (with its sequences) is used by one thread at a time. */
+typedef int32_t starkv_seq_id;
+
+typedef struct starkv_pool_params {
+    uint32_t struct_size;
+    uint32_t page_tokens;       /**< tokens per page; default 16, at most 4096 */
+    uint64_t budget_bytes;      /**< page memory of the pool; 0 = n_ctx tokens of one sequence.
+                                     Taken lazily, page by page, as sequences grow. */
+    uint32_t max_sequences;     /**< default 256 */
+    bool prefix_caching;        /**< default true: starkv_seq_prefill reuses cached prompt prefixes */
+    bool evict_cached_prefixes; /**< default true: a full pool takes back cached unused prefixes (LRU) */
+} starkv_pool_params;
+STARKV_API void starkv_pool_params_default(starkv_pool_params *params);
+
+/** starkv_context_create with a KV pool of the given budget (pool NULL =
+ * defaults). params->n_ctx bounds each sequence's length. */
+STARKV_API starkv_status starkv_context_create_pooled(const starkv_model *model,
+                                                      const starkv_context_params *params,
+                                                      const starkv_pool_params *pool,
+                                                      starkv_context **out_ctx);
+
+/** Creates an empty sequence (INVALID_ARGUMENT if it exists or the context
+ * holds max_sequences). */
+STARKV_API starkv_status starkv_seq_create(starkv_context *ctx, starkv_seq_id seq);
+/** Removes a sequence and releases its pages (sequence 0 cannot be removed:
+ * truncate it to 0). */
+STARKV_API starkv_status starkv_seq_remove(starkv_context *ctx, starkv_seq_id seq);
+/** Forgets every token of seq at position >= n_past. */
+STARKV_API starkv_status starkv_seq_truncate(starkv_context *ctx, starkv_seq_id seq, uint32_t n_past);
+/** dst (new) starts as a copy of src, sharing its pages; the two diverge as
+ * they are extended. */
+STARKV_API starkv_status starkv_seq_fork(starkv_context *ctx, starkv_seq_id src, starkv_seq_id dst);
+STARKV_API starkv_status starkv_seq_n_past(const starkv_context *ctx, starkv_seq_id seq, uint32_t *out_n_past);
+/** The prompt of an empty sequence: its longest prefix (whole pages, all
+ * tokens but the last) already cached in the pool is reused, the rest is
+ * evaluated. *out_n_reused (may be NULL) receives the tokens reused. The
+ * sequence's logits (starkv_seq_logits) are then the last token's. */
+STARKV_API starkv_status starkv_seq_prefill(starkv_context *ctx, starkv_seq_id seq,
+                                            const starkv_token *tokens, size_t n_tokens,
+                                            size_t *out_n_reused);
+
+/** One token of a batch. pos must be the sequence's n_past at its turn: a
+ * sequence's items come in order at consecutive positions. */
+typedef struct starkv_batch_item {
+    starkv_token token;
+    starkv_seq_id seq;
+    uint32_t pos;
+    bool logits; /**< keep this token's logits */
+} starkv_batch_item;
+/** One forward pass over n items of any sequences (prompt chunks and decode
+ * steps mixed). Everything is checked before anything is computed; on an error
+ * no sequence changed (STARKV_ERR_KV_POOL_FULL: the pages cannot be had,
+ * STARKV_ERR_CONTEXT_FULL: a sequence would exceed n_ctx). */
+STARKV_API starkv_status starkv_batch_eval(starkv_context *ctx, const starkv_batch_item *items, size_t n);
+/** Logits (n_vocab floats) of item i of the last batch that asked for them;
+ * valid until the next batch. */
+STARKV_API starkv_status starkv_batch_logits(const starkv_context *ctx, size_t i, const float **out_logits);
+/** Logits of the last token of seq evaluated with logits (by a batch, a
+ * prefill or, for sequence 0, an eval); INVALID_ARGUMENT when the sequence
+ * changed since (truncated) or has none. Valid until the sequence changes. */
+STARKV_API starkv_status starkv_seq_logits(const starkv_context *ctx, starkv_seq_id seq,
+                                           const float **out_logits);
+
+typedef struct starkv_pool_stats {
+    uint32_t struct_size;
+    uint32_t page_tokens;
+    uint64_t page_bytes;
+    uint64_t n_sequences;
+    uint64_t pages_total;     /**< what the budget allows */
+    uint64_t pages_used;      /**< held by a sequence */
+    uint64_t pages_cached;    /**< held by none, kept for prefix reuse (evictable) */
+    uint64_t pages_free;      /**< pages_total - used - cached */
+    uint64_t bytes_budget;
+    uint64_t bytes_allocated; /**< taken from the system so far */
+    uint64_t bytes_used;      /**< pages_used * page_bytes */
+    uint64_t capacity_tokens; /**< pages_total * page_tokens */
+    uint64_t tokens;          /**< sum of the sequences' lengths (shared tokens counted per sequence) */
+    double compression_ratio; /**< fp32 cache bytes per token / this cache's */
+    uint64_t prefix_queried_tokens; /**< prompt tokens (whole pages) offered for reuse */
+    uint64_t prefix_hit_tokens;     /**< of which served from the cache */
+    uint64_t evictions;             /**< cached pages taken back for new data */
+    uint64_t cow_copies;            /**< shared pages copied before a write */
+} starkv_pool_stats;
+STARKV_API void starkv_pool_stats_default(starkv_pool_stats *stats);
+STARKV_API starkv_status starkv_context_pool_stats(const starkv_context *ctx, starkv_pool_stats *stats);
+
+/** Saves sequences (seqs NULL or n_seqs 0: every sequence) with their tokens
+ * and KV rows: a self-checking buffer (format in docs/kv-pool.md) that
+ * restores only into a context of the same model (its weights hash, see
+ * docs/kv-pool.md). buf NULL or too small: STARKV_ERR_BUFFER_TOO_SMALL with
+ * *n_out = the size needed (the state is built each call). */
+STARKV_API starkv_status starkv_state_save(const starkv_context *ctx, const starkv_seq_id *seqs, size_t n_seqs,
+                                           void *buf, size_t capacity, size_t *n_out);
+STARKV_API starkv_status starkv_state_save_file(const starkv_context *ctx, const starkv_seq_id *seqs,
+                                                size_t n_seqs, const char *path);
+/** Recreates the saved sequences (under their ids; target >= 0: the state must
+ * hold one sequence, restored as target). None of them may exist, except an
+ * empty sequence 0. Everything is validated first: damaged data is
+ * STARKV_ERR_CORRUPT, another model's state INVALID_ARGUMENT, and the context
+ * is unchanged on any error. A restored sequence carries no logits: the logits
+ * of the next token evaluated on it equal those the saved sequence gives. */
+STARKV_API starkv_status starkv_state_restore(starkv_context *ctx, const void *buf, size_t n,
+                                              starkv_seq_id target);
+STARKV_API starkv_status starkv_state_restore_file(starkv_context *ctx, const char *path,
+                                                   starkv_seq_id target);
+
 /* ---- Sampling ----------------------------------------------------------- */
 typedef struct starkv_sampler starkv_sampler;
 

@@ -12,6 +12,7 @@
 #include "bundle/writer.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "kv/kv_state.h"
 #include "model/context.h"
 #include "model/model.h"
 #include "model/score.h"
@@ -534,6 +535,214 @@ starkv_status starkv_device_copy_bandwidth(int32_t device, double* out_bytes_per
     STARKV_REQUIRE(out_bytes_per_second, "out_bytes_per_second is NULL");
     *out_bytes_per_second = 0;
     return guarded([&] { *out_bytes_per_second = starkv::backend::copy_bandwidth(device); });
+}
+
+/* ---- sequences, batches, saved state ---- */
+
+void starkv_pool_params_default(starkv_pool_params* p) {
+    if (!p) return;
+    *p = starkv_pool_params{};
+    p->struct_size = sizeof(*p);
+    starkv::ContextOptions d;
+    p->page_tokens = static_cast<uint32_t>(d.page_tokens);
+    p->budget_bytes = d.kv_budget_bytes;
+    p->max_sequences = static_cast<uint32_t>(d.max_sequences);
+    p->prefix_caching = d.prefix_caching;
+    p->evict_cached_prefixes = d.evict_cached_prefixes;
+}
+
+starkv_status starkv_context_create_pooled(const starkv_model* model, const starkv_context_params* params,
+                                           const starkv_pool_params* pool, starkv_context** out_ctx) {
+    STARKV_REQUIRE(out_ctx, "out_ctx is NULL");
+    *out_ctx = nullptr;
+    STARKV_REQUIRE(model, "model is NULL");
+    starkv_context_params p;
+    starkv_context_params_default(&p);
+    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_context_params_default)");
+    starkv_pool_params q;
+    starkv_pool_params_default(&q);
+    STARKV_REQUIRE(read_params(pool, q), "pool->struct_size is invalid (use starkv_pool_params_default)");
+    STARKV_REQUIRE(p.n_ctx <= (1u << 24), "n_ctx is too large");
+    STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
+    STARKV_REQUIRE(p.backend >= STARKV_BACKEND_CPU && p.backend <= STARKV_BACKEND_AUTO, "backend is not a STARKV_BACKEND_*");
+    STARKV_REQUIRE(p.device >= 0, "device must not be negative");
+    STARKV_REQUIRE(q.page_tokens >= 1 && q.page_tokens <= 4096, "pool->page_tokens is not in [1, 4096]");
+    STARKV_REQUIRE(q.max_sequences >= 1 && q.max_sequences <= (1u << 20), "pool->max_sequences is not in [1, 2^20]");
+    return guarded([&] {
+        starkv::ContextOptions o;
+        o.n_ctx = static_cast<int>(p.n_ctx);
+        o.n_threads = static_cast<int>(p.n_threads);
+        o.backend = p.backend;
+        o.device = p.device;
+        o.device_memory_limit = p.device_memory_limit;
+        o.page_tokens = static_cast<int>(q.page_tokens);
+        o.kv_budget_bytes = q.budget_bytes;
+        o.max_sequences = static_cast<int>(q.max_sequences);
+        o.prefix_caching = q.prefix_caching;
+        o.evict_cached_prefixes = q.evict_cached_prefixes;
+        auto ctx = std::make_unique<starkv_context>();
+        ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
+        ctx->seed = p.seed;
+        *out_ctx = ctx.release();
+    });
+}
+
+starkv_status starkv_seq_create(starkv_context* ctx, starkv_seq_id seq) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    return guarded([&] { ctx->ctx->seq_create(seq); });
+}
+
+starkv_status starkv_seq_remove(starkv_context* ctx, starkv_seq_id seq) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    return guarded([&] { ctx->ctx->seq_remove(seq); });
+}
+
+starkv_status starkv_seq_truncate(starkv_context* ctx, starkv_seq_id seq, uint32_t n_past) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(n_past <= (1u << 24), "n_past is too large");
+    return guarded([&] { ctx->ctx->seq_truncate(seq, static_cast<int>(n_past)); });
+}
+
+starkv_status starkv_seq_fork(starkv_context* ctx, starkv_seq_id src, starkv_seq_id dst) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    return guarded([&] { ctx->ctx->seq_fork(src, dst); });
+}
+
+starkv_status starkv_seq_n_past(const starkv_context* ctx, starkv_seq_id seq, uint32_t* out_n_past) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(out_n_past, "out_n_past is NULL");
+    return guarded([&] { *out_n_past = static_cast<uint32_t>(ctx->ctx->seq_n_past(seq)); });
+}
+
+starkv_status starkv_seq_prefill(starkv_context* ctx, starkv_seq_id seq, const starkv_token* tokens, size_t n_tokens,
+                                 size_t* out_n_reused) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(tokens, "tokens is NULL");
+    return guarded([&] {
+        const int reused = ctx->ctx->seq_prefill(seq, tokens, n_tokens);
+        if (out_n_reused) *out_n_reused = static_cast<size_t>(reused);
+    });
+}
+
+starkv_status starkv_batch_eval(starkv_context* ctx, const starkv_batch_item* items, size_t n) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(items || n == 0, "items is NULL");
+    STARKV_REQUIRE(n <= (1u << 24), "too many batch items");
+    return guarded([&] {
+        std::vector<starkv::BatchItem> v(n);
+        for (size_t i = 0; i < n; ++i) {
+            if (items[i].pos > (1u << 24)) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "item " + std::to_string(i) + ": pos is too large");
+            v[i] = {items[i].token, items[i].seq, static_cast<int32_t>(items[i].pos), items[i].logits};
+        }
+        ctx->ctx->eval_batch(v);
+    });
+}
+
+starkv_status starkv_batch_logits(const starkv_context* ctx, size_t i, const float** out_logits) {
+    STARKV_REQUIRE(out_logits, "out_logits is NULL");
+    *out_logits = nullptr;
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    const float* l = ctx->ctx->batch_logits(i);
+    if (!l) return set_error(STARKV_ERR_INVALID_ARGUMENT, "no logits for item " + std::to_string(i) + " of the last batch");
+    *out_logits = l;
+    return STARKV_OK;
+}
+
+starkv_status starkv_seq_logits(const starkv_context* ctx, starkv_seq_id seq, const float** out_logits) {
+    STARKV_REQUIRE(out_logits, "out_logits is NULL");
+    *out_logits = nullptr;
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    const float* l = ctx->ctx->seq_logits(seq);
+    if (!l) return set_error(STARKV_ERR_INVALID_ARGUMENT, "no logits for sequence " + std::to_string(seq));
+    *out_logits = l;
+    return STARKV_OK;
+}
+
+void starkv_pool_stats_default(starkv_pool_stats* s) {
+    if (!s) return;
+    *s = starkv_pool_stats{};
+    s->struct_size = sizeof(*s);
+}
+
+starkv_status starkv_context_pool_stats(const starkv_context* ctx, starkv_pool_stats* stats) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(stats, "stats is NULL");
+    STARKV_REQUIRE(stats->struct_size >= sizeof(uint32_t), "stats->struct_size is not set (use starkv_pool_stats_default)");
+    return guarded([&] {
+        const starkv::Context& c = *ctx->ctx;
+        const starkv::PagePoolStats p = c.pool_stats();
+        starkv_pool_stats r;
+        starkv_pool_stats_default(&r);
+        r.page_tokens = p.page_tokens;
+        r.page_bytes = p.page_bytes;
+        r.n_sequences = p.n_sequences;
+        r.pages_total = p.pages_total;
+        r.pages_used = p.pages_used;
+        r.pages_cached = p.pages_cached;
+        r.pages_free = p.pages_free;
+        r.bytes_budget = p.bytes_budget;
+        r.bytes_allocated = p.bytes_allocated;
+        r.bytes_used = p.bytes_used;
+        r.capacity_tokens = p.capacity_tokens;
+        r.tokens = p.tokens;
+        r.compression_ratio = static_cast<double>(c.kv_bytes_per_token_uncompressed()) /
+                              static_cast<double>(c.kv_bytes_per_token());
+        r.prefix_queried_tokens = p.prefix_queried_tokens;
+        r.prefix_hit_tokens = p.prefix_hit_tokens;
+        r.evictions = p.evictions;
+        r.cow_copies = p.cow_copies;
+        write_result(r, stats);
+    });
+}
+
+starkv_status starkv_state_save(const starkv_context* ctx, const starkv_seq_id* seqs, size_t n_seqs, void* buf,
+                                size_t capacity, size_t* n_out) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(n_out, "n_out is NULL");
+    STARKV_REQUIRE(seqs || n_seqs == 0, "seqs is NULL");
+    *n_out = 0;
+    std::vector<uint8_t> state;
+    const starkv_status st = guarded([&] {
+        state = ctx->ctx->save_state(std::span<const starkv::SeqId>(seqs, seqs ? n_seqs : 0));
+    });
+    if (st != STARKV_OK) return st;
+    *n_out = state.size();
+    if (!buf || capacity < state.size())
+        return set_error(STARKV_ERR_BUFFER_TOO_SMALL, "the state needs " + std::to_string(state.size()) + " bytes");
+    std::memcpy(buf, state.data(), state.size());
+    return STARKV_OK;
+}
+
+starkv_status starkv_state_save_file(const starkv_context* ctx, const starkv_seq_id* seqs, size_t n_seqs,
+                                     const char* path) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(path, "path is NULL");
+    STARKV_REQUIRE(seqs || n_seqs == 0, "seqs is NULL");
+    return guarded([&] {
+        const std::vector<uint8_t> state =
+            ctx->ctx->save_state(std::span<const starkv::SeqId>(seqs, seqs ? n_seqs : 0));
+        starkv::write_kv_state_file(path, state);
+    });
+}
+
+starkv_status starkv_state_restore(starkv_context* ctx, const void* buf, size_t n, starkv_seq_id target) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(buf || n == 0, "buf is NULL");
+    return guarded([&] {
+        ctx->ctx->restore_state(std::span<const uint8_t>(static_cast<const uint8_t*>(buf), n), target);
+    });
+}
+
+starkv_status starkv_state_restore_file(starkv_context* ctx, const char* path, starkv_seq_id target) {
+    STARKV_REQUIRE(ctx, "ctx is NULL");
+    STARKV_REQUIRE(path, "path is NULL");
+    return guarded([&] {
+        const starkv::PagePoolStats st = ctx->ctx->pool_stats();
+        // No valid state is larger than its rows uncompressed plus headers.
+        const uint64_t limit = st.capacity_tokens * (ctx->ctx->kv_bytes_per_token() + 64) + (64u << 20);
+        const std::vector<uint8_t> state = starkv::read_kv_state_file(path, limit);
+        ctx->ctx->restore_state(state, target);
+    });
 }
 
 /* ---- sampler ---- */

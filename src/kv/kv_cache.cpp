@@ -1,18 +1,12 @@
 #include "kv/kv_cache.h"
 
-#include <algorithm>
-#include <new>
-
-#include "core/error.h"
 #include "model/weights.h"
 
 namespace starkv {
 
 KvCache::KvCache(const ModelConfig& config, int n_ctx)
-    : n_ctx_(n_ctx), n_head_kv_(config.n_head_kv), head_dim_(config.head_dim) {
+    : n_ctx_(n_ctx), n_layer_(config.n_layer), n_head_kv_(config.n_head_kv), head_dim_(config.head_dim) {
     const size_t n_buffers = static_cast<size_t>(config.n_layer) * static_cast<size_t>(config.n_head_kv);
-    k_.resize(n_buffers);
-    v_.resize(n_buffers);
     k_w_.assign(n_buffers, config.head_dim);
     v_w_.assign(n_buffers, config.head_dim);
     k_b_.assign(n_buffers, static_cast<size_t>(config.head_dim) * sizeof(float));
@@ -49,19 +43,13 @@ KvCache::KvCache(const ModelConfig& config, const ModelWeights& weights, int n_c
     bytes_per_token_ = bytes;
 }
 
-void KvCache::ensure(int n_tokens) {
-    if (n_tokens <= allocated_) return;
-    // Grow geometrically so appending token by token stays amortised O(1).
-    const int target = std::min(n_ctx_, std::max({n_tokens, 2 * allocated_, 256}));
-    try {
-        for (size_t i = 0; i < k_.size(); ++i) {
-            k_[i].resize(static_cast<size_t>(target) * k_b_[i]);
-            v_[i].resize(static_cast<size_t>(target) * v_b_[i]);
-        }
-    } catch (const std::bad_alloc&) {
-        fail(STARKV_ERR_OUT_OF_MEMORY, "cannot grow the KV cache to " + std::to_string(target) + " tokens");
+RowLayout KvCache::row_layout() const {
+    std::vector<uint32_t> bytes(2 * k_b_.size());
+    for (size_t i = 0; i < k_b_.size(); ++i) {
+        bytes[2 * i] = static_cast<uint32_t>(k_b_[i]);
+        bytes[2 * i + 1] = static_cast<uint32_t>(v_b_[i]);
     }
-    allocated_ = target;
+    return RowLayout(n_layer_, n_head_kv_, std::move(bytes));
 }
 
 }  // namespace starkv

@@ -57,6 +57,13 @@ PagePool::PagePool(const RowLayout& layout, const PagePoolOptions& options)
 
 PagePool::~PagePool() = default;
 
+uint64_t PagePool::page_bytes_for(const RowLayout& layout, int page_tokens) {
+    uint64_t bytes = 0;
+    for (size_t s = 0; s < layout.n_streams(); ++s)
+        bytes += round_up(static_cast<uint64_t>(page_tokens) * layout.row_bytes(s));
+    return bytes;
+}
+
 // ---- sequences ---------------------------------------------------------------
 
 PagePool::Sequence& PagePool::seq_ref(SeqId seq) {

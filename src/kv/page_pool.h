@@ -93,6 +93,10 @@ public:
     PagePool(const PagePool&) = delete;
     PagePool& operator=(const PagePool&) = delete;
 
+    // Bytes of one page of layout with page_tokens positions (what the
+    // constructor computes; sizes a budget in pages).
+    static uint64_t page_bytes_for(const RowLayout& layout, int page_tokens);
+
     const RowLayout& layout() const { return layout_; }
     int page_tokens() const { return page_tokens_; }
     uint64_t page_bytes() const { return page_bytes_; }

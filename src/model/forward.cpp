@@ -74,9 +74,9 @@ inline float short_dot(const float* a, const float* b, size_t n) {
 
 // Key of position p for KV head h: U_h z (z dequantized if need be; ut is U_h
 // transposed, r x hd, so the sum runs over contiguous rows), then RoPE at p.
-void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const KvCache& kv,
-                     const LatentQuant* q, int l, int h, int p, float* zbuf, float* out) {
-    const float* z = load_latent(q, kv.k_row(l, h, p), zbuf);
+void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
+                     const LatentQuant* q, int p, float* zbuf, float* out) {
+    const float* z = load_latent(q, row, zbuf);
     std::fill(out, out + hd, 0.0f);
     for (int c = 0; c < r; ++c) {
         const float zc = z[c];
@@ -93,15 +93,17 @@ void reconstruct_key(const Model& model, const ForwardScratch& s, const float* u
 // (U_h k_lat, then RoPE at the key's own position), scored with an online
 // softmax, and values are summed in latent space before being expanded with
 // the head's rows of U_v. Quantized rows are dequantized inside the loop.
-void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s, ThreadPool& pool, int n,
-                      int pos0) {
+void latent_attention(const Model& model, int l, const KvCache& fmt, const PagedRows& kv, ForwardScratch& s,
+                      ThreadPool& pool, const ForwardRows& rows) {
+    const int n = rows.n;
     const ModelConfig& c = model.config();
     const LatentFactors& F = model.weights().layers[static_cast<size_t>(l)].lat;
     const size_t hd = static_cast<size_t>(c.head_dim);
     const size_t qd = static_cast<size_t>(c.n_head) * hd;
     const int n_kv = c.n_head_kv, group = c.n_head / c.n_head_kv;
     const size_t rv = static_cast<size_t>(F.v_a.rows);
-    const LatentQuant* vq = kv.v_quant(l, 0);
+    const LatentQuant* vq = fmt.v_quant(l, 0);
+    const size_t v_stream = kv.stream(l, 0, KvKind::V);
 
     size_t max_r = rv;
     for (const Matrix& a : F.k_a) max_r = std::max(max_r, static_cast<size_t>(a.rows));
@@ -110,13 +112,21 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
         const Matrix& a = F.k_a[static_cast<size_t>(h)];
         cpu::matmul(a, s.xn.data(), n, s.lat.data(), pool);
         for (int t = 0; t < n; ++t)
-            store_latent(kv.k_quant(l, h), &s.lat[static_cast<size_t>(t) * a.rows], static_cast<size_t>(a.rows),
-                         kv.k_row(l, h, pos0 + t));
+            store_latent(fmt.k_quant(l, h), &s.lat[static_cast<size_t>(t) * a.rows], static_cast<size_t>(a.rows),
+                         kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]));
     }
     cpu::matmul(F.v_a, s.xn.data(), n, s.lat.data(), pool);
-    for (int t = 0; t < n; ++t) store_latent(vq, &s.lat[t * rv], rv, kv.v_row(l, 0, pos0 + t));
+    for (int t = 0; t < n; ++t) store_latent(vq, &s.lat[t * rv], rv, kv.row(rows.seq[t], v_stream, rows.pos[t]));
 
-    const size_t n_pos = static_cast<size_t>(pos0 + n);
+    // Keys rebuilt once per layer: only for a pass over one sequence (a prompt);
+    // a batch of several sequences' decode steps rebuilds them tile by tile.
+    bool one_seq = true;
+    int max_pos = 0;
+    for (int t = 0; t < n; ++t) {
+        one_seq = one_seq && rows.seq[t] == rows.seq[0];
+        max_pos = std::max(max_pos, rows.pos[t]);
+    }
+    const size_t n_pos = static_cast<size_t>(max_pos + 1);
     ensure_rope_table(model, s, static_cast<int>(n_pos));
     // U_h transposed, per head.
     std::vector<size_t> ut_off(static_cast<size_t>(n_kv) + 1, 0);
@@ -128,7 +138,7 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
         for (int d = 0; d < u.rows; ++d)
             for (int c = 0; c < u.cols; ++c) ut[static_cast<size_t>(c) * hd + static_cast<size_t>(d)] = u.row(d)[c];
     }
-    const bool once = n >= kReconstructOnceFrom;
+    const bool once = one_seq && n >= kReconstructOnceFrom;
     if (once) {
         grow(s.keys, static_cast<size_t>(n_kv) * n_pos * hd + static_cast<size_t>(pool.size()) * max_r);
         float* zbufs = s.keys.data() + static_cast<size_t>(n_kv) * n_pos * hd;
@@ -136,7 +146,7 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
             for (size_t i = i0; i < i1; ++i) {
                 const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
                 reconstruct_key(model, s, &s.u_t[ut_off[static_cast<size_t>(h)]], F.k_u[static_cast<size_t>(h)].cols,
-                                c.head_dim, kv, kv.k_quant(l, h), l, h, p,
+                                c.head_dim, kv.row(rows.seq[0], kv.stream(l, h, KvKind::K), p), fmt.k_quant(l, h), p,
                                 zbufs + chunk * max_r, &s.keys[i * hd]);
             }
         });
@@ -158,10 +168,12 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
         for (size_t i = i0; i < i1; ++i) {
             const int t = static_cast<int>(i / static_cast<size_t>(n_kv));
             const int h = static_cast<int>(i % static_cast<size_t>(n_kv));
-            const LatentQuant* kq = kv.k_quant(l, h);
+            const LatentQuant* kq = fmt.k_quant(l, h);
             const float* ut = &s.u_t[ut_off[static_cast<size_t>(h)]];
             const int r = F.k_u[static_cast<size_t>(h)].cols;
-            const size_t nk = static_cast<size_t>(pos0 + t + 1);
+            const size_t k_stream = kv.stream(l, h, KvKind::K);
+            const int sq = rows.seq[t];
+            const size_t nk = static_cast<size_t>(rows.pos[t] + 1);
             const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
             std::fill(acc, acc + static_cast<size_t>(group) * rv, 0.0f);
             std::fill(mx, mx + group, -INFINITY);
@@ -172,8 +184,8 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
                 if (once) keys = &s.keys[(static_cast<size_t>(h) * n_pos + j0) * hd];
                 else
                     for (size_t jj = 0; jj < jn; ++jj)
-                        reconstruct_key(model, s, ut, r, c.head_dim, kv, kq, l, h, static_cast<int>(j0 + jj), zbuf,
-                                        tile + jj * hd);
+                        reconstruct_key(model, s, ut, r, c.head_dim, kv.row(sq, k_stream, static_cast<int>(j0 + jj)), kq,
+                                        static_cast<int>(j0 + jj), zbuf, tile + jj * hd);
                 for (int g = 0; g < group; ++g) {
                     float* sc = scores + static_cast<size_t>(g) * kKeyTile;
                     float m = mx[g];
@@ -195,7 +207,7 @@ void latent_attention(const Model& model, int l, KvCache& kv, ForwardScratch& s,
                     }
                 }
                 for (size_t jj = 0; jj < jn; ++jj) {
-                    const float* z = load_latent(vq, kv.v_row(l, 0, static_cast<int>(j0 + jj)), vbuf);
+                    const float* z = load_latent(vq, kv.row(sq, v_stream, static_cast<int>(j0 + jj)), vbuf);
                     for (int g = 0; g < group; ++g) {
                         const float p = scores[static_cast<size_t>(g) * kKeyTile + jj];
                         float* a = acc + g * rv;
@@ -220,10 +232,11 @@ size_t plain_scratch(int group, size_t hd) { return 2 * kKeyTile * hd + static_c
 // Attention of one KV head over quantized plain rows (a layer with plain_q):
 // keys and values dequantized a tile at a time, online softmax; out receives
 // group x hd.
-void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, int n_keys, int group, size_t hd,
-                               float* out, float* scratch) {
-    const LatentQuant& kq = *kv.k_quant(l, h);
-    const LatentQuant& vq = *kv.v_quant(l, h);
+void quantized_plain_attention(const float* q, const KvCache& fmt, const PagedRows& kv, int sq, int l, int h,
+                               int n_keys, int group, size_t hd, float* out, float* scratch) {
+    const LatentQuant& kq = *fmt.k_quant(l, h);
+    const LatentQuant& vq = *fmt.v_quant(l, h);
+    const size_t ks = kv.stream(l, h, KvKind::K), vs = kv.stream(l, h, KvKind::V);
     float* keys = scratch;
     float* vals = keys + kKeyTile * hd;
     float* scores = vals + kKeyTile * hd;
@@ -236,8 +249,8 @@ void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, 
     for (size_t j0 = 0; j0 < static_cast<size_t>(n_keys); j0 += kKeyTile) {
         const size_t jn = std::min(kKeyTile, static_cast<size_t>(n_keys) - j0);
         for (size_t jj = 0; jj < jn; ++jj) {
-            dequantize_latent(kq, kv.k_row(l, h, static_cast<int>(j0 + jj)), keys + jj * hd);
-            dequantize_latent(vq, kv.v_row(l, h, static_cast<int>(j0 + jj)), vals + jj * hd);
+            dequantize_latent(kq, kv.row(sq, ks, static_cast<int>(j0 + jj)), keys + jj * hd);
+            dequantize_latent(vq, kv.row(sq, vs, static_cast<int>(j0 + jj)), vals + jj * hd);
         }
         for (int g = 0; g < group; ++g) {
             float* sc = scores + static_cast<size_t>(g) * kKeyTile;
@@ -265,6 +278,39 @@ void quantized_plain_attention(const float* q, const KvCache& kv, int l, int h, 
     }
 }
 
+// cpu::attention_group over a sequence's pages: the same arithmetic in the
+// same order (scores of all keys, softmax, weighted sum), the keys and values
+// of each page read as one contiguous run.
+void paged_attention_group(const float* q, const PagedRows& kv, int sq, size_t ks, size_t vs, int n_keys, int group,
+                           size_t hd, float* out, float* scores) {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const size_t nk = static_cast<size_t>(n_keys);
+    const int P = kv.page_tokens();
+    for (int p0 = 0; p0 < n_keys; p0 += P) {
+        const float* k = reinterpret_cast<const float*>(kv.page_rows(sq, p0 / P, ks));
+        const int m = std::min(P, n_keys - p0);
+        for (int j = 0; j < m; ++j) {
+            const float* kt = k + static_cast<size_t>(j) * hd;
+            for (int g = 0; g < group; ++g)
+                scores[static_cast<size_t>(g) * nk + static_cast<size_t>(p0 + j)] = cpu::dot(q + g * hd, kt, hd) * scale;
+        }
+    }
+    for (int g = 0; g < group; ++g) cpu::softmax(scores + static_cast<size_t>(g) * nk, n_keys);
+    std::fill(out, out + static_cast<size_t>(group) * hd, 0.0f);
+    for (int p0 = 0; p0 < n_keys; p0 += P) {
+        const float* v = reinterpret_cast<const float*>(kv.page_rows(sq, p0 / P, vs));
+        const int m = std::min(P, n_keys - p0);
+        for (int j = 0; j < m; ++j) {
+            const float* vt = v + static_cast<size_t>(j) * hd;
+            for (int g = 0; g < group; ++g) {
+                const float a = scores[static_cast<size_t>(g) * nk + static_cast<size_t>(p0 + j)];
+                float* o = out + static_cast<size_t>(g) * hd;
+                for (size_t d = 0; d < hd; ++d) o[d] += a * vt[d];
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads) {
@@ -286,17 +332,20 @@ void ForwardScratch::reserve(const ModelConfig& c, int n_tokens, int n_ctx, int 
     capacity = n_tokens;
 }
 
-void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& pool, const int32_t* tokens,
-             int n, int pos0, bool all_logits, float* logits) {
+void forward(const Model& model, const KvCache& fmt, const PagedRows& kv, ForwardScratch& s, ThreadPool& pool,
+             const ForwardRows& rows, float* logits) {
     const ModelConfig& c = model.config();
     const ModelWeights& w = model.weights();
+    const int n = rows.n;
     const size_t E = static_cast<size_t>(c.n_embd);
     const size_t qd = static_cast<size_t>(c.n_head) * c.head_dim;
     const size_t kvd = static_cast<size_t>(c.n_head_kv) * c.head_dim;
     const size_t F = static_cast<size_t>(c.n_ff);
+    int max_pos = 0;
+    for (int t = 0; t < n; ++t) max_pos = std::max(max_pos, rows.pos[t]);
 
     for (int t = 0; t < n; ++t)
-        std::memcpy(&s.x[t * E], w.tok_embd.row(tokens[t]), E * sizeof(float));
+        std::memcpy(&s.x[t * E], w.tok_embd.row(rows.tokens[t]), E * sizeof(float));
 
     for (int l = 0; l < c.n_layer; ++l) {
         const LayerWeights& L = w.layers[static_cast<size_t>(l)];
@@ -304,18 +353,20 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
         if (s.observe_kv_input) s.observe_kv_input(l, s.xn.data(), n);
         cpu::matmul(L.wq, s.xn.data(), n, s.q.data(), pool);
         if (L.lat.active()) {
-            for (int t = 0; t < n; ++t) model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
-            latent_attention(model, l, kv, s, pool, n, pos0);
+            for (int t = 0; t < n; ++t) model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, rows.pos[t]);
+            latent_attention(model, l, fmt, kv, s, pool, rows);
         } else {
             cpu::matmul(L.wk, s.xn.data(), n, s.k.data(), pool);
             cpu::matmul(L.wv, s.xn.data(), n, s.v.data(), pool);
             const size_t hd = static_cast<size_t>(c.head_dim);
             for (int t = 0; t < n; ++t) {
-                model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, pos0 + t);
-                model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, pos0 + t);
+                model.rope().apply(&s.q[t * qd], c.n_head, c.head_dim, rows.pos[t]);
+                model.rope().apply(&s.k[t * kvd], c.n_head_kv, c.head_dim, rows.pos[t]);
                 for (int h = 0; h < c.n_head_kv; ++h) {
-                    store_latent(kv.k_quant(l, h), &s.k[t * kvd + h * hd], hd, kv.k_row(l, h, pos0 + t));
-                    store_latent(kv.v_quant(l, h), &s.v[t * kvd + h * hd], hd, kv.v_row(l, h, pos0 + t));
+                    store_latent(fmt.k_quant(l, h), &s.k[t * kvd + h * hd], hd,
+                                 kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]));
+                    store_latent(fmt.v_quant(l, h), &s.v[t * kvd + h * hd], hd,
+                                 kv.row(rows.seq[t], kv.stream(l, h, KvKind::V), rows.pos[t]));
                 }
             }
             // One work item per (token, KV head): the query heads of a group read
@@ -323,28 +374,22 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
             // every thread.
             const int group = c.n_head / c.n_head_kv;
             const size_t n_items = static_cast<size_t>(n) * static_cast<size_t>(c.n_head_kv);
-            const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(pos0 + n) * hd * group + 1));
+            const size_t grain = std::max<size_t>(1, 16384 / (static_cast<size_t>(max_pos + 1) * hd * group + 1));
             const bool quantized = L.plain_q.active();
             if (quantized) grow(s.lat_acc, static_cast<size_t>(pool.size()) * plain_scratch(group, hd));
             pool.parallel_chunks(n_items, grain, [&](size_t i0, size_t i1, size_t chunk) {
                 float* scores = s.att_scores.data() + chunk * s.scores_per_thread;
-                if (quantized) {
-                    for (size_t i = i0; i < i1; ++i) {
-                        const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
-                        const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
-                        const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
-                        quantized_plain_attention(&s.q[qo], kv, l, h, pos0 + t + 1, group, hd, &s.attn[qo],
-                                                  s.lat_acc.data() + chunk * plain_scratch(group, hd));
-                    }
-                    return;
-                }
                 for (size_t i = i0; i < i1; ++i) {
                     const int t = static_cast<int>(i / static_cast<size_t>(c.n_head_kv));
                     const int h = static_cast<int>(i % static_cast<size_t>(c.n_head_kv));
-                    const int n_keys = pos0 + t + 1;
+                    const int n_keys = rows.pos[t] + 1;
                     const size_t qo = static_cast<size_t>(t) * qd + static_cast<size_t>(h) * group * hd;
-                    cpu::attention_group(&s.q[qo], kv.k(l, h, 0), kv.v(l, h, 0), hd, n_keys, group, c.head_dim,
-                                         &s.attn[qo], scores);
+                    if (quantized)
+                        quantized_plain_attention(&s.q[qo], fmt, kv, rows.seq[t], l, h, n_keys, group, hd, &s.attn[qo],
+                                                  s.lat_acc.data() + chunk * plain_scratch(group, hd));
+                    else
+                        paged_attention_group(&s.q[qo], kv, rows.seq[t], kv.stream(l, h, KvKind::K),
+                                              kv.stream(l, h, KvKind::V), n_keys, group, hd, &s.attn[qo], scores);
                 }
             });
         }
@@ -359,11 +404,11 @@ void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& poo
         for (size_t i = 0; i < static_cast<size_t>(n) * E; ++i) s.x[i] += s.proj[i];
     }
 
-    if (!logits) return;
-    const int first = all_logits ? 0 : n - 1;
-    const int n_out = n - first;
-    for (int t = first; t < n; ++t) cpu::rms_norm(&s.x[t * E], w.output_norm.data(), &s.xn[(t - first) * E], c.n_embd, c.rms_eps);
-    cpu::matmul(w.lm_head(), s.xn.data(), n_out, logits, pool);
+    if (!logits || rows.n_logits == 0) return;
+    for (int i = 0; i < rows.n_logits; ++i)
+        cpu::rms_norm(&s.x[static_cast<size_t>(rows.logit_rows[i]) * E], w.output_norm.data(), &s.xn[i * E], c.n_embd,
+                      c.rms_eps);
+    cpu::matmul(w.lm_head(), s.xn.data(), rows.n_logits, logits, pool);
 }
 
 }  // namespace starkv

@@ -1,5 +1,6 @@
-// The Llama forward pass on the CPU backend: a batch of tokens at consecutive
-// positions in, KV rows appended, logits out.
+// The Llama forward pass on the CPU backend: a batch of rows (tokens of one
+// or several sequences, each at its own position) in, KV rows written to the
+// paged pool, logits of the chosen rows out.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/paged_rows.h"
 #include "model/model.h"
 
 namespace starkv {
@@ -32,10 +34,22 @@ struct ForwardScratch {
     void reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads);
 };
 
-// Runs tokens[0..n) at positions pos0..pos0+n-1 (all < kv.n_ctx()), writing
-// their keys/values into kv. logits receives n_vocab floats per token when
-// all_logits, else only the last token's; logits == nullptr skips the head.
-void forward(const Model& model, KvCache& kv, ForwardScratch& s, ThreadPool& pool, const int32_t* tokens,
-             int n, int pos0, bool all_logits, float* logits);
+// The rows of one pass: row t is tokens[t] of sequence seq[t] (an index into
+// the PagedRows) at position pos[t]. The rows of one sequence are at
+// consecutive positions, in order, and every position below a sequence's
+// first row is already in the cache: row t attends to positions [0, pos[t]].
+struct ForwardRows {
+    const int32_t* tokens = nullptr;
+    const int32_t* pos = nullptr;
+    const int32_t* seq = nullptr;
+    int n = 0;
+    const int32_t* logit_rows = nullptr;  // rows whose logits are wanted, ascending
+    int n_logits = 0;
+};
+
+// Writes the rows' keys/values (in fmt's formats) into kv and, when logits is
+// non-null, n_vocab floats per logit row into it.
+void forward(const Model& model, const KvCache& fmt, const PagedRows& kv, ForwardScratch& s, ThreadPool& pool,
+             const ForwardRows& rows, float* logits);
 
 }  // namespace starkv
