@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 namespace starkv::cuda {
@@ -138,6 +139,7 @@ struct ScoreParams {
     float* scores;  // [n_seq][n_head][keys_pad], scaled by scale*log2(e)
     float2* ml;     // [n_seq][n_head][n_chunk1] (max, sum) in base 2
     int n_head, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
+    int b0;  // first sequence of this launch (blockIdx.z counts from it)
     long long seq_stride;  // key-latent elements per sequence
     float scale_log2;
     int rpad[kLatMaxKvHeads];
@@ -161,7 +163,7 @@ template <typename T, int HD, bool HALF, int GM>
 __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) {
     constexpr int NT = HD / 8;  // n-tiles of 8 dimensions
     constexpr int CSS = cs_stride(HD, HALF);
-    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int chunk = blockIdx.x, h = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
     const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -455,7 +457,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     constexpr int NP = HD / 2;   // rotation pairs (the unrotated dimensions pair up with angle 0)
     constexpr int KS = HD / 16;  // k-steps of W = [C S] x M
     constexpr int MS = HD + kPad;
-    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int chunk = blockIdx.x, h = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
     const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -676,6 +678,7 @@ struct ValueParams {
     const int* n_keys;
     float* part;  // [n_seq][n_chunk2][n_head][v_rank]
     int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
+    int b0;  // first sequence of this launch
 };
 
 constexpr int kPCols = kTile + kPad;
@@ -694,7 +697,7 @@ template <typename T, int MT>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kernel(ValueParams p) {
     constexpr int HP = MT * 16;
     constexpr int kPRegs = HP * kTile / kThreads;
-    const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
+    const int slice = blockIdx.x, chunk = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -1008,6 +1011,34 @@ cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
     return cudaGetLastError();
 }
 
+// Scores/values overlap: a high-priority stream and its fork/join events per device, made once.
+constexpr int kGroups = 4;
+struct AuxStreams {
+    std::mutex mu;
+    cudaStream_t values = nullptr;
+    cudaEvent_t ev[kGroups + 2] = {};
+    bool ok = false;
+};
+
+AuxStreams* aux_streams() {
+    static std::mutex mu;
+    static AuxStreams per_device[16];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return nullptr;
+    std::lock_guard<std::mutex> lock(mu);
+    AuxStreams& a = per_device[dev];
+    if (!a.ok) {
+        int lo = 0, hi = 0;
+        if (cudaDeviceGetStreamPriorityRange(&lo, &hi) != cudaSuccess ||
+            cudaStreamCreateWithPriority(&a.values, cudaStreamNonBlocking, hi) != cudaSuccess)
+            return nullptr;
+        for (auto& ev : a.ev)
+            if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) return nullptr;
+        a.ok = true;
+    }
+    return &a;
+}
+
 template <typename T>
 cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnArgs& a, unsigned char* ws,
                     cudaStream_t st, cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
@@ -1040,7 +1071,10 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
         sp.roff[h] = pl.roff[h];
         max_r = std::max(max_r, sp.rpad[h]);
     }
-    const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
+    auto scores_pass = [&](int b0, int nb, cudaStream_t q) -> cudaError_t {
+    sp.b0 = b0;
+    const dim3 g1(pl.n_chunk1, s.n_kv, nb);
+    const cudaStream_t st = q;
     cudaError_t e;
     if (score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem)
         e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
@@ -1051,8 +1085,8 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     else
         e = s.rope_half_split ? launch_scores<T, 64, true>(sp, g1, max_r, st)
                               : launch_scores<T, 64, false>(sp, g1, max_r, st);
-    if (e != cudaSuccess) return e;
-    if (e1 && (e = cudaEventRecord(e1, st)) != cudaSuccess) return e;
+    return e;
+    };
 
     ValueParams vp{};
     vp.scores = scores;
@@ -1068,15 +1102,44 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.chunk = pl.chunk2;
     vp.n_chunk = pl.n_chunk2;
     vp.n_chunk1 = pl.n_chunk1;
-    const dim3 g2(pl.n_slice, pl.n_chunk2, s.n_seq);
+    auto values_pass = [&](int b0, int nb, cudaStream_t q) -> cudaError_t {
+    vp.b0 = b0;
+    const dim3 g2(pl.n_slice, pl.n_chunk2, nb);
+    const cudaStream_t st = q;
+    cudaError_t e;
     switch (pl.HP / 16) {
         case 1: e = launch_values<T, 1>(vp, g2, st); break;
         case 2: e = launch_values<T, 2>(vp, g2, st); break;
         case 3: e = launch_values<T, 3>(vp, g2, st); break;
         default: e = launch_values<T, 4>(vp, g2, st); break;
     }
-    if (e != cudaSuccess) return e;
-    if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
+    return e;
+    };
+
+    cudaError_t e;
+    AuxStreams* aux = (e1 || e2 || e3 || s.n_seq < 2) ? nullptr : aux_streams();
+    if (!aux) {  // one pass after the other (the timed view: an event after each stage)
+        if ((e = scores_pass(0, s.n_seq, st)) != cudaSuccess) return e;
+        if (e1 && (e = cudaEventRecord(e1, st)) != cudaSuccess) return e;
+        if ((e = values_pass(0, s.n_seq, st)) != cudaSuccess) return e;
+        if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
+    } else {
+        // Groups of sequences: the (compute-bound) scores of group g+1 run on st while the (memory-bound)
+        // values of group g run on a high-priority stream, whose blocks take the SMs' free slots first.
+        std::lock_guard<std::mutex> lock(aux->mu);  // the events are reused: one enqueue at a time
+        const int ng = std::min(s.n_seq, kGroups);
+        if ((e = cudaEventRecord(aux->ev[kGroups], st)) != cudaSuccess) return e;
+        if ((e = cudaStreamWaitEvent(aux->values, aux->ev[kGroups], 0)) != cudaSuccess) return e;
+        for (int g = 0; g < ng; ++g) {
+            const int b0 = s.n_seq * g / ng, b1 = s.n_seq * (g + 1) / ng;
+            if ((e = scores_pass(b0, b1 - b0, st)) != cudaSuccess) return e;
+            if ((e = cudaEventRecord(aux->ev[g], st)) != cudaSuccess) return e;
+            if ((e = cudaStreamWaitEvent(aux->values, aux->ev[g], 0)) != cudaSuccess) return e;
+            if ((e = values_pass(b0, b1 - b0, aux->values)) != cudaSuccess) return e;
+        }
+        if ((e = cudaEventRecord(aux->ev[kGroups + 1], aux->values)) != cudaSuccess) return e;
+        if ((e = cudaStreamWaitEvent(st, aux->ev[kGroups + 1], 0)) != cudaSuccess) return e;
+    }
 
     const size_t n4 = static_cast<size_t>(s.n_seq) * s.n_head * (s.v_rank / 4);
     const int rblocks = static_cast<int>(std::min<size_t>((n4 + 255) / 256, 4096));

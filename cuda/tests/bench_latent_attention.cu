@@ -165,13 +165,24 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw) {
         t3.push_back(x[2]);
         t4.push_back(x[3]);
     }
+    // The plain call (the passes overlapped across groups of sequences): the time reported.
+    std::vector<float> ovl;
+    for (int i = 0; i < reps + 3; ++i) {
+        CK(cudaEventRecord(ev[0]));
+        CK(latent_attention(s, a, ws, ws_bytes, nullptr));
+        CK(cudaEventRecord(ev[4]));
+        CK(cudaEventSynchronize(ev[4]));
+        float all;
+        CK(cudaEventElapsedTime(&all, ev[0], ev[4]));
+        if (i >= 3) ovl.push_back(all);
+    }
     // Bytes the attention must read: latents (keys + values) and the factors.
     const double bytes = double(kl + vl + ku + vu) * sizeof(T);
     const double floor_ms = bytes / (bw * 1e9) * 1e3;
-    const double ms = median(tot);
+    const double ms = median(ovl);
     const double key_bytes = double(kl) * sizeof(T), val_bytes = double(vl) * sizeof(T);
-    std::printf("%-10s %6d %9.1f %8.3f %8.3f %6.0f%% | %7.3f (%4.0f%%) %7.3f (%4.0f%%) %6.3f %6.3f | ws %.0f MB\n",
-                m.name, ctx, bytes / 1e6, floor_ms, ms, 100.0 * floor_ms / ms, median(t1),
+    std::printf("%-10s %6d %9.1f %8.3f %8.3f %6.0f%% %8.3f | %7.3f (%4.0f%%) %7.3f (%4.0f%%) %6.3f %6.3f | ws %.0f MB\n",
+                m.name, ctx, bytes / 1e6, floor_ms, ms, 100.0 * floor_ms / ms, median(tot), median(t1),
                 100.0 * key_bytes / (bw * 1e9) * 1e3 / median(t1), median(t2),
                 100.0 * val_bytes / (bw * 1e9) * 1e3 / median(t2), median(t3), median(t4), ws_bytes / 1e6);
     std::fflush(stdout);
@@ -197,8 +208,8 @@ int main(int argc, char** argv) {
     const double bw = copy_bandwidth();
     std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; median of %d\n",
                 prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : "fp16", reps);
-    std::printf("%-10s %6s %9s %8s %8s %7s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
-                "floor%", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
+    std::printf("%-10s %6s %9s %8s %8s %7s %8s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
+                "floor%", "serial", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
     // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:
     // keys 32 heads x rank 32 + values rank 1024. Llama-3-8B full = 8 x 128 x 2 = 2048 -> 512:
     // keys 8 KV heads x rank 32 + values rank 256.
