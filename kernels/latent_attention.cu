@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
-#include <mutex>
 #include <type_traits>
 
 namespace starkv::cuda {
@@ -139,7 +138,6 @@ struct ScoreParams {
     float* scores;  // [n_seq][n_head][keys_pad], scaled by scale*log2(e)
     float2* ml;     // [n_seq][n_head][n_chunk1] (max, sum) in base 2
     int n_head, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
-    int b0;  // first sequence of this launch (blockIdx.z counts from it)
     long long seq_stride;  // key-latent elements per sequence
     float scale_log2;
     int rpad[kLatMaxKvHeads];
@@ -163,7 +161,7 @@ template <typename T, int HD, bool HALF, int GM>
 __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) {
     constexpr int NT = HD / 8;  // n-tiles of 8 dimensions
     constexpr int CSS = cs_stride(HD, HALF);
-    const int chunk = blockIdx.x, h = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
+    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -434,10 +432,10 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
 // M(p0) = [A(p0); B(p0)] rotated once per tile (HD/2 x R pairs per query head, not 64 keys x HD).
 // W = [C S] x M(p0) runs on the tensor cores, score_o = z_o . W_o is R FMAs per key and head. The
 // rotation work per key drops from ~3 HD fp32 operations to ~(2 HD R / 64 + R) per head.
-__host__ __device__ inline size_t score_w_smem_bytes(int hd, int R, int G, size_t elem) {
+__host__ __device__ inline size_t score_w_smem_bytes(int hd, int R, int G, size_t elem, int nbuf = 1) {
     return static_cast<size_t>(kStagesK) * kTile * (R + kPad) * elem +
-           static_cast<size_t>(G) * R * hd * sizeof(__half) +             // M0
-           static_cast<size_t>(G) * R * (hd + kPad) * sizeof(__half) +    // M(p0)
+           static_cast<size_t>(G) * R * hd * sizeof(__half) +                   // M0
+           static_cast<size_t>(nbuf) * G * R * (hd + kPad) * sizeof(__half) +   // M(p0)
            4 * kLatMaxGroup * sizeof(float2);
 }
 
@@ -453,11 +451,11 @@ __device__ inline uint32_t pack_half2(float a, float b) {
 }
 
 template <typename T, int HD, int GM>
-__global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p, bool half_split) {
+__global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p, bool half_split, bool two_buf) {
     constexpr int NP = HD / 2;   // rotation pairs (the unrotated dimensions pair up with angle 0)
     constexpr int KS = HD / 16;  // k-steps of W = [C S] x M
     constexpr int MS = HD + kPad;
-    const int chunk = blockIdx.x, h = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
+    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -471,8 +469,8 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     extern __shared__ __align__(16) unsigned char smem[];
     T* Zs = reinterpret_cast<T*>(smem);
     __half* M0 = reinterpret_cast<__half*>(Zs + kStagesK * kTile * RS);  // [G][R][HD]: A0 | B0
-    __half* Mt = M0 + G * R * HD;                                           // [G][R][MS]: M(p0), rank-major
-    float2* red = reinterpret_cast<float2*>(Mt + G * R * MS);               // [4][kLatMaxGroup]
+    __half* Mt = M0 + G * R * HD;  // [1 or 2][G][R][MS]: M(p0), rank-major
+    float2* red = reinterpret_cast<float2*>(Mt + (two_buf ? 2 : 1) * G * R * MS);  // [4][kLatMaxGroup]
 
     const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[h];
     const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[h];
@@ -511,22 +509,24 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     // [C S] fragments (A operand, rows = in-tile offsets): a0 (R0, c), a1 (R1, c), a2 (R0, c+8), a3 (R1, c+8).
     const int rr = lane / 4, x = 2 * (lane % 4);
     const int R0 = warp * 16 + rr, R1 = R0 + 8;
+    // k-step ks < KS/2 holds cos of pairs 16 ks + ..., k-step ks + KS/2 the sin of the same pairs.
     uint32_t tf[KS][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
+    for (int ks = 0; ks < KS / 2; ++ks) {
 #pragma unroll
         for (int f = 0; f < 4; ++f) {
             const int o = (f & 1) ? R1 : R0;
-            const int col = ks * 16 + x + (f >> 1) * 8;
-            float v[2];
+            const int i0 = ks * 16 + x + (f >> 1) * 8;
+            float sn[2] = {0.0f, 0.0f}, cn[2] = {1.0f, 1.0f};
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const int c = col + e, i = c % NP;
-                float sn = 0.0f, cn = 1.0f;
-                if (i < np) sincosf(static_cast<float>(o * p.inv_freq[i]), &sn, &cn);
-                v[e] = c < NP ? cn : sn;
+                if (i0 + e < np) {  // o * theta < 64 rad: reduce to [-pi, pi] in fp32, then the fast unit
+                    const float a = static_cast<float>(o * p.inv_freq[i0 + e]);
+                    __sincosf(a - 6.28318530718f * rintf(a * 0.159154943092f), &sn[e], &cn[e]);
+                }
             }
-            tf[ks][f] = pack_half2(v[0], v[1]);
+            tf[ks][f] = pack_half2(cn[0], cn[1]);
+            tf[ks + KS / 2][f] = pack_half2(sn[0], sn[1]);
         }
     }
     // This thread rotates pairs (ip2, ip2 + 1) of ranks k = kr0, kr0 + kstep, ... each tile:
@@ -559,21 +559,15 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     const int b_off = ((lane / 16) * 8 + lane % 8) * MS + ((lane / 8) % 2) * 8;
     const int njp = R / 16;
 
-    for (int t = 0; t < n_tiles; ++t) {
-        cp_async_wait<kStagesK - 2>();
-        __syncthreads();  // tile t (and M0) visible; tile t-1 and M(p0) of t-1 no longer read
-        {
-            const int nt = t + kStagesK - 1;
-            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
-            cp_async_commit();
-        }
-        // M(p0) = rotate M0 by this tile's start.
+    // M(p0) of the next tile into buffer buf (M0 rotated by the start the owned cos/sin hold), then step them.
+    auto rotate_m = [&](int buf) {
+        __half* Mb = Mt + buf * G * R * MS;
         for (int g = 0; g < G; ++g) {
             for (int k = kr0; k < R; k += kstep) {
                 const __half* src = M0 + (g * R + k) * HD + ip2;
                 const float2 a = __half22float2(*reinterpret_cast<const __half2*>(src));
                 const float2 bb = __half22float2(*reinterpret_cast<const __half2*>(src + NP));
-                __half* dst = Mt + (g * R + k) * MS + ip2;
+                __half* dst = Mb + (g * R + k) * MS + ip2;
                 *reinterpret_cast<uint32_t*>(dst) =
                     pack_half2(oc[0] * a.x + os[0] * bb.x, oc[1] * a.y + os[1] * bb.y);
                 *reinterpret_cast<uint32_t*>(dst + NP) =
@@ -586,7 +580,29 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
             oc[e] = c * sc[e] - s * ss[e];
             os[e] = s * sc[e] + c * ss[e];
         }
-        __syncthreads();  // M(p0) visible
+    };
+    // Two M(p0) buffers (one barrier per tile: tile t+1's is written while tile t's is read) where
+    // shared memory allows, else one (a second barrier per tile).
+    if (two_buf) {
+        __syncthreads();  // M0 visible
+        rotate_m(0);
+    }
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<kStagesK - 2>();
+        __syncthreads();  // tile t, M0 and M(p0) of t visible; tile t-1 and its M(p0) no longer read
+        {
+            const int nt = t + kStagesK - 1;
+            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            cp_async_commit();
+        }
+        if (two_buf) {
+            if (t + 1 < n_tiles) rotate_m((t + 1) & 1);
+        } else {
+            rotate_m(0);
+            __syncthreads();  // M(p0) visible
+        }
+        const __half* Mcur = Mt + (two_buf ? (t & 1) : 0) * G * R * MS;
 
         const T* Z = Zs + (t % kStagesK) * kTile * RS;
         float s0[GM], s1[GM];
@@ -606,7 +622,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
 #pragma unroll
             for (int g = 0; g < GM; ++g) {
                 if (g < G) {
-                    const __half* Mg = Mt + (g * R + 16 * jp) * MS + b_off;
+                    const __half* Mg = Mcur + (g * R + 16 * jp) * MS + b_off;
                     float w[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
                     for (int ks = 0; ks < KS; ++ks) {
@@ -678,7 +694,6 @@ struct ValueParams {
     const int* n_keys;
     float* part;  // [n_seq][n_chunk2][n_head][v_rank]
     int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
-    int b0;  // first sequence of this launch
 };
 
 constexpr int kPCols = kTile + kPad;
@@ -697,7 +712,7 @@ template <typename T, int MT>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kernel(ValueParams p) {
     constexpr int HP = MT * 16;
     constexpr int kPRegs = HP * kTile / kThreads;
-    const int slice = blockIdx.x, chunk = blockIdx.y, b = p.b0 + static_cast<int>(blockIdx.z);
+    const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int n = min(p.n_keys[b], p.max_keys);
     const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
@@ -985,11 +1000,12 @@ constexpr size_t kScoreWMaxSmem = 112 * 1024;
 
 template <typename T, int HD, int GM>
 cudaError_t launch_scores_w_g(const ScoreParams& p, bool half, dim3 grid, int max_r, cudaStream_t st) {
-    const size_t smem = score_w_smem_bytes(HD, max_r, p.G, sizeof(T));
+    const bool two_buf = score_w_smem_bytes(HD, max_r, p.G, sizeof(T), 2) <= kScoreWMaxSmem;
+    const size_t smem = score_w_smem_bytes(HD, max_r, p.G, sizeof(T), two_buf ? 2 : 1);
     const cudaError_t e = cudaFuncSetAttribute(latent_scores_w_kernel<T, HD, GM>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    latent_scores_w_kernel<T, HD, GM><<<grid, kThreads, smem, st>>>(p, half);
+    latent_scores_w_kernel<T, HD, GM><<<grid, kThreads, smem, st>>>(p, half, two_buf);
     return cudaGetLastError();
 }
 
@@ -1009,34 +1025,6 @@ cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
     if (e != cudaSuccess) return e;
     latent_values_kernel<T, MT><<<grid, kThreads, smem, st>>>(p);
     return cudaGetLastError();
-}
-
-// Scores/values overlap: a high-priority stream and its fork/join events per device, made once.
-constexpr int kGroups = 4;
-struct AuxStreams {
-    std::mutex mu;
-    cudaStream_t values = nullptr;
-    cudaEvent_t ev[kGroups + 2] = {};
-    bool ok = false;
-};
-
-AuxStreams* aux_streams() {
-    static std::mutex mu;
-    static AuxStreams per_device[16];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return nullptr;
-    std::lock_guard<std::mutex> lock(mu);
-    AuxStreams& a = per_device[dev];
-    if (!a.ok) {
-        int lo = 0, hi = 0;
-        if (cudaDeviceGetStreamPriorityRange(&lo, &hi) != cudaSuccess ||
-            cudaStreamCreateWithPriority(&a.values, cudaStreamNonBlocking, hi) != cudaSuccess)
-            return nullptr;
-        for (auto& ev : a.ev)
-            if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) return nullptr;
-        a.ok = true;
-    }
-    return &a;
 }
 
 template <typename T>
@@ -1071,12 +1059,14 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
         sp.roff[h] = pl.roff[h];
         max_r = std::max(max_r, sp.rpad[h]);
     }
-    auto scores_pass = [&](int b0, int nb, cudaStream_t q) -> cudaError_t {
-    sp.b0 = b0;
-    const dim3 g1(pl.n_chunk1, s.n_kv, nb);
-    const cudaStream_t st = q;
+    const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
     cudaError_t e;
-    if (score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem)
+    // Measured (H100, docs/perf/attention.md): QueryFold wins for MHA once a block scores >= 2048 keys;
+    // for GQA its per-head rotation of M costs more than the key-side rotation it saves.
+    const bool fold_fits = score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem;
+    const bool fold = fold_fits && (s.scores_kernel == LatentScoresKernel::QueryFold ||
+                                    (s.scores_kernel == LatentScoresKernel::Auto && pl.G == 1 && pl.chunk1 >= 2048));
+    if (fold)
         e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
                               : launch_scores_w<T, 64>(sp, s.rope_half_split, g1, max_r, st);
     else if (s.head_dim == 128)
@@ -1085,8 +1075,8 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     else
         e = s.rope_half_split ? launch_scores<T, 64, true>(sp, g1, max_r, st)
                               : launch_scores<T, 64, false>(sp, g1, max_r, st);
-    return e;
-    };
+    if (e != cudaSuccess) return e;
+    if (e1 && (e = cudaEventRecord(e1, st)) != cudaSuccess) return e;
 
     ValueParams vp{};
     vp.scores = scores;
@@ -1102,44 +1092,15 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.chunk = pl.chunk2;
     vp.n_chunk = pl.n_chunk2;
     vp.n_chunk1 = pl.n_chunk1;
-    auto values_pass = [&](int b0, int nb, cudaStream_t q) -> cudaError_t {
-    vp.b0 = b0;
-    const dim3 g2(pl.n_slice, pl.n_chunk2, nb);
-    const cudaStream_t st = q;
-    cudaError_t e;
+    const dim3 g2(pl.n_slice, pl.n_chunk2, s.n_seq);
     switch (pl.HP / 16) {
         case 1: e = launch_values<T, 1>(vp, g2, st); break;
         case 2: e = launch_values<T, 2>(vp, g2, st); break;
         case 3: e = launch_values<T, 3>(vp, g2, st); break;
         default: e = launch_values<T, 4>(vp, g2, st); break;
     }
-    return e;
-    };
-
-    cudaError_t e;
-    AuxStreams* aux = (e1 || e2 || e3 || s.n_seq < 2) ? nullptr : aux_streams();
-    if (!aux) {  // one pass after the other (the timed view: an event after each stage)
-        if ((e = scores_pass(0, s.n_seq, st)) != cudaSuccess) return e;
-        if (e1 && (e = cudaEventRecord(e1, st)) != cudaSuccess) return e;
-        if ((e = values_pass(0, s.n_seq, st)) != cudaSuccess) return e;
-        if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
-    } else {
-        // Groups of sequences: the (compute-bound) scores of group g+1 run on st while the (memory-bound)
-        // values of group g run on a high-priority stream, whose blocks take the SMs' free slots first.
-        std::lock_guard<std::mutex> lock(aux->mu);  // the events are reused: one enqueue at a time
-        const int ng = std::min(s.n_seq, kGroups);
-        if ((e = cudaEventRecord(aux->ev[kGroups], st)) != cudaSuccess) return e;
-        if ((e = cudaStreamWaitEvent(aux->values, aux->ev[kGroups], 0)) != cudaSuccess) return e;
-        for (int g = 0; g < ng; ++g) {
-            const int b0 = s.n_seq * g / ng, b1 = s.n_seq * (g + 1) / ng;
-            if ((e = scores_pass(b0, b1 - b0, st)) != cudaSuccess) return e;
-            if ((e = cudaEventRecord(aux->ev[g], st)) != cudaSuccess) return e;
-            if ((e = cudaStreamWaitEvent(aux->values, aux->ev[g], 0)) != cudaSuccess) return e;
-            if ((e = values_pass(b0, b1 - b0, aux->values)) != cudaSuccess) return e;
-        }
-        if ((e = cudaEventRecord(aux->ev[kGroups + 1], aux->values)) != cudaSuccess) return e;
-        if ((e = cudaStreamWaitEvent(st, aux->ev[kGroups + 1], 0)) != cudaSuccess) return e;
-    }
+    if (e != cudaSuccess) return e;
+    if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
 
     const size_t n4 = static_cast<size_t>(s.n_seq) * s.n_head * (s.v_rank / 4);
     const int rblocks = static_cast<int>(std::min<size_t>((n4 + 255) / 256, 4096));
