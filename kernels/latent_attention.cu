@@ -432,8 +432,12 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
 // M(p0) = [A(p0); B(p0)] rotated once per tile (HD/2 x R pairs per query head, not 64 keys x HD).
 // W = [C S] x M(p0) runs on the tensor cores, score_o = z_o . W_o is R FMAs per key and head. The
 // rotation work per key drops from ~3 HD fp32 operations to ~(2 HD R / 64 + R) per head.
+// 3 key tiles in flight (not 4): with 5 blocks/SM that is about as many bytes in flight per SM.
+constexpr int kStagesW = 3;
+constexpr int kBlocksW = 5;  // MHA: resident blocks per SM the register cap (96) is set for (GQA: no cap, it spills)
+
 __host__ __device__ inline size_t score_w_smem_bytes(int hd, int R, int G, size_t elem, int nbuf = 1) {
-    return static_cast<size_t>(kStagesK) * kTile * (R + kPad) * elem +
+    return static_cast<size_t>(kStagesW) * kTile * (R + kPad) * elem +
            static_cast<size_t>(G) * R * hd * sizeof(__half) +                   // M0
            static_cast<size_t>(nbuf) * G * R * (hd + kPad) * sizeof(__half) +   // M(p0)
            4 * kLatMaxGroup * sizeof(float2);
@@ -451,7 +455,8 @@ __device__ inline uint32_t pack_half2(float a, float b) {
 }
 
 template <typename T, int HD, int GM>
-__global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p, bool half_split, bool two_buf) {
+__global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
+    latent_scores_w_kernel(ScoreParams p, bool half_split, bool two_buf) {
     constexpr int NP = HD / 2;   // rotation pairs (the unrotated dimensions pair up with angle 0)
     constexpr int KS = HD / 16;  // k-steps of W = [C S] x M
     constexpr int MS = HD + kPad;
@@ -468,7 +473,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
 
     extern __shared__ __align__(16) unsigned char smem[];
     T* Zs = reinterpret_cast<T*>(smem);
-    __half* M0 = reinterpret_cast<__half*>(Zs + kStagesK * kTile * RS);  // [G][R][HD]: A0 | B0
+    __half* M0 = reinterpret_cast<__half*>(Zs + kStagesW * kTile * RS);  // [G][R][HD]: A0 | B0
     __half* Mt = M0 + G * R * HD;  // [1 or 2][G][R][MS]: M(p0), rank-major
     float2* red = reinterpret_cast<float2*>(Mt + (two_buf ? 2 : 1) * G * R * MS);  // [4][kLatMaxGroup]
 
@@ -479,7 +484,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     KeyTileLoader<T> loader;
     loader.init(R);
 #pragma unroll
-    for (int s = 0; s < kStagesK - 1; ++s) {
+    for (int s = 0; s < kStagesW - 1; ++s) {
         if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
         cp_async_commit();
     }
@@ -589,11 +594,11 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
     }
 
     for (int t = 0; t < n_tiles; ++t) {
-        cp_async_wait<kStagesK - 2>();
+        cp_async_wait<kStagesW - 2>();
         __syncthreads();  // tile t, M0 and M(p0) of t visible; tile t-1 and its M(p0) no longer read
         {
-            const int nt = t + kStagesK - 1;
-            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            const int nt = t + kStagesW - 1;
+            if (nt < n_tiles) loader.load(Zs + (nt % kStagesW) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
             cp_async_commit();
         }
         if (two_buf) {
@@ -604,7 +609,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_w_kernel(ScoreParams p
         }
         const __half* Mcur = Mt + (two_buf ? (t & 1) : 0) * G * R * MS;
 
-        const T* Z = Zs + (t % kStagesK) * kTile * RS;
+        const T* Z = Zs + (t % kStagesW) * kTile * RS;
         float s0[GM], s1[GM];
 #pragma unroll
         for (int g = 0; g < GM; ++g) s0[g] = s1[g] = 0.0f;
@@ -1061,11 +1066,11 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     }
     const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
     cudaError_t e;
-    // Measured (H100, docs/perf/attention.md): QueryFold wins for MHA once a block scores >= 2048 keys;
-    // for GQA its per-head rotation of M costs more than the key-side rotation it saves.
+    // Measured (H100, docs/perf/attention.md): QueryFold wins for MHA (4K-32K); for GQA its per-head
+    // rotation of M costs more than the key-side rotation it saves.
     const bool fold_fits = score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem;
     const bool fold = fold_fits && (s.scores_kernel == LatentScoresKernel::QueryFold ||
-                                    (s.scores_kernel == LatentScoresKernel::Auto && pl.G == 1 && pl.chunk1 >= 2048));
+                                    (s.scores_kernel == LatentScoresKernel::Auto && pl.G == 1));
     if (fold)
         e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
                               : launch_scores_w<T, 64>(sp, s.rope_half_split, g1, max_r, st);

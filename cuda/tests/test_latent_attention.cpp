@@ -367,7 +367,8 @@ TEST(LatentAttention, MhaBf16RaggedRanksAdjacentRope) {
         c.scores = k;
         const double e = run_case<Bf16>(c);
         EXPECT_LT(e, 1e-2) << "rel err " << e;
-        std::printf("[latent] MHA bf16 ragged ranks (%s): rel err %.2e\n", k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+        std::printf("[latent] MHA bf16 ragged ranks (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
     }
 }
 
@@ -379,7 +380,8 @@ TEST(LatentAttention, GqaF16HalfSplitPartialRope) {
         c.scores = k;
         const double e = run_case<F16>(c);
         EXPECT_LT(e, 3e-3) << "rel err " << e;
-        std::printf("[latent] GQA fp16 half-split partial rope (%s): rel err %.2e\n", k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+        std::printf("[latent] GQA fp16 half-split partial rope (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
     }
 }
 
@@ -400,6 +402,7 @@ TEST(LatentAttention, Llama3ShapesLongContext) {
         c.scores = k;
         const double e = run_case<F16>(c);
         EXPECT_LT(e, 3e-3) << "rel err " << e;
-        std::printf("[latent] Llama-3 shapes fp16, 4097 keys (%s): rel err %.2e\n", k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+        std::printf("[latent] Llama-3 shapes fp16, 4097 keys (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
     }
 }
