@@ -423,6 +423,273 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     }
 }
 
+// ---- pass 1, rotation folded into the query side (v4) ----
+// score(q, U z at position p0 + o) = sum_i cos((p0+o) t_i) A0_i . z + sin((p0+o) t_i) B0_i . z with, per
+// rotation pair i = (a, b): A0_i[k] = q_a U[a][k] + q_b U[b][k], B0_i[k] = q_b U[a][k] - q_a U[b][k]
+// (scale folded in). Splitting (p0 + o) t = p0 t + o t:
+//   W[o][k] = sum_i C[o][i] A_i(p0)[k] + S[o][i] B_i(p0)[k],  A(p0) = c A0 + s B0,  B(p0) = c B0 - s A0,
+// with C, S = cos, sin(o t_i) the same for every tile (fp16 mma fragments held in registers) and
+// M(p0) = [A(p0); B(p0)] rotated once per tile (HD/2 x R pairs per query head, not 64 keys x HD).
+// W = [C S] x M(p0) runs on the tensor cores, score_o = z_o . W_o is R FMAs per key and head. The
+// rotation work per key drops from ~3 HD fp32 operations to ~(2 HD R / 64 + R) per head.
+// 3 key tiles in flight (not 4): with 5 blocks/SM that is about as many bytes in flight per SM.
+constexpr int kStagesW = 3;
+constexpr int kBlocksW = 5;  // MHA: resident blocks per SM the register cap (96) is set for (GQA: no cap, it spills)
+
+__host__ __device__ inline size_t score_w_smem_bytes(int hd, int R, int G, size_t elem, int nbuf = 1) {
+    return static_cast<size_t>(kStagesW) * kTile * (R + kPad) * elem +
+           static_cast<size_t>(G) * R * hd * sizeof(__half) +                   // M0
+           static_cast<size_t>(nbuf) * G * R * (hd + kPad) * sizeof(__half) +   // M(p0)
+           4 * kLatMaxGroup * sizeof(float2);
+}
+
+__device__ inline float2 half2_bits_to_float2(uint32_t v, __half*) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
+}
+__device__ inline float2 half2_bits_to_float2(uint32_t v, __nv_bfloat16*) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+__device__ inline uint32_t pack_half2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+template <typename T, int HD, int GM>
+__global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
+    latent_scores_w_kernel(ScoreParams p, bool half_split, bool two_buf) {
+    constexpr int NP = HD / 2;   // rotation pairs (the unrotated dimensions pair up with angle 0)
+    constexpr int KS = HD / 16;  // k-steps of W = [C S] x M
+    constexpr int MS = HD + kPad;
+    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int G = p.G, R = p.rpad[h], RS = R + kPad, rd = p.rope_dims, np = rd / 2;
+    const int n = min(p.n_keys[b], p.max_keys);
+    const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    float2* ml_out = p.ml + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * p.n_chunk + chunk;
+    if (k0 >= k_end) {
+        if (tid < G) ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* Zs = reinterpret_cast<T*>(smem);
+    __half* M0 = reinterpret_cast<__half*>(Zs + kStagesW * kTile * RS);  // [G][R][HD]: A0 | B0
+    __half* Mt = M0 + G * R * HD;  // [1 or 2][G][R][MS]: M(p0), rank-major
+    float2* red = reinterpret_cast<float2*>(Mt + (two_buf ? 2 : 1) * G * R * MS);  // [4][kLatMaxGroup]
+
+    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[h];
+    const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[h];
+    const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
+
+    KeyTileLoader<T> loader;
+    loader.init(R);
+#pragma unroll
+    for (int s = 0; s < kStagesW - 1; ++s) {
+        if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
+        cp_async_commit();
+    }
+
+    // Pair i's two dimensions: rotated pairs first, then the plain dimensions two by two.
+    auto dims = [&](int i, int& a, int& bb) {
+        if (i < np) {
+            a = half_split ? i : 2 * i;
+            bb = half_split ? i + np : 2 * i + 1;
+        } else {
+            a = rd + 2 * (i - np);
+            bb = a + 1;
+        }
+    };
+    const float* qsrc = p.q + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * HD;
+    for (int e = tid; e < G * R * NP; e += kThreads) {
+        const int g = e / (R * NP), k = (e / NP) % R, i = e % NP;
+        int a, bb;
+        dims(i, a, bb);
+        const float qa = qsrc[g * HD + a], qb = qsrc[g * HD + bb];
+        const float ua = static_cast<float>(usrc[static_cast<size_t>(a) * R + k]);
+        const float ub = static_cast<float>(usrc[static_cast<size_t>(bb) * R + k]);
+        M0[(g * R + k) * HD + i] = __float2half_rn(p.scale_log2 * (qa * ua + qb * ub));
+        M0[(g * R + k) * HD + NP + i] = __float2half_rn(p.scale_log2 * (qb * ua - qa * ub));
+    }
+
+    // [C S] fragments (A operand, rows = in-tile offsets): a0 (R0, c), a1 (R1, c), a2 (R0, c+8), a3 (R1, c+8).
+    const int rr = lane / 4, x = 2 * (lane % 4);
+    const int R0 = warp * 16 + rr, R1 = R0 + 8;
+    // k-step ks < KS/2 holds cos of pairs 16 ks + ..., k-step ks + KS/2 the sin of the same pairs.
+    uint32_t tf[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS / 2; ++ks) {
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            const int o = (f & 1) ? R1 : R0;
+            const int i0 = ks * 16 + x + (f >> 1) * 8;
+            float sn[2] = {0.0f, 0.0f}, cn[2] = {1.0f, 1.0f};
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                if (i0 + e < np) {  // o * theta < 64 rad: reduce to [-pi, pi] in fp32, then the fast unit
+                    const float a = static_cast<float>(o * p.inv_freq[i0 + e]);
+                    __sincosf(a - 6.28318530718f * rintf(a * 0.159154943092f), &sn[e], &cn[e]);
+                }
+            }
+            tf[ks][f] = pack_half2(cn[0], cn[1]);
+            tf[ks + KS / 2][f] = pack_half2(sn[0], sn[1]);
+        }
+    }
+    // This thread rotates pairs (ip2, ip2 + 1) of ranks k = kr0, kr0 + kstep, ... each tile:
+    // cos/sin(p0 t_i) advanced by a fixed step of kTile positions (exact start from double).
+    const int ip2 = 2 * (tid % (NP / 2)), kr0 = tid / (NP / 2);
+    constexpr int kstep = kThreads / (NP / 2);
+    float oc[2], os[2], sc[2], ss[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        oc[e] = sc[e] = 1.0f;
+        os[e] = ss[e] = 0.0f;
+        if (ip2 + e < np) {
+            double sd, cd;
+            sincos(static_cast<double>(k0) * p.inv_freq[ip2 + e], &sd, &cd);
+            oc[e] = static_cast<float>(cd);
+            os[e] = static_cast<float>(sd);
+            sincos(static_cast<double>(kTile) * p.inv_freq[ip2 + e], &sd, &cd);
+            sc[e] = static_cast<float>(cd);
+            ss[e] = static_cast<float>(sd);
+        }
+    }
+
+    float m[GM], l[GM];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    float* sc_out = p.scores + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(h) * G) * p.keys_pad;
+    const int b_off = ((lane / 16) * 8 + lane % 8) * MS + ((lane / 8) % 2) * 8;
+    const int njp = R / 16;
+
+    // M(p0) of the next tile into buffer buf (M0 rotated by the start the owned cos/sin hold), then step them.
+    auto rotate_m = [&](int buf) {
+        __half* Mb = Mt + buf * G * R * MS;
+        for (int g = 0; g < G; ++g) {
+            for (int k = kr0; k < R; k += kstep) {
+                const __half* src = M0 + (g * R + k) * HD + ip2;
+                const float2 a = __half22float2(*reinterpret_cast<const __half2*>(src));
+                const float2 bb = __half22float2(*reinterpret_cast<const __half2*>(src + NP));
+                __half* dst = Mb + (g * R + k) * MS + ip2;
+                *reinterpret_cast<uint32_t*>(dst) =
+                    pack_half2(oc[0] * a.x + os[0] * bb.x, oc[1] * a.y + os[1] * bb.y);
+                *reinterpret_cast<uint32_t*>(dst + NP) =
+                    pack_half2(oc[0] * bb.x - os[0] * a.x, oc[1] * bb.y - os[1] * a.y);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const float c = oc[e], s = os[e];
+            oc[e] = c * sc[e] - s * ss[e];
+            os[e] = s * sc[e] + c * ss[e];
+        }
+    };
+    // Two M(p0) buffers (one barrier per tile: tile t+1's is written while tile t's is read) where
+    // shared memory allows, else one (a second barrier per tile).
+    if (two_buf) {
+        __syncthreads();  // M0 visible
+        rotate_m(0);
+    }
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<kStagesW - 2>();
+        __syncthreads();  // tile t, M0 and M(p0) of t visible; tile t-1 and its M(p0) no longer read
+        {
+            const int nt = t + kStagesW - 1;
+            if (nt < n_tiles) loader.load(Zs + (nt % kStagesW) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            cp_async_commit();
+        }
+        if (two_buf) {
+            if (t + 1 < n_tiles) rotate_m((t + 1) & 1);
+        } else {
+            rotate_m(0);
+            __syncthreads();  // M(p0) visible
+        }
+        const __half* Mcur = Mt + (two_buf ? (t & 1) : 0) * G * R * MS;
+
+        const T* Z = Zs + (t % kStagesW) * kTile * RS;
+        float s0[GM], s1[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) s0[g] = s1[g] = 0.0f;
+        for (int jp = 0; jp < njp; ++jp) {
+            // z of rows R0, R1 at ranks 16 jp + 8 jj + x, +1
+            float2 z0[2], z1[2];
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+                const int col = 16 * jp + 8 * jj + x;
+                z0[jj] = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(Z + R0 * RS + col),
+                                              static_cast<T*>(nullptr));
+                z1[jj] = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(Z + R1 * RS + col),
+                                              static_cast<T*>(nullptr));
+            }
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                if (g < G) {
+                    const __half* Mg = Mcur + (g * R + 16 * jp) * MS + b_off;
+                    float w[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+                    for (int ks = 0; ks < KS; ++ks) {
+                        uint32_t bf[4];
+                        ldsm_x4(bf, Mg + ks * 16);
+                        mma<__half>(w[0], tf[ks], bf[0], bf[1]);
+                        mma<__half>(w[1], tf[ks], bf[2], bf[3]);
+                    }
+#pragma unroll
+                    for (int jj = 0; jj < 2; ++jj) {
+                        s0[g] = fmaf(w[jj][0], z0[jj].x, fmaf(w[jj][1], z0[jj].y, s0[g]));
+                        s1[g] = fmaf(w[jj][2], z1[jj].x, fmaf(w[jj][3], z1[jj].y, s1[g]));
+                    }
+                }
+            }
+        }
+
+        const int t0 = k0 + t * kTile;
+        const bool v0 = t0 + R0 < k_end, v1 = t0 + R1 < k_end;
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if (g < G) {
+                float a = s0[g], c = s1[g];
+                a += __shfl_xor_sync(0xffffffffu, a, 1);
+                a += __shfl_xor_sync(0xffffffffu, a, 2);
+                c += __shfl_xor_sync(0xffffffffu, c, 1);
+                c += __shfl_xor_sync(0xffffffffu, c, 2);
+                if (lane % 4 == g % 4) {
+                    if (v0) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R0] = a;
+                    if (v1) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R1] = c;
+                }
+                const float mx = fmaxf(v0 ? a : -INFINITY, v1 ? c : -INFINITY);
+                if (mx > -INFINITY) {
+                    const float mn = fmaxf(m[g], mx);
+                    l[g] = l[g] * exp2f(m[g] - mn) + (v0 ? exp2f(a - mn) : 0.0f) + (v1 ? exp2f(c - mn) : 0.0f);
+                    m[g] = mn;
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        if (g < G) {
+            for (int off = 4; off < 32; off *= 2) {
+                const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+                const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+                merge_ml(m[g], l[g], mo, lo);
+            }
+            if (lane == 0) red[warp * kLatMaxGroup + g] = make_float2(m[g], l[g]);
+        }
+    }
+    __syncthreads();
+    if (tid < G) {
+        float mm = -INFINITY, ll = 0.0f;
+        for (int w = 0; w < kThreads / 32; ++w)
+            merge_ml(mm, ll, red[w * kLatMaxGroup + tid].x, red[w * kLatMaxGroup + tid].y);
+        ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(mm, ll);
+    }
+}
+
 // ---- pass 2: probability-weighted value latents ----
 
 struct ValueParams {
@@ -732,6 +999,29 @@ cudaError_t launch_scores(const ScoreParams& p, dim3 grid, int max_r, cudaStream
     return launch_scores_g<T, HD, HALF, 8>(p, grid, max_r, st);
 }
 
+// The folded-rotation scores kernel while its shared memory (M0 and M(p0) per query head) leaves room
+// for 2 blocks per SM; else the key-side rotation kernel.
+constexpr size_t kScoreWMaxSmem = 112 * 1024;
+
+template <typename T, int HD, int GM>
+cudaError_t launch_scores_w_g(const ScoreParams& p, bool half, dim3 grid, int max_r, cudaStream_t st) {
+    const bool two_buf = score_w_smem_bytes(HD, max_r, p.G, sizeof(T), 2) <= kScoreWMaxSmem;
+    const size_t smem = score_w_smem_bytes(HD, max_r, p.G, sizeof(T), two_buf ? 2 : 1);
+    const cudaError_t e = cudaFuncSetAttribute(latent_scores_w_kernel<T, HD, GM>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    latent_scores_w_kernel<T, HD, GM><<<grid, kThreads, smem, st>>>(p, half, two_buf);
+    return cudaGetLastError();
+}
+
+template <typename T, int HD>
+cudaError_t launch_scores_w(const ScoreParams& p, bool half, dim3 grid, int max_r, cudaStream_t st) {
+    if (p.G == 1) return launch_scores_w_g<T, HD, 1>(p, half, grid, max_r, st);
+    if (p.G == 2) return launch_scores_w_g<T, HD, 2>(p, half, grid, max_r, st);
+    if (p.G <= 4) return launch_scores_w_g<T, HD, 4>(p, half, grid, max_r, st);
+    return launch_scores_w_g<T, HD, 8>(p, half, grid, max_r, st);
+}
+
 template <typename T, int MT>
 cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
     const size_t smem = value_smem_bytes(sizeof(T), MT * 16);
@@ -776,7 +1066,15 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     }
     const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
     cudaError_t e;
-    if (s.head_dim == 128)
+    // Measured (H100, docs/perf/attention.md): QueryFold wins for MHA (4K-32K); for GQA its per-head
+    // rotation of M costs more than the key-side rotation it saves.
+    const bool fold_fits = score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem;
+    const bool fold = fold_fits && (s.scores_kernel == LatentScoresKernel::QueryFold ||
+                                    (s.scores_kernel == LatentScoresKernel::Auto && pl.G == 1));
+    if (fold)
+        e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
+                              : launch_scores_w<T, 64>(sp, s.rope_half_split, g1, max_r, st);
+    else if (s.head_dim == 128)
         e = s.rope_half_split ? launch_scores<T, 128, true>(sp, g1, max_r, st)
                               : launch_scores<T, 128, false>(sp, g1, max_r, st);
     else

@@ -10,6 +10,9 @@
 //      value latent once for ALL heads; partial sums per chunk.
 //   3. reduce the chunks' partial sums (no atomics);
 //   4. expand: o_h = U_v^h acc_h.
+// For MHA the scores pass instead folds RoPE into the query side (no key is
+// reconstructed): W = [cos sin](in-tile offsets) x M(tile start) on tensor
+// cores, score = z . W (LatentScoresKernel, latent_attention.cu).
 // Semantics are src/model/forward.cpp latent_attention's for one query token.
 #pragma once
 
@@ -32,6 +35,11 @@ constexpr int kLatMaxGroup = 8;      // query heads per KV head
 // loader goes: everything after the shared-memory tile is format-independent.
 enum class LatentFormat { F16, BF16 };
 
+// Which scores kernel: RoPE on the key side (each reconstructed key rotated, v3) or folded into the
+// query side (v4: W = [cos sin] x M(p0) on tensor cores). Auto picks by measurement (MHA: QueryFold,
+// GQA: KeyRotation); a forced QueryFold whose shared memory does not fit runs KeyRotation. Tests force each.
+enum class LatentScoresKernel { Auto, KeyRotation, QueryFold };
+
 struct LatentAttnShape {
     int n_seq = 0;             // sequences in the batch, one query token each
     int n_head = 0;            // query heads (<= kLatMaxHeads)
@@ -44,6 +52,7 @@ struct LatentAttnShape {
     int max_keys = 0;          // >= every n_keys[b]; sizes the grid and workspace
     int k_rank[kLatMaxKvHeads] = {};  // each KV head's key rank (ragged), <= kLatMaxKeyRank
     LatentFormat format = LatentFormat::BF16;
+    LatentScoresKernel scores_kernel = LatentScoresKernel::Auto;
 };
 
 // Key rank padded to the MMA tile (16), not to the layer's largest rank.

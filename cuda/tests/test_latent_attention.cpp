@@ -22,6 +22,7 @@
 using starkv::cuda::LatentAttnArgs;
 using starkv::cuda::LatentAttnShape;
 using starkv::cuda::LatentFormat;
+using starkv::cuda::LatentScoresKernel;
 using starkv::cuda::latent_rank_pad;
 
 namespace {
@@ -74,6 +75,7 @@ struct Case {
     int v_rank;
     std::vector<int> ranks, n_keys;
     int ctx_cap;
+    LatentScoresKernel scores = LatentScoresKernel::Auto;
 };
 
 // Reference: for each sequence b and query head hq (KV head h = hq / G):
@@ -158,6 +160,7 @@ double run_case(const Case& c) {
     s.v_rank = c.v_rank;
     s.ctx_cap = c.ctx_cap;
     s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
+    s.scores_kernel = c.scores;
     s.format = E::kFormat;
     int sum = 0;
     for (int h = 0; h < c.n_kv; ++h) {
@@ -359,17 +362,27 @@ TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
 TEST(LatentAttention, MhaBf16RaggedRanksAdjacentRope) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{3, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1, 77, 300}, 301};
-    const double e = run_case<Bf16>(c);
-    EXPECT_LT(e, 1e-2) << "rel err " << e;
-    std::printf("[latent] MHA bf16 ragged ranks: rel err %.2e\n", e);
+    // Both scores kernels (the key-side rotation and the query-side fold).
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+        c.scores = k;
+        const double e = run_case<Bf16>(c);
+        EXPECT_LT(e, 1e-2) << "rel err " << e;
+        std::printf("[latent] MHA bf16 ragged ranks (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+    }
 }
 
 TEST(LatentAttention, GqaF16HalfSplitPartialRope) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{2, 8, 2, 64, 32, true, 128, {24, 64}, {129, 1000}, 1003};
-    const double e = run_case<F16>(c);
-    EXPECT_LT(e, 3e-3) << "rel err " << e;
-    std::printf("[latent] GQA fp16 half-split partial rope: rel err %.2e\n", e);
+    // Both scores kernels (the key-side rotation and the query-side fold).
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+        c.scores = k;
+        const double e = run_case<F16>(c);
+        EXPECT_LT(e, 3e-3) << "rel err " << e;
+        std::printf("[latent] GQA fp16 half-split partial rope (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+    }
 }
 
 TEST(LatentAttention, GqaBf16FullHalfSplitGroup8) {
@@ -384,7 +397,12 @@ TEST(LatentAttention, Llama3ShapesLongContext) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     if (small()) GTEST_SKIP() << "STARKV_LATENT_TEST_SMALL";
     Case c{2, 32, 8, 128, 128, false, 256, {32, 32, 32, 32, 32, 32, 32, 32}, {4097, 2500}, 4100};
-    const double e = run_case<F16>(c);
-    EXPECT_LT(e, 3e-3) << "rel err " << e;
-    std::printf("[latent] Llama-3 shapes fp16, 4097 keys: rel err %.2e\n", e);
+    // Both scores kernels (the key-side rotation and the query-side fold).
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+        c.scores = k;
+        const double e = run_case<F16>(c);
+        EXPECT_LT(e, 3e-3) << "rel err " << e;
+        std::printf("[latent] Llama-3 shapes fp16, 4097 keys (%s): rel err %.2e\n",
+                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+    }
 }
