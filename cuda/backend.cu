@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +26,17 @@
 namespace starkv::cuda {
 namespace {
 
+// Fault injection for tests: while STARKV_CUDA_FAIL_ALLOC_AT=N is set, the N-th
+// device or pinned allocation of a create (counted from 1; the count restarts
+// at each create) fails as an out-of-memory would, so tests can prove that a
+// failed upload frees what it took and leaves the model usable.
+std::atomic<int> g_alloc_count{0};
+cudaError_t injected_failure() {
+    const char* at = std::getenv("STARKV_CUDA_FAIL_ALLOC_AT");  // read each time: tests change it
+    if (!at || !*at) return cudaSuccess;
+    return ++g_alloc_count == std::atoi(at) ? cudaErrorMemoryAllocation : cudaSuccess;
+}
+
 // Device memory owned by RAII; move-only.
 class DeviceBuffer {
 public:
@@ -37,6 +49,7 @@ public:
         return *this;
     }
     cudaError_t alloc(size_t bytes) {
+        if (cudaError_t e = injected_failure(); e != cudaSuccess) return e;
         bytes_ = bytes;
         return cudaMalloc(&p_, bytes ? bytes : 1);
     }
@@ -142,7 +155,9 @@ public:
         alloc(up_, T * F * 4);
         alloc(logits_, T * V * 4);
         alloc(step_, 2 * sizeof(int32_t));
+        check(injected_failure(), "cudaMallocHost");
         check(cudaMallocHost(&step_host_.p, 2 * sizeof(int32_t)), "cudaMallocHost");
+        check(injected_failure(), "cudaMallocHost");
         check(cudaMallocHost(&logits_host_.p, T * V * 4), "cudaMallocHost");
         const char* g = std::getenv("STARKV_CUDA_GRAPH");
         use_graph_ = !(g && std::strcmp(g, "0") == 0);
@@ -409,6 +424,7 @@ int32_t api_create(const starkv_backend_model* d, void** out, char* msg, size_t 
                               " or bad head counts");
         return STARKV_ERR_UNSUPPORTED;
     }
+    g_alloc_count = 0;
     return guarded(msg, cap, [&] {
         auto m = std::make_unique<Model>(*d);
         m->create();

@@ -79,6 +79,10 @@ if has memcheck; then
     STARKV_E2E_STEPS=8 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/bin/starkv_cuda_e2e_tests" \
       --gtest_filter='*Fp32Greedy*:*Latent*'
     echo "memcheck e2e rc=$?"
+    # Failed uploads (every allocation in turn) and the memory limit leave nothing allocated.
+    timeout 400 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$here/bin/starkv_cuda_e2e_tests" \
+      --gtest_filter='*FailedUpload*:*DeviceMemoryLimit*'
+    echo "memcheck leak-check rc=$?"
   } > "$OUT/memcheck.txt" 2>&1
   grep -E "ERROR SUMMARY|rc=|FAILED|PASSED" "$OUT/memcheck.txt"
 fi

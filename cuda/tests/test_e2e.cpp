@@ -266,3 +266,37 @@ TEST_F(Fixture, DeviceMemoryLimit) {
         }
     }
 }
+
+// Fault injection (STARKV_CUDA_FAIL_ALLOC_AT, see cuda/backend.cu): every
+// allocation of the upload in turn fails. Each failed create reports
+// OUT_OF_MEMORY and returns no context; then a clean create on the same model
+// runs and its greedy tokens equal the CPU's. Under compute-sanitizer
+// (--leak-check full) nothing a failed create took is left allocated.
+TEST_F(Fixture, FailedUploadLeavesTheModelUsable) {
+    unsetenv("STARKV_CUDA_DTYPE");
+    starkv_status st;
+    starkv_context* probe = make_ctx(model, STARKV_BACKEND_CUDA, &st);
+    starkv_context_free(probe);
+    if (st == STARKV_ERR_NO_DEVICE) GTEST_SKIP() << starkv_last_error();
+    ASSERT_EQ(st, STARKV_OK) << starkv_last_error();
+    int failed = 0;
+    for (int at = 1; at < 1000; ++at) {
+        setenv("STARKV_CUDA_FAIL_ALLOC_AT", std::to_string(at).c_str(), 1);
+        starkv_context* c = make_ctx(model, STARKV_BACKEND_CUDA, &st);
+        unsetenv("STARKV_CUDA_FAIL_ALLOC_AT");
+        if (st == STARKV_OK) {  // past the upload's last allocation
+            starkv_context_free(c);
+            break;
+        }
+        ++failed;
+        EXPECT_EQ(st, STARKV_ERR_OUT_OF_MEMORY) << "allocation " << at << ": " << starkv_last_error();
+        EXPECT_EQ(c, nullptr);
+    }
+    EXPECT_GT(failed, 10);  // the weights, the KV cache, the buffers, the pinned logits
+    std::printf("[e2e] injected %d allocation failures during the upload\n", failed);
+    int agree = 0;
+    double rel = 0;
+    greedy(16, &agree, &rel);
+    if (HasFatalFailure() || IsSkipped()) return;
+    EXPECT_EQ(agree, 16);
+}
