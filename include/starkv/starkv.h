@@ -298,10 +298,12 @@ STARKV_API starkv_status starkv_context_reset(starkv_context *ctx);
 STARKV_API starkv_status starkv_context_rewind(starkv_context *ctx, uint32_t n_past);
 
 /** Asked between steps of long work on a context (each micro-batch of a
- * prompt's evaluation, each generated token, each scored chunk); return true to
- * stop it. The stopped call fails with STARKV_ERR_CANCELLED: an eval or a
- * prompt being evaluated leaves the context as it was before the call (the last
- * logits are dropped); starkv_generate keeps the tokens already generated. */
+ * prompt's evaluation, of a starkv_seq_prefill or a starkv_batch_eval, each
+ * generated token, each scored chunk); return true to stop it. The stopped call
+ * fails with STARKV_ERR_CANCELLED: an eval, a batch or a prompt being evaluated
+ * leaves the sequences as they were before the call (a prefilled sequence is
+ * left empty; the last logits are dropped); starkv_generate keeps the tokens
+ * already generated. */
 typedef bool (*starkv_abort_fn)(void *user_data);
 /** Sets (fn non-NULL) or clears (fn NULL) the context's abort callback. It runs
  * on the thread using the context; to cancel from another thread, have it read

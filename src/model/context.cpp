@@ -365,7 +365,7 @@ int Context::seq_prefill(SeqId seq, const int32_t* tokens, size_t n) {
             items.push_back({tokens[i], seq, static_cast<int32_t>(i), i + 1 == n});
         check_items(items);
         std::vector<float> out(static_cast<size_t>(n_vocab));
-        run(items, out.data(), false);
+        run(items, out.data(), /*check_abort=*/true);
     } catch (...) {
         kv_->truncate(seq, 0);
         throw;
@@ -386,7 +386,7 @@ void Context::eval_batch(std::span<const BatchItem> items) {
     }
     try {
         batch_logits_.resize(static_cast<size_t>(rows) * static_cast<size_t>(model_->config().n_vocab));
-        run(items, batch_logits_.data(), false);
+        run(items, batch_logits_.data(), /*check_abort=*/true);
     } catch (const std::bad_alloc&) {
         batch_row_.clear();
         fail(STARKV_ERR_OUT_OF_MEMORY, "cannot allocate logits for " + std::to_string(rows) + " rows");

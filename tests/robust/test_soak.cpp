@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <thread>
@@ -99,6 +100,144 @@ std::vector<int64_t> run_session(const starkv_model* model, uint64_t seed, uint3
     return tr;
 }
 
+int argmax512(const float* l) {
+    int best = 0;
+    for (int i = 1; i < 512; ++i)
+        if (l[i] > l[best]) best = i;
+    return best;
+}
+
+// One session on a pooled context with a small budget: prompts with shared
+// prefixes (prefix reuse), forks, batched greedy decoding of every live
+// sequence, truncations, removals, a full pool (eviction or KV_POOL_FULL),
+// cancellation through the abort callback, and a save/restore round trip.
+// What a pooled session went through (to check that the load covers it).
+struct Coverage {
+    int64_t reused = 0, forks = 0, batches = 0, pool_full = 0, cancelled = 0, restores = 0, evictions = 0;
+};
+
+std::vector<int64_t> run_pooled_session(const starkv_model* model, uint64_t seed, uint32_t n_threads,
+                                        Coverage* cov = nullptr) {
+    Coverage unused;
+    Coverage& c = cov ? *cov : unused;
+    std::mt19937_64 rng(seed);
+    std::vector<int64_t> tr;
+    auto rnd = [&](int lo, int hi) { return static_cast<int>(lo + rng() % static_cast<uint64_t>(hi - lo + 1)); };
+    starkv_context_params cp;
+    starkv_context_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_threads = n_threads;
+    starkv_pool_params pp;
+    starkv_pool_params_default(&pp);
+    pp.page_tokens = 8;
+    pp.budget_bytes = 1280ull * 8 * 14;  // 14 pages of stories260K's 1280-byte tokens: fills up
+    pp.max_sequences = 8;
+    starkv_context* raw = nullptr;
+    const starkv_status cs = starkv_context_create_pooled(model, &cp, &pp, &raw);
+    tr.push_back(cs);
+    if (cs != STARKV_OK) return tr;
+    ContextPtr ctx(raw);
+    bool cancel = false;
+    tr.push_back(starkv_context_set_abort_callback(ctx.get(), [](void* u) { return *static_cast<bool*>(u); }, &cancel));
+    const std::string stem = "Once upon a time there was a little girl named Lily";
+    std::vector<starkv_seq_id> live;
+    starkv_seq_id next_id = 1;
+    for (int step = rnd(6, 14); step > 0; --step) {
+        switch (rng() % 6) {
+            case 0:
+            case 1: {  // a new sequence: the shared stem plus random words, prefilled
+                std::string text = stem;
+                for (int i = rnd(0, 6); i > 0; --i) text += std::string(" ") + kWords[rng() % 30];
+                const auto t = tokenize(model, text, true);
+                const starkv_seq_id id = next_id++;
+                tr.push_back(starkv_seq_create(ctx.get(), id));
+                size_t reused = 0;
+                const starkv_status st = starkv_seq_prefill(ctx.get(), id, t.data(), t.size(), &reused);
+                tr.push_back(st);
+                tr.push_back(static_cast<int64_t>(reused));
+                c.reused += static_cast<int64_t>(reused);
+                c.pool_full += st == STARKV_ERR_KV_POOL_FULL;
+                if (st == STARKV_OK) live.push_back(id);
+                else tr.push_back(starkv_seq_remove(ctx.get(), id));
+                break;
+            }
+            case 2:
+                if (!live.empty()) {  // fork a live sequence
+                    const starkv_seq_id id = next_id++;
+                    const starkv_status st = starkv_seq_fork(ctx.get(), live[rng() % live.size()], id);
+                    tr.push_back(st);
+                    c.forks += st == STARKV_OK;
+                    if (st == STARKV_OK) live.push_back(id);
+                }
+                break;
+            case 3:
+                if (!live.empty()) {  // truncate or remove one
+                    const size_t k = rng() % live.size();
+                    uint32_t n = 0;
+                    tr.push_back(starkv_seq_n_past(ctx.get(), live[k], &n));
+                    if (rng() % 2 && n > 2) {
+                        tr.push_back(starkv_seq_truncate(ctx.get(), live[k], 1 + static_cast<uint32_t>(rng() % (n - 1))));
+                        tr.push_back(starkv_seq_remove(ctx.get(), live[k]));  // its logits are gone: drop it
+                    } else {
+                        tr.push_back(starkv_seq_remove(ctx.get(), live[k]));
+                    }
+                    live.erase(live.begin() + static_cast<long>(k));
+                }
+                break;
+            case 4: {  // save every sequence, restore into a fresh pooled context, compare n_past
+                size_t n = 0;
+                tr.push_back(starkv_state_save(ctx.get(), nullptr, 0, nullptr, 0, &n));
+                std::vector<uint8_t> buf(n);
+                tr.push_back(starkv_state_save(ctx.get(), nullptr, 0, buf.data(), buf.size(), &n));
+                starkv_context* other = nullptr;
+                tr.push_back(starkv_context_create_pooled(model, &cp, &pp, &other));
+                ContextPtr o(other);
+                if (o) {
+                    const starkv_status st = starkv_state_restore(o.get(), buf.data(), n, -1);
+                    tr.push_back(st);
+                    c.restores += st == STARKV_OK;
+                    for (starkv_seq_id id : live) {
+                        uint32_t a = 0, b = 0;
+                        starkv_seq_n_past(ctx.get(), id, &a);
+                        tr.push_back(starkv_seq_n_past(o.get(), id, &b));
+                        tr.push_back(static_cast<int64_t>(a) - static_cast<int64_t>(b));
+                    }
+                }
+                break;
+            }
+            default: {  // a few batched greedy steps over every live sequence; sometimes cancelled
+                cancel = rng() % 5 == 0;
+                for (int k = rnd(1, 6); k > 0 && !live.empty(); --k) {
+                    std::vector<starkv_batch_item> items;
+                    for (starkv_seq_id id : live) {
+                        const float* l = nullptr;
+                        uint32_t n = 0;
+                        starkv_seq_n_past(ctx.get(), id, &n);
+                        if (starkv_seq_logits(ctx.get(), id, &l) != STARKV_OK) continue;
+                        items.push_back({argmax512(l), id, n, true});
+                    }
+                    if (items.empty()) break;
+                    const starkv_status st = starkv_batch_eval(ctx.get(), items.data(), items.size());
+                    tr.push_back(st);
+                    c.batches += st == STARKV_OK;
+                    c.pool_full += st == STARKV_ERR_KV_POOL_FULL;
+                    c.cancelled += st == STARKV_ERR_CANCELLED;
+                    if (st != STARKV_OK) break;  // full pool, full context or cancelled: nothing changed
+                    for (const auto& it : items) tr.push_back(it.token);
+                }
+                cancel = false;
+            }
+        }
+        starkv_pool_stats ps;
+        starkv_pool_stats_default(&ps);
+        tr.push_back(starkv_context_pool_stats(ctx.get(), &ps));
+        tr.push_back(static_cast<int64_t>(ps.pages_used));
+        tr.push_back(static_cast<int64_t>(ps.prefix_hit_tokens));
+        c.evictions = static_cast<int64_t>(ps.evictions);
+    }
+    return tr;
+}
+
 using Transcripts = std::vector<std::vector<std::vector<int64_t>>>;
 
 Transcripts parallel_round(const starkv_model* model, int threads, int sessions) {
@@ -140,6 +279,45 @@ TEST(Soak, ConcurrentSessionsMatchSequential) {
             << "RSS grew from " << rss_after_first << " to " << rss_after_second << " bytes";
     }
     RecordProperty("sessions", threads * sessions * 3);
+}
+
+// The pool under load: every thread runs pooled sessions (forks, prefix reuse,
+// batches, a full pool, cancellations, saved state); each transcript equals a
+// sequential rerun.
+TEST(Soak, ConcurrentPooledSessionsMatchSequential) {
+    const int threads = env_int("STARKV_SOAK_THREADS", 8);
+    const int sessions = env_int("STARKV_SOAK_SESSIONS", sanitized() ? 4 : 25);
+    ModelPtr model = load_stories();
+    ASSERT_TRUE(model);
+    Transcripts par(static_cast<size_t>(threads));
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            for (int i = 0; i < sessions; ++i)
+                par[t].push_back(run_pooled_session(model.get(), 7000u + 100u * static_cast<uint64_t>(t) + static_cast<uint64_t>(i), 1 + t % 2));
+        });
+    for (auto& th : pool) th.join();
+    Coverage all;
+    for (int t = 0; t < threads; ++t)
+        for (int i = 0; i < sessions; ++i) {
+            Coverage c;
+            const auto seq = run_pooled_session(model.get(), 7000u + 100u * static_cast<uint64_t>(t) + static_cast<uint64_t>(i), 1 + t % 2, &c);
+            ASSERT_EQ(par[t][i], seq) << "thread " << t << " session " << i;
+            ASSERT_EQ(seq.at(0), STARKV_OK);
+            all.reused += c.reused, all.forks += c.forks, all.batches += c.batches, all.pool_full += c.pool_full;
+            all.cancelled += c.cancelled, all.restores += c.restores, all.evictions += c.evictions;
+        }
+    // The load reached what it is for (seeded: the same counts every run).
+    EXPECT_GT(all.reused, 0);
+    EXPECT_GT(all.forks, 0);
+    EXPECT_GT(all.batches, 0);
+    EXPECT_GT(all.restores, 0);
+    EXPECT_GT(all.cancelled, 0);
+    EXPECT_GT(all.pool_full + all.evictions, 0);
+    std::printf("[soak] pooled: %lld reused tokens, %lld forks, %lld batches, %lld full, %lld cancelled, %lld restores, %lld evictions\n",
+                static_cast<long long>(all.reused), static_cast<long long>(all.forks), static_cast<long long>(all.batches),
+                static_cast<long long>(all.pool_full), static_cast<long long>(all.cancelled),
+                static_cast<long long>(all.restores), static_cast<long long>(all.evictions));
 }
 
 // A load-generate-free loop whose point is the leak check: under ASan
