@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -73,15 +76,44 @@ void check(cudaError_t e, const char* what) {
     throw Fail{st, std::string(what) + ": " + cudaGetErrorString(e)};
 }
 
+// A layer's weights on the device (shared by every context of the model).
 struct Layer {
-    DeviceBuffer attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down, k_cache, v_cache;
+    DeviceBuffer attn_norm, ffn_norm, wq, wk, wv, wo, w_gate, w_up, w_down;
     // STAR-KV: the stacked projections to every latent ([R][n_embd]: each KV
-    // head's key rows, then the value rows), U_h back to back, U_v, and the
-    // latent cache [n_ctx][R] (fp32 whatever kv_dtype says).
+    // head's key rows, then the value rows), U_h back to back, U_v.
     bool latent = false;
     int R = 0, v_off = 0, v_rank = 0;
-    DeviceBuffer lat_a, k_u, v_u, k_off, k_rank, lat_cache;
+    DeviceBuffer lat_a, k_u, v_u, k_off, k_rank;
 };
+
+// A context's cache of one layer: keys and values, or the latent cache
+// [n_ctx][R] (fp32 whatever kv_dtype says).
+struct LayerCache {
+    DeviceBuffer k_cache, v_cache, lat_cache;
+};
+
+// A model's weights on one device in one type, uploaded once and shared by its
+// contexts (weights_for below).
+struct Weights {
+    DeviceBuffer tok_embd, output_norm, output;
+    std::vector<Layer> layers;
+    uint64_t bytes = 0;         // device memory they take
+    uint64_t weight_bytes = 0;  // what one decode step reads of them
+};
+
+// Live weights by (host embedding table, device, type): the host model is
+// immutable and outlives its contexts, so its address names it while any
+// context holds the entry; an expired entry is uploaded again.
+struct WeightsKey {
+    const float* host;
+    int32_t device, type;
+    bool operator<(const WeightsKey& o) const {
+        return host != o.host ? std::less<const float*>()(host, o.host)
+                              : device != o.device ? device < o.device : type < o.type;
+    }
+};
+std::mutex g_weights_mu;
+std::map<WeightsKey, std::weak_ptr<const Weights>> g_weights;
 
 // Page-locked host memory (async copies, no staging); RAII.
 struct PinnedBuffer {
@@ -110,32 +142,31 @@ public:
         kv_bf16_ = d_.kv_dtype == STARKV_DTYPE_BF16;
         const size_t E = d_.n_embd, F = d_.n_ff, V = d_.n_vocab, hd = d_.head_dim;
         const size_t qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
-        upload_f32(tok_embd_, d_.tok_embd, V * E);
-        upload_f32(output_norm_, d_.output_norm, E);
-        upload_matrix(output_, d_.output, V * E);
-        layers_.resize(static_cast<size_t>(d_.n_layer));
+        {
+            const WeightsKey key{d_.tok_embd, d_.device, d_.weight_dtype};
+            std::lock_guard<std::mutex> lock(g_weights_mu);
+            for (auto e = g_weights.begin(); e != g_weights.end();) e = e->second.expired() ? g_weights.erase(e) : std::next(e);
+            auto it = g_weights.find(key);
+            if (it != g_weights.end()) w_ = it->second.lock();
+            if (!w_) {
+                w_ = upload_weights();
+                g_weights[key] = w_;
+            }
+        }
+        caches_.resize(static_cast<size_t>(d_.n_layer));
         size_t max_r = 0;
         const size_t kv_elems = static_cast<size_t>(d_.n_head_kv) * d_.n_ctx * hd;
         for (int l = 0; l < d_.n_layer; ++l) {
-            const starkv_backend_layer& s = d_.layers[l];
-            Layer& L = layers_[static_cast<size_t>(l)];
-            upload_f32(L.attn_norm, s.attn_norm, E);
-            upload_f32(L.ffn_norm, s.ffn_norm, E);
-            upload_matrix(L.wq, s.wq, qd * E);
-            upload_matrix(L.wo, s.wo, E * qd);
-            upload_matrix(L.w_gate, s.w_gate, F * E);
-            upload_matrix(L.w_up, s.w_up, F * E);
-            upload_matrix(L.w_down, s.w_down, E * F);
-            if (s.k_rank) {
-                upload_latent(L, s);
+            const Layer& L = w_->layers[static_cast<size_t>(l)];
+            LayerCache& C = caches_[static_cast<size_t>(l)];
+            if (L.latent) {
                 max_r = std::max(max_r, static_cast<size_t>(L.R));
+                alloc(C.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
                 continue;
             }
-            upload_matrix(L.wk, s.wk, kvd * E);
-            upload_matrix(L.wv, s.wv, kvd * E);
             const size_t kv_bytes = kv_elems * (kv_bf16_ ? 2 : 4);
-            alloc(L.k_cache, kv_bytes);
-            alloc(L.v_cache, kv_bytes);
+            alloc(C.k_cache, kv_bytes);
+            alloc(C.v_cache, kv_bytes);
         }
         // Keys rebuilt from latents, one layer at a time.
         if (max_r > 0) {
@@ -169,6 +200,42 @@ public:
         d_.layers = nullptr;  // host pointers are not kept past create
     }
 
+    // Every matrix and vector of the model on the device (once per model).
+    std::shared_ptr<const Weights> upload_weights() {
+        auto w = std::make_shared<Weights>();
+        // alloc() and the uploads count into the weights while they are built.
+        struct Counting {
+            Model& m;
+            ~Counting() { m.count_ = &m.bytes_, m.wcount_ = &m.weight_bytes_unused_; }
+        } counting{*this};
+        count_ = &w->bytes;
+        wcount_ = &w->weight_bytes;
+        const size_t E = d_.n_embd, F = d_.n_ff, V = d_.n_vocab, hd = d_.head_dim;
+        const size_t qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
+        upload_f32(w->tok_embd, d_.tok_embd, V * E);
+        upload_f32(w->output_norm, d_.output_norm, E);
+        upload_matrix(w->output, d_.output, V * E);
+        w->layers.resize(static_cast<size_t>(d_.n_layer));
+        for (int l = 0; l < d_.n_layer; ++l) {
+            const starkv_backend_layer& s = d_.layers[l];
+            Layer& L = w->layers[static_cast<size_t>(l)];
+            upload_f32(L.attn_norm, s.attn_norm, E);
+            upload_f32(L.ffn_norm, s.ffn_norm, E);
+            upload_matrix(L.wq, s.wq, qd * E);
+            upload_matrix(L.wo, s.wo, E * qd);
+            upload_matrix(L.w_gate, s.w_gate, F * E);
+            upload_matrix(L.w_up, s.w_up, F * E);
+            upload_matrix(L.w_down, s.w_down, E * F);
+            if (s.k_rank) {
+                upload_latent(L, s);
+                continue;
+            }
+            upload_matrix(L.wk, s.wk, kvd * E);
+            upload_matrix(L.wv, s.wv, kvd * E);
+        }
+        return w;
+    }
+
     void forward(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits) {
         if (n <= 0 || n > d_.max_tokens || pos0 < 0 || pos0 + n > d_.n_ctx)
             throw Fail{STARKV_ERR_INVALID_ARGUMENT, "tokens outside the device buffers"};
@@ -200,8 +267,9 @@ public:
         if (n_out) std::memcpy(logits, logits_host_.p, n_out * V * 4);
     }
 
-    uint64_t device_bytes() const { return bytes_; }
-    uint64_t weight_bytes() const { return weight_bytes_; }
+    // The weights count in every context that shares them.
+    uint64_t device_bytes() const { return bytes_ + (w_ ? w_->bytes : 0); }
+    uint64_t weight_bytes() const { return w_ ? w_->weight_bytes : 0; }
 
 private:
     // The decode step (one token, position and token read from step_) as a
@@ -229,11 +297,12 @@ private:
         const int E = d_.n_embd, F = d_.n_ff, hd = d_.head_dim;
         const int qd = d_.n_head * hd, kvd = d_.n_head_kv * hd;
         cudaStream_t s = stream_;
-        check(embed_gather(tok_embd_.as<float>(), tokens_dev, n, E, x_.as<float>(), s), "embed");
+        check(embed_gather(w_->tok_embd.as<float>(), tokens_dev, n, E, x_.as<float>(), s), "embed");
         const bool half = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
         const double* inv_freq = inv_freq_.as<double>();
         for (int l = 0; l < d_.n_layer; ++l) {
-            Layer& L = layers_[static_cast<size_t>(l)];
+            const Layer& L = w_->layers[static_cast<size_t>(l)];
+            LayerCache& C = caches_[static_cast<size_t>(l)];
             check(rms_norm(x_.as<float>(), L.attn_norm.as<float>(), xn_.as<float>(), n, E, d_.rms_eps, s), "rms_norm");
             const void* xin = gemm_input(xn_, static_cast<size_t>(n) * E, s);
             matmul(L.wq, xin, q_, qd, E, n, s);
@@ -241,13 +310,13 @@ private:
                   "rope q");
             if (L.latent) {
                 matmul(L.lat_a, xin, lat_, L.R, E, n, s);
-                check(latent_store(lat_.as<float>(), L.lat_cache.as<float>(), n, L.R, d_.n_ctx, pos0, pos_dev, s),
+                check(latent_store(lat_.as<float>(), C.lat_cache.as<float>(), n, L.R, d_.n_ctx, pos0, pos_dev, s),
                       "latent store");
-                check(latent_keys(L.lat_cache.as<float>(), L.R, L.k_u.as<float>(), L.k_off.as<int32_t>(),
+                check(latent_keys(C.lat_cache.as<float>(), L.R, L.k_u.as<float>(), L.k_off.as<int32_t>(),
                                   L.k_rank.as<int32_t>(), d_.n_head_kv, hd, d_.rope_n_dims, inv_freq, half,
                                   keys_.as<float>(), d_.n_ctx, n, pos0, pos_dev, s),
                       "latent keys");
-                check(latent_attention_ref(q_.as<float>(), keys_.as<float>(), L.lat_cache.as<float>(), L.R, L.v_off,
+                check(latent_attention_ref(q_.as<float>(), keys_.as<float>(), C.lat_cache.as<float>(), L.R, L.v_off,
                                            L.v_rank, L.v_u.as<float>(), attn_.as<float>(), n, d_.n_head,
                                            d_.n_head_kv, hd, d_.n_ctx, pos0, pos_dev, s),
                       "latent attention");
@@ -258,21 +327,21 @@ private:
                       "rope k");
                 if (kv_bf16_) {
                     using B = __nv_bfloat16;
-                    check(kv_store(k_.as<float>(), L.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                    check(kv_store(k_.as<float>(), C.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
                           "kv k");
-                    check(kv_store(v_.as<float>(), L.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
+                    check(kv_store(v_.as<float>(), C.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
                           "kv v");
-                    check(attention(q_.as<float>(), L.k_cache.as<B>(), L.v_cache.as<B>(), attn_.as<float>(), n,
+                    check(attention(q_.as<float>(), C.k_cache.as<B>(), C.v_cache.as<B>(), attn_.as<float>(), n,
                                     d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
                           "attention");
                 } else {
-                    check(kv_store(k_.as<float>(), L.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                    check(kv_store(k_.as<float>(), C.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
                                    pos_dev),
                           "kv k");
-                    check(kv_store(v_.as<float>(), L.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
+                    check(kv_store(v_.as<float>(), C.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
                                    pos_dev),
                           "kv v");
-                    check(attention(q_.as<float>(), L.k_cache.as<float>(), L.v_cache.as<float>(), attn_.as<float>(),
+                    check(attention(q_.as<float>(), C.k_cache.as<float>(), C.v_cache.as<float>(), attn_.as<float>(),
                                     n, d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
                           "attention");
                 }
@@ -291,8 +360,8 @@ private:
         if (!head) return;
         const int n_out = n - first;
         const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
-        check(rms_norm(xlast, output_norm_.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
-        matmul(output_, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
+        check(rms_norm(xlast, w_->output_norm.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
+        matmul(w_->output, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
     }
 
     // A STAR-KV layer's factors: A's stacked so one GEMM gives every latent.
@@ -320,17 +389,16 @@ private:
         upload_matrix(L.lat_a, a.data(), a.size());
         upload_f32(L.k_u, u.data(), u.size());
         upload_f32(L.v_u, s.v_u, static_cast<size_t>(n_kv) * hd * s.v_rank);
-        weight_bytes_ += L.k_u.bytes() + L.v_u.bytes();
+        *wcount_ += L.k_u.bytes() + L.v_u.bytes();
         alloc(L.k_off, off.size() * 4);
         check(cudaMemcpy(L.k_off.as<void>(), off.data(), off.size() * 4, cudaMemcpyHostToDevice), "upload");
         alloc(L.k_rank, rank.size() * 4);
         check(cudaMemcpy(L.k_rank.as<void>(), rank.data(), rank.size() * 4, cudaMemcpyHostToDevice), "upload");
-        alloc(L.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
     }
 
     void alloc(DeviceBuffer& b, size_t bytes) {
         check(b.alloc(bytes), "cudaMalloc");
-        bytes_ += bytes;
+        *count_ += bytes;
     }
     void upload_f32(DeviceBuffer& b, const float* src, size_t n) {
         alloc(b, n * 4);
@@ -343,7 +411,7 @@ private:
     }
     // Matrices in the GEMM's input type: bf16 / fp16 converted on the device.
     void upload_matrix(DeviceBuffer& b, const float* src, size_t n) {
-        weight_bytes_ += n * (input_ == kGemmF32 ? 4 : 2);
+        *wcount_ += n * (input_ == kGemmF32 ? 4 : 2);
         if (input_ == kGemmF32) return upload_f32(b, src, n);
         DeviceBuffer tmp;
         check(tmp.alloc(n * 4), "cudaMalloc");
@@ -369,11 +437,15 @@ private:
     cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap
     cudaGraphExec_t graph_ = nullptr;
     Gemm gemm_;
-    uint64_t bytes_ = 0, weight_bytes_ = 0;
-    DeviceBuffer tok_embd_, output_norm_, output_, inv_freq_, tokens_;
+    uint64_t bytes_ = 0;                      // this context's own device memory
+    uint64_t* count_ = &bytes_;               // where alloc() counts (the weights' total while uploading them)
+    uint64_t weight_bytes_unused_ = 0;
+    uint64_t* wcount_ = &weight_bytes_unused_;
+    std::shared_ptr<const Weights> w_;        // shared with the model's other contexts on this device
+    std::vector<LayerCache> caches_;
+    DeviceBuffer inv_freq_, tokens_;
     DeviceBuffer x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, logits_, act16_, keys_, lat_, step_;
     PinnedBuffer step_host_, logits_host_;
-    std::vector<Layer> layers_;
 };
 
 void set_msg(char* msg, size_t cap, const std::string& s) {

@@ -9,8 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
+
+#include <cuda_runtime.h>
 
 #include "starkv/starkv.h"
 
@@ -27,6 +30,7 @@ starkv_context* make_ctx(starkv_model* m, int backend, starkv_status* st) {
     starkv_context_params_default(&p);
     p.n_ctx = 512;
     p.backend = backend;
+    p.device_type = STARKV_DEVICE_TYPE_F32;  // the comparisons below are fp32 unless $STARKV_CUDA_DTYPE says
     starkv_context* c = nullptr;
     *st = starkv_context_create(m, &p, &c);
     return c;
@@ -247,6 +251,7 @@ TEST_F(Fixture, DeviceMemoryLimit) {
             starkv_context_params_default(&p);
             p.n_ctx = 512;
             p.backend = backend;
+            p.device_type = STARKV_DEVICE_TYPE_F32;
             p.device_memory_limit = limit;
             starkv_context* c = nullptr;
             st = starkv_context_create(model, &p, &c);
@@ -299,4 +304,61 @@ TEST_F(Fixture, FailedUploadLeavesTheModelUsable) {
     greedy(16, &agree, &rel);
     if (HasFatalFailure() || IsSkipped()) return;
     EXPECT_EQ(agree, 16);
+}
+
+// Weights are uploaded once per (model, device, type): a second context of a
+// 1-layer Llama-2-7B-shaped model takes its KV cache and buffers, not another
+// copy of the ~1 GB of bf16 weights; the default type is bf16 (half the weight
+// bytes of f32).
+TEST_F(Fixture, WeightsSharedPerModelAndDefaultBf16) {
+    unsetenv("STARKV_CUDA_DTYPE");
+    starkv_status st;
+    starkv_context* probe = make_ctx(model, STARKV_BACKEND_CUDA, &st);
+    starkv_context_free(probe);
+    if (st == STARKV_ERR_NO_DEVICE) GTEST_SKIP() << starkv_last_error();
+    const std::string path = ::testing::TempDir() + "syn7b_1layer.skv";
+    ASSERT_EQ(starkv_pack_synthetic("llama2-7b", 1, 0.0f, path.c_str()), STARKV_OK) << starkv_last_error();
+    starkv_model* big = nullptr;
+    ASSERT_EQ(starkv_model_load(path.c_str(), nullptr, &big), STARKV_OK) << starkv_last_error();
+    auto create = [&](int32_t type, starkv_context** out) {
+        starkv_context_params p;
+        starkv_context_params_default(&p);
+        p.n_ctx = 256;
+        p.backend = STARKV_BACKEND_CUDA;
+        p.device_type = type;
+        return starkv_context_create(big, &p, out);
+    };
+    size_t free0 = 0, free1 = 0, free2 = 0, total = 0;
+    starkv_context *a = nullptr, *b = nullptr, *f = nullptr;
+    cudaMemGetInfo(&free0, &total);
+    ASSERT_EQ(create(STARKV_DEVICE_TYPE_DEFAULT, &a), STARKV_OK) << starkv_last_error();
+    cudaMemGetInfo(&free1, &total);
+    ASSERT_EQ(create(STARKV_DEVICE_TYPE_BF16, &b), STARKV_OK) << starkv_last_error();
+    cudaMemGetInfo(&free2, &total);
+    ASSERT_EQ(create(STARKV_DEVICE_TYPE_F32, &f), STARKV_OK) << starkv_last_error();
+    uint64_t wa = 0, wb = 0, wf = 0;
+    starkv_context_device_weight_bytes(a, &wa);
+    starkv_context_device_weight_bytes(b, &wb);
+    starkv_context_device_weight_bytes(f, &wf);
+    const double first = double(free0 - free1), second = double(free1 - free2);
+    std::printf("[e2e] weights read per step: default %llu, bf16 %llu, f32 %llu bytes; device memory taken by the "
+                "first context %.0f MB, by the second %.0f MB\n",
+                (unsigned long long)wa, (unsigned long long)wb, (unsigned long long)wf, first / 1e6, second / 1e6);
+    EXPECT_EQ(wa, wb);      // default = bf16
+    EXPECT_EQ(wf, 2 * wb);  // f32 matrices: twice the bytes
+    EXPECT_GT(first, 0.5 * double(wb));
+    EXPECT_LT(second, 0.25 * first);  // no second copy of the weights
+    // The shared weights still run: both bf16 contexts give the same logits.
+    const starkv_token toks[3] = {1, 100, 200};
+    ASSERT_EQ(starkv_context_eval(a, toks, 3, false), STARKV_OK) << starkv_last_error();
+    ASSERT_EQ(starkv_context_eval(b, toks, 3, false), STARKV_OK) << starkv_last_error();
+    const float *la = nullptr, *lb = nullptr;
+    ASSERT_EQ(starkv_context_logits(a, -1, &la), STARKV_OK);
+    ASSERT_EQ(starkv_context_logits(b, -1, &lb), STARKV_OK);
+    EXPECT_EQ(0, std::memcmp(la, lb, 32000 * sizeof(float)));
+    starkv_context_free(a);
+    starkv_context_free(b);
+    starkv_context_free(f);
+    starkv_model_free(big);
+    std::remove(path.c_str());
 }

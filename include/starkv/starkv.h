@@ -267,12 +267,26 @@ typedef struct starkv_context_params {
      * it, backend CUDA fails with STARKV_ERR_OUT_OF_MEMORY and AUTO uses the
      * CPU, both having freed what they took. Ignored on the CPU. Since 0.2. */
     uint64_t device_memory_limit;
+    /** What a GPU-backed context keeps its weights and KV cache in: a
+     * STARKV_DEVICE_TYPE_*; default STARKV_DEVICE_TYPE_DEFAULT (bf16 weights and
+     * KV). $STARKV_CUDA_DTYPE (f32, bf16, f16), when set, overrides it. Ignored on
+     * the CPU. Since 0.2. */
+    int32_t device_type;
 } starkv_context_params;
 
 /** Where a context runs. CUDA loads libstarkv_cuda.so (beside libstarkv, or the
  * path in $STARKV_CUDA_LIBRARY) and fails with STARKV_ERR_NO_DEVICE when it,
  * the driver or the device is missing; AUTO then uses the CPU and logs why. */
 enum { STARKV_BACKEND_CPU = 0, STARKV_BACKEND_CUDA = 1, STARKV_BACKEND_AUTO = 2 };
+/** Weights / KV cache of a GPU context: F32 both, BF16 both, F16 weights with an
+ * fp32 KV cache; DEFAULT is BF16. Contexts of one model with the same type on
+ * one device share one copy of the weights. */
+enum {
+    STARKV_DEVICE_TYPE_DEFAULT = 0,
+    STARKV_DEVICE_TYPE_F32 = 1,
+    STARKV_DEVICE_TYPE_BF16 = 2,
+    STARKV_DEVICE_TYPE_F16 = 3
+};
 STARKV_API void starkv_context_params_default(starkv_context_params *params);
 
 STARKV_API starkv_status starkv_context_create(const starkv_model *model,

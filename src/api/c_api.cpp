@@ -426,6 +426,8 @@ starkv_status starkv_context_create(const starkv_model* model, const starkv_cont
     STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
     STARKV_REQUIRE(p.backend >= STARKV_BACKEND_CPU && p.backend <= STARKV_BACKEND_AUTO, "backend is not a STARKV_BACKEND_*");
     STARKV_REQUIRE(p.device >= 0, "device must not be negative");
+    STARKV_REQUIRE(p.device_type >= STARKV_DEVICE_TYPE_DEFAULT && p.device_type <= STARKV_DEVICE_TYPE_F16,
+                   "device_type is not a STARKV_DEVICE_TYPE_*");
     return guarded([&] {
         starkv::ContextOptions o;
         o.n_ctx = static_cast<int>(p.n_ctx);
@@ -433,6 +435,7 @@ starkv_status starkv_context_create(const starkv_model* model, const starkv_cont
         o.backend = p.backend;
         o.device = p.device;
         o.device_memory_limit = p.device_memory_limit;
+        o.device_type = p.device_type;
         auto ctx = std::make_unique<starkv_context>();
         ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
         ctx->seed = p.seed;
@@ -566,6 +569,8 @@ starkv_status starkv_context_create_pooled(const starkv_model* model, const star
     STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
     STARKV_REQUIRE(p.backend >= STARKV_BACKEND_CPU && p.backend <= STARKV_BACKEND_AUTO, "backend is not a STARKV_BACKEND_*");
     STARKV_REQUIRE(p.device >= 0, "device must not be negative");
+    STARKV_REQUIRE(p.device_type >= STARKV_DEVICE_TYPE_DEFAULT && p.device_type <= STARKV_DEVICE_TYPE_F16,
+                   "device_type is not a STARKV_DEVICE_TYPE_*");
     STARKV_REQUIRE(q.page_tokens >= 1 && q.page_tokens <= 4096, "pool->page_tokens is not in [1, 4096]");
     STARKV_REQUIRE(q.max_sequences >= 1 && q.max_sequences <= (1u << 20), "pool->max_sequences is not in [1, 2^20]");
     return guarded([&] {
@@ -575,6 +580,7 @@ starkv_status starkv_context_create_pooled(const starkv_model* model, const star
         o.backend = p.backend;
         o.device = p.device;
         o.device_memory_limit = p.device_memory_limit;
+        o.device_type = p.device_type;
         o.page_tokens = static_cast<int>(q.page_tokens);
         o.kv_budget_bytes = q.budget_bytes;
         o.max_sequences = static_cast<int>(q.max_sequences);

@@ -92,7 +92,7 @@ double copy_bandwidth(int device) {
 }
 
 std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device,
-                                                   uint64_t memory_limit) {
+                                                   uint64_t memory_limit, int device_type) {
     if (backend == STARKV_BACKEND_CPU) return nullptr;
     // AUTO falls back for a missing device; any other failure is reported.
     auto unavailable = [&](const std::string& why) -> std::unique_ptr<DeviceForward> {
@@ -158,10 +158,13 @@ std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx
     d.rope_layout = c.rope.layout == RopeLayout::Adjacent ? STARKV_ROPE_ADJACENT : STARKV_ROPE_HALF_SPLIT;
     d.rope_n_dims = c.rope.n_dims;
     d.rope_inv_freq = model.rope().inv_freq().data();
-    // f32 (default), bf16 (weights and KV), f16 (weights; KV stays fp32: the
-    // attention kernels read fp32 or bf16).
+    // bf16 (default: weights and KV), f32, f16 (weights; KV stays fp32: the
+    // attention kernels read fp32 or bf16); the environment overrides the params.
     const char* env = std::getenv("STARKV_CUDA_DTYPE");
-    const std::string dt = env && *env ? env : "f32";
+    const std::string dt = env && *env                                ? env
+                           : device_type == STARKV_DEVICE_TYPE_F32 ? "f32"
+                           : device_type == STARKV_DEVICE_TYPE_F16 ? "f16"
+                                                                    : "bf16";
     if (dt != "f32" && dt != "bf16" && dt != "f16")
         fail(STARKV_ERR_INVALID_ARGUMENT, "STARKV_CUDA_DTYPE '" + dt + "' is not f32, bf16 or f16");
     d.weight_dtype = dt == "bf16" ? STARKV_DTYPE_BF16 : dt == "f16" ? STARKV_DTYPE_F16 : STARKV_DTYPE_F32;

@@ -38,10 +38,12 @@ private:
 // For backend CPU: nullptr. CUDA: the device forward, or Error
 // STARKV_ERR_NO_DEVICE saying why. AUTO: the device forward, or nullptr
 // after logging why the CPU is used. Weight/KV types from $STARKV_CUDA_DTYPE
-// ("f32" default, "bf16"). memory_limit (bytes, 0 = none): a device forward
-// taking more is freed, then Error STARKV_ERR_OUT_OF_MEMORY (AUTO: nullptr).
+// from device_type (STARKV_DEVICE_TYPE_*, default bf16), overridden by
+// $STARKV_CUDA_DTYPE ("f32", "bf16", "f16"). memory_limit (bytes, 0 = none): a
+// device forward taking more is freed, then Error STARKV_ERR_OUT_OF_MEMORY
+// (AUTO: nullptr).
 std::unique_ptr<DeviceForward> open_device_forward(const Model& model, int n_ctx, int backend, int device,
-                                                   uint64_t memory_limit = 0);
+                                                   uint64_t memory_limit = 0, int device_type = 0);
 
 // Device-to-device copy speed of a CUDA device (bytes read + written per
 // second); Error STARKV_ERR_NO_DEVICE without the backend or the device.

@@ -52,7 +52,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextOptions& optio
       max_sequences_(options.max_sequences),
       pool_(std::min(resolve_threads(options.n_threads), 256)),
       device_(backend::open_device_forward(*model_, fmt_.n_ctx(), options.backend, options.device,
-                                            options.device_memory_limit)) {
+                                            options.device_memory_limit, options.device_type)) {
     kv_->create(0);
 }
 

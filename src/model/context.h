@@ -33,6 +33,7 @@ struct ContextOptions {
     int backend = 0;    // STARKV_BACKEND_*
     int device = 0;     // GPU ordinal
     uint64_t device_memory_limit = 0;  // bytes on the GPU; 0 = none
+    int device_type = 0;               // STARKV_DEVICE_TYPE_*
     // The KV pool. budget 0 = n_ctx tokens of one sequence.
     int page_tokens = 16;
     uint64_t kv_budget_bytes = 0;

@@ -47,6 +47,7 @@ TEST_F(BackendSelect, DefaultIsCpu) {
     EXPECT_EQ(p.backend, STARKV_BACKEND_CPU);
     EXPECT_EQ(p.device, 0);
     EXPECT_EQ(p.device_memory_limit, 0u);
+    EXPECT_EQ(p.device_type, STARKV_DEVICE_TYPE_DEFAULT);
     EXPECT_EQ(p.struct_size, sizeof p);
     EXPECT_STREQ(starkv_status_name(STARKV_ERR_NO_DEVICE), "STARKV_ERR_NO_DEVICE");
 }
@@ -113,4 +114,14 @@ TEST_F(BackendSelect, CpuIgnoresTheDeviceMemoryLimit) {
     starkv_context* ctx = nullptr;
     ASSERT_EQ(starkv_context_create(model, &p, &ctx), STARKV_OK) << starkv_last_error();
     starkv_context_free(ctx);
+}
+
+TEST_F(BackendSelect, BadDeviceTypeIsInvalid) {
+    starkv_context_params p;
+    starkv_context_params_default(&p);
+    p.n_ctx = 64;
+    p.device_type = 9;
+    starkv_context* ctx = nullptr;
+    EXPECT_EQ(starkv_context_create(model, &p, &ctx), STARKV_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ctx, nullptr);
 }

@@ -578,7 +578,7 @@ int main(int argc, char** argv) {
     run->add_flag("--ignore-eos", ra.ignore_eos, "keep generating after end of sequence");
     run->add_option("--backend", ra.backend, "cpu, cuda or auto (cuda when a GPU is there, else cpu)")
         ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-    run->add_option("--cuda-dtype", ra.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")
+    run->add_option("--cuda-dtype", ra.cuda_dtype, "GPU weights: bf16 (default, and bf16 KV), f32 or f16 (fp32 KV)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string pmodel, ptext;
@@ -593,7 +593,7 @@ int main(int argc, char** argv) {
     std::string pbackend = "cpu";
     ppl->add_option("--backend", pbackend, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
     std::string pdtype;
-    ppl->add_option("--cuda-dtype", pdtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    ppl->add_option("--cuda-dtype", pdtype, "GPU weights: bf16 (default, and bf16 KV), f32 or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string imodel;
     auto* info = app.add_subcommand("info", "what a model file holds");
@@ -638,7 +638,7 @@ int main(int argc, char** argv) {
     bench->add_option("--gen", ba.gen, "decode steps per sequence")->check(CLI::Range(1, 1 << 20));
     bench->add_option("--threads,-t", ba.threads, "CPU threads (0 = all)")->check(CLI::Range(0u, 1024u));
     bench->add_option("--json", ba.json, "also write the results as JSON to this file");
-    bench->add_option("--cuda-dtype", ba.cuda_dtype, "GPU weights: f32 (default), bf16 (and bf16 KV) or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    bench->add_option("--cuda-dtype", ba.cuda_dtype, "GPU weights: bf16 (default, and bf16 KV), f32 or f16 (fp32 KV)")->check(CLI::IsMember({"f32", "bf16", "f16"}));
 
     std::string inspect_path;
     auto* inspect = app.add_subcommand("inspect", "a bundle's metadata, tensor table and provenance");
