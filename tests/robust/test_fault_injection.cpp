@@ -62,6 +62,16 @@ void* operator new(size_t n, const std::nothrow_t&) noexcept {
 void* operator new[](size_t n, const std::nothrow_t&) noexcept {
     try { return counted_alloc(n, 0); } catch (...) { return nullptr; }
 }
+// The aligned nothrow forms too (the KV pool's pages use them): left to the
+// runtime, a sanitizer's own allocator would hand out what free() then releases.
+void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+    try { return counted_alloc(n, static_cast<size_t>(a)); } catch (...) { return nullptr; }
+}
+void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+    try { return counted_alloc(n, static_cast<size_t>(a)); } catch (...) { return nullptr; }
+}
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
