@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "byte_level.h"
 #include "core/error.h"
 #include "model/loader.h"
 #include "test_paths.h"
@@ -24,30 +25,10 @@ using starkv::Tokenizer;
 using starkv::TokenType;
 using starkv::Vocab;
 
-// GPT-2's bytes_to_unicode, written out again here (not shared with the library).
-std::string byte_char(unsigned char b) {
-    int cp;
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE)) {
-        cp = b;
-    } else {
-        int n = 0;  // rank of b among the remapped bytes
-        for (int x = 0; x < b; ++x)
-            if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE))) ++n;
-        cp = 256 + n;
-    }
-    std::string s;
-    if (cp < 0x80) {
-        s += static_cast<char>(cp);
-    } else {
-        s += static_cast<char>(0xC0 | (cp >> 6));
-        s += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    return s;
-}
-
+// Raw bytes as a byte-level vocabulary spells them (GPT-2's map, independent of the library).
 std::string mapped(std::string_view raw) {
     std::string s;
-    for (unsigned char c : raw) s += byte_char(c);
+    for (unsigned char c : raw) s += starkv_test::hf_byte_token(c);
     return s;
 }
 
