@@ -416,31 +416,8 @@ __asm__(".symver starkv_context_params_default,starkv_context_params_default@@@S
 
 starkv_status starkv_context_create(const starkv_model* model, const starkv_context_params* params,
                                     starkv_context** out_ctx) {
-    STARKV_REQUIRE(out_ctx, "out_ctx is NULL");
-    *out_ctx = nullptr;
-    STARKV_REQUIRE(model, "model is NULL");
-    starkv_context_params p;
-    starkv_context_params_default(&p);
-    STARKV_REQUIRE(read_params(params, p), "params->struct_size is invalid (use starkv_context_params_default)");
-    STARKV_REQUIRE(p.n_ctx <= (1u << 24), "n_ctx is too large");
-    STARKV_REQUIRE(p.n_threads <= 1024, "n_threads is too large");
-    STARKV_REQUIRE(p.backend >= STARKV_BACKEND_CPU && p.backend <= STARKV_BACKEND_AUTO, "backend is not a STARKV_BACKEND_*");
-    STARKV_REQUIRE(p.device >= 0, "device must not be negative");
-    STARKV_REQUIRE(p.device_type >= STARKV_DEVICE_TYPE_DEFAULT && p.device_type <= STARKV_DEVICE_TYPE_F16,
-                   "device_type is not a STARKV_DEVICE_TYPE_*");
-    return guarded([&] {
-        starkv::ContextOptions o;
-        o.n_ctx = static_cast<int>(p.n_ctx);
-        o.n_threads = static_cast<int>(p.n_threads);
-        o.backend = p.backend;
-        o.device = p.device;
-        o.device_memory_limit = p.device_memory_limit;
-        o.device_type = p.device_type;
-        auto ctx = std::make_unique<starkv_context>();
-        ctx->ctx = std::make_unique<starkv::Context>(model->model, o);
-        ctx->seed = p.seed;
-        *out_ctx = ctx.release();
-    });
+    // The default pool: n_ctx tokens of one sequence (what a context always held).
+    return starkv_context_create_pooled(model, params, nullptr, out_ctx);
 }
 
 void starkv_context_free(starkv_context* ctx) { delete ctx; }
