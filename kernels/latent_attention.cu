@@ -73,6 +73,14 @@ __device__ inline __half from_float<__half>(float x) {
     return __float2half_rn(x);
 }
 
+// 2^x with the SFU (no denormal handling: arguments are <= 0 and results below 2^-126 do not matter
+// next to the running sum's leading term); 2^-inf = 0.
+__device__ inline float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // (m, l) of two softmax partials in base 2, merged.
 __device__ inline void merge_ml(float& m, float& l, float mo, float lo) {
     const float mn = fmaxf(m, mo);
@@ -690,6 +698,325 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
     }
 }
 
+// ---- v8: the rotation as a table of absolute angles (LatentScoresKernel::RopeTable) ----
+// q . R(p) U z = c(p) . (M z), with c(p) = [cos(p t_i) | sin(p t_i)] (HD values, shared by every head
+// and sequence) and M = [A0; B0] the query folded into U (HD x R per query head, built once per block).
+// So W = C M, with C the table rows of the tile's 64 positions, is one tensor-core product per tile
+// and query head, and score_o = z_o . W_o is R FMAs: no key is reconstructed, nothing is rotated per
+// tile. The table (fp16, one 256-byte row per position, written in mma A-fragment order so each lane
+// loads its fragment with one 16-byte load) is built once per call in the workspace and read
+// through L2; a block scores QB query heads (up to 4, of one or more KV heads), so each table row is
+// read n_head / QB times per step. fp16 cos/sin are within 2.4e-4 of the exact values.
+
+constexpr int kStagesT = 2;       // tiles (key latents + table rows) per block in shared memory
+constexpr int kQbMax = 4;         // query heads per block
+constexpr int kThreadsT = 256;    // 8 warps: warp w scores 16 keys (slab w % 4) for 2 of the 4 heads (w / 4)
+
+// Pair i's two dimensions: rotated pairs first, then the plain dimensions two by two (angle 0).
+__device__ inline void rope_pair_dims(int i, int rope_dims, bool half_split, int& a, int& bb) {
+    const int np = rope_dims / 2;
+    if (i < np) {
+        a = half_split ? i : 2 * i;
+        bb = half_split ? i + np : 2 * i + 1;
+    } else {
+        a = rope_dims + 2 * (i - np);
+        bb = a + 1;
+    }
+}
+
+// Table entry of (16-row slab s, k-step ks, lane): rows 16 s + lane/4 (+8), channels 16 ks + 2 (lane%4)
+// (+1, +8, +9); channel c < HD/2 is cos of pair c, else sin of pair c - HD/2.
+template <int HD>
+__global__ void latent_rope_table_kernel(uint4* tab, const double* inv_freq, int np, int n_slab) {
+    constexpr int KS = HD / 16;
+    const long long total = static_cast<long long>(n_slab) * KS * 32;
+    for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < total;
+         e += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const int lane = static_cast<int>(e % 32), ks = static_cast<int>((e / 32) % KS);
+        const int slab = static_cast<int>(e / (32 * KS));
+        uint32_t w[4];
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            const int row = slab * 16 + lane / 4 + (f & 1) * 8;
+            const int c0 = ks * 16 + 2 * (lane % 4) + (f >> 1) * 8;
+            float v[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int c = c0 + j, i = c < HD / 2 ? c : c - HD / 2;
+                double s = 0.0, co = 1.0;
+                if (i < np) sincos(static_cast<double>(row) * inv_freq[i], &s, &co);
+                v[j] = static_cast<float>(c < HD / 2 ? co : s);
+            }
+            w[f] = pack_half2(v[0], v[1]);
+        }
+        tab[e] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+struct TableScoreParams {
+    ScoreParams sp;
+    const uint4* tab;
+    int QB;   // query heads per block
+    int NKV;  // KV heads per block (QB / G, or 1 when a group spans several blocks)
+    bool half_split;
+};
+
+__host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int NKV, size_t elem) {
+    return static_cast<size_t>(kStagesT) * NKV * kTile * (R + kPad) * elem +               // key latents
+           static_cast<size_t>(kStagesT) * kTile * hd * sizeof(__half) +                   // table rows
+           static_cast<size_t>(QB) * R * (hd + kPad) * sizeof(__half) + 8 * kQbMax * sizeof(float2);
+}
+
+// Block: (chunk of keys, QB query heads, sequence); 8 warps. Per tile of 64 keys: the key latents of
+// the block's KV heads and the 64 table rows arrive by cp.async (one tile ahead); warp w multiplies
+// its slab's table fragments by M of its two heads (tensor cores) and dots the result with the
+// latents. JPM: 16-rank steps of the largest rank; the products of both heads (JPM <= 2) or of all
+// rank steps run interleaved, 8+ independent mma chains per warp (one chain of 16 was latency-bound).
+template <typename T, int HD, int JPM>
+__global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScoreParams tp) {
+    constexpr int NP = HD / 2, KS = HD / 16, MS = HD + kPad;
+    constexpr int kTabU4 = kTile / 16 * KS * 32;  // uint4 per tile of table rows
+    constexpr int NH = JPM <= 2 ? 2 : 1;          // heads whose products are interleaved
+    constexpr int kZIter = (JPM * 16 * kTile / 8 + kThreadsT - 1) / kThreadsT;
+    const ScoreParams& p = tp.sp;
+    const int QB = tp.QB, NKV = tp.NKV, G = p.G;
+    const int chunk = blockIdx.x, hq0 = blockIdx.y * QB, b = blockIdx.z, kv0 = hq0 / G;
+    const int n = min(p.n_keys[b], p.max_keys);
+    const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int slab = warp % 4, hh = warp / 4;  // 16-key slab of the tile; heads 2 hh, 2 hh + 1
+    float2* ml_out = p.ml + (static_cast<size_t>(b) * p.n_head + hq0) * p.n_chunk + chunk;
+    if (k0 >= k_end) {
+        if (tid < QB) ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
+    int Rmax = 16;
+    for (int j = 0; j < NKV; ++j) Rmax = max(Rmax, p.rpad[kv0 + j]);
+    const int ZS = kTile * (Rmax + kPad);  // one KV head's slot of a stage
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint4* Ts = reinterpret_cast<uint4*>(smem);                         // [stage][kTabU4] table fragments
+    T* Zs = reinterpret_cast<T*>(Ts + kStagesT * kTabU4);               // [stage][NKV][kTile][R + kPad]
+    __half* Ms = reinterpret_cast<__half*>(Zs + kStagesT * NKV * ZS);  // [QB][Rmax][MS]
+    float2* red = reinterpret_cast<float2*>(Ms + QB * Rmax * MS);      // [8][kQbMax]
+
+    const T* zbase = static_cast<const T*>(p.k_lat) + b * p.seq_stride;
+    const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
+    // Tile t: the table rows (contiguous, fragment order) and every KV head's latents (source rows
+    // contiguous, R elements each; shared rows padded for conflict-free reads; rows past k_end zero).
+    // Per KV head: log2 of the 16-byte pieces per row (every padded rank up to 128 but 48, 80, 96,
+    // 112 is 16 times a power of two; those take a float division), so a piece's row is a shift.
+    auto piece_row = [](int e, int per_row) {
+        return (per_row & (per_row - 1)) == 0
+                   ? e >> (__ffs(per_row) - 1)
+                   : static_cast<int>((static_cast<float>(e) + 0.5f) / static_cast<float>(per_row));
+    };
+    // With at most 32 ranks (one 16-byte piece per thread and KV head) every piece's source offset,
+    // shared-memory offset and row are fixed from tile to tile: computed once here.
+    int zsrc[kQbMax], zdst[kQbMax], zrow[kQbMax], zstep[kQbMax];
+    if constexpr (kZIter == 1) {
+#pragma unroll
+        for (int j = 0; j < kQbMax; ++j) {
+            const int R = j < NKV ? p.rpad[kv0 + j] : 16, per_row = R / 8;
+            const int row = piece_row(tid, per_row), col = tid - row * per_row;
+            const bool have = j < NKV && tid < kTile * per_row;
+            zsrc[j] = (j < NKV ? p.ctx_cap * p.roff[kv0 + j] : 0) + k0 * R + tid * 8;
+            zdst[j] = have ? j * ZS + row * (R + kPad) + col * 8 : -1;
+            zrow[j] = k0 + row;
+            zstep[j] = kTile * R;
+        }
+    }
+    const uint4* tab0 = tp.tab + static_cast<size_t>(k0 / 16) * KS * 32 + tid;
+    auto load = [&](int t) {
+        const uint4* tsrc = tab0 + static_cast<size_t>(t) * kTabU4;
+        uint4* tdst = Ts + (t % kStagesT) * kTabU4 + tid;
+#pragma unroll
+        for (int k = 0; k < kTabU4 / kThreadsT; ++k) cp_async16(tdst + k * kThreadsT, tsrc + k * kThreadsT, true);
+        T* dst0 = Zs + (t % kStagesT) * NKV * ZS;
+        if constexpr (kZIter == 1) {
+#pragma unroll
+            for (int j = 0; j < kQbMax; ++j) {
+                if (zdst[j] >= 0) {
+                    const bool ok = zrow[j] + t * kTile < k_end;
+                    cp_async16(dst0 + zdst[j], ok ? zbase + zsrc[j] + t * zstep[j] : zbase, ok);
+                }
+            }
+        } else {
+            const int t0 = k0 + t * kTile;
+            for (int j = 0; j < NKV; ++j) {
+                const int R = p.rpad[kv0 + j], per_row = R / 8;
+                const T* src = zbase + static_cast<size_t>(p.ctx_cap) * p.roff[kv0 + j] + static_cast<size_t>(t0) * R;
+#pragma unroll
+                for (int k = 0; k < kZIter; ++k) {
+                    const int e = tid + k * kThreadsT;
+                    if (e < kTile * per_row) {
+                        const int row = piece_row(e, per_row), col = e - row * per_row;
+                        const bool ok = t0 + row < k_end;
+                        cp_async16(dst0 + j * ZS + row * (R + kPad) + col * 8, ok ? src + e * 8 : zbase, ok);
+                    }
+                }
+            }
+        }
+    };
+    load(0);
+    cp_async_commit();
+
+    // M of each query head, rank-major: M[k][i] = A0_i[k], M[k][NP + i] = B0_i[k] (scale and log2 e
+    // in). A thread owns one pair i (its two dimensions and query values) and every (256 / NP)-th
+    // pair of ranks: U's rows are read two ranks at a time.
+    {
+        const int i = tid % NP, kq = tid / NP;
+        int a, bb;
+        rope_pair_dims(i, p.rope_dims, tp.half_split, a, bb);
+        for (int j = 0; j < QB; ++j) {
+            const int hq = hq0 + j, kvh = hq / G, R = p.rpad[kvh];
+            const T* ua_row = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[kvh] + a * R;
+            const T* ub_row = ua_row + (bb - a) * R;
+            const float* q = p.q + (static_cast<size_t>(b) * p.n_head + hq) * HD;
+            const float qa = p.scale_log2 * q[a], qb = p.scale_log2 * q[bb];
+            __half* Mj = Ms + j * Rmax * MS + i;
+            for (int k = 2 * kq; k < R; k += 2 * (kThreadsT / NP)) {
+                const float2 ua = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(ua_row + k),
+                                                       static_cast<T*>(nullptr));
+                const float2 ub = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(ub_row + k),
+                                                       static_cast<T*>(nullptr));
+                Mj[k * MS] = __float2half_rn(qa * ua.x + qb * ub.x);
+                Mj[(k + 1) * MS] = __float2half_rn(qa * ua.y + qb * ub.y);
+                Mj[k * MS + NP] = __float2half_rn(qb * ua.x - qa * ub.x);
+                Mj[(k + 1) * MS + NP] = __float2half_rn(qb * ua.y - qa * ub.y);
+            }
+        }
+    }
+
+    const int rr = lane / 4, x = 2 * (lane % 4);
+    const int R0 = slab * 16 + rr, R1 = R0 + 8;
+    const int b_off = ((lane / 16) * 8 + lane % 8) * MS + ((lane / 8) % 2) * 8;
+    // This warp's two heads, hoisted out of the tile loop (R = 0: no such head).
+    int hR[2], hZ[2], hM[2];
+    float* hS[2];
+    float m[2], l[2];
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * hh + jj;
+        const int kvh = j < QB ? (hq0 + j) / G : kv0;
+        hR[jj] = j < QB ? p.rpad[kvh] : 0;
+        hZ[jj] = (kvh - kv0) * ZS;
+        hM[jj] = j * Rmax * MS + b_off;
+        hS[jj] = p.scores + (static_cast<size_t>(b) * p.n_head + hq0 + j) * p.keys_pad;
+        m[jj] = -INFINITY;
+        l[jj] = 0.0f;
+    }
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<0>();
+        __syncthreads();  // tile t (and M) visible; the other stage no longer read
+        if (t + 1 < n_tiles) load(t + 1);
+        cp_async_commit();
+
+        const uint4* Tt = Ts + (t % kStagesT) * kTabU4 + slab * KS * 32 + lane;
+        uint32_t af[KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            const uint4 v = Tt[ks * 32];
+            af[ks][0] = v.x;
+            af[ks][1] = v.y;
+            af[ks][2] = v.z;
+            af[ks][3] = v.w;
+        }
+        const T* Zt = Zs + (t % kStagesT) * NKV * ZS;
+        const int t0 = k0 + t * kTile;
+        const bool v0 = t0 + R0 < k_end, v1 = t0 + R1 < k_end;
+#pragma unroll
+        for (int g0 = 0; g0 < 2; g0 += NH) {
+            float w[NH][JPM][2][4];
+#pragma unroll
+            for (int h = 0; h < NH; ++h)
+#pragma unroll
+                for (int jp = 0; jp < JPM; ++jp)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) w[h][jp][c][i] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+                for (int h = 0; h < NH; ++h) {
+#pragma unroll
+                    for (int jp = 0; jp < JPM; ++jp) {
+                        if (16 * jp < hR[g0 + h]) {
+                            uint32_t bf[4];
+                            ldsm_x4(bf, Ms + hM[g0 + h] + 16 * jp * MS + ks * 16);
+                            mma<__half>(w[h][jp][0], af[ks], bf[0], bf[1]);
+                            mma<__half>(w[h][jp][1], af[ks], bf[2], bf[3]);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int h = 0; h < NH; ++h) {
+                const int jj = g0 + h;
+                if (hR[jj] == 0) continue;
+                const T* Z = Zt + hZ[jj];
+                const int RS = hR[jj] + kPad;
+                float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+                for (int jp = 0; jp < JPM; ++jp) {
+                    if (16 * jp < hR[jj]) {
+#pragma unroll
+                        for (int c2 = 0; c2 < 2; ++c2) {
+                            const int col = 16 * jp + 8 * c2 + x;
+                            const float2 z0 = half2_bits_to_float2(
+                                *reinterpret_cast<const uint32_t*>(Z + R0 * RS + col), static_cast<T*>(nullptr));
+                            const float2 z1 = half2_bits_to_float2(
+                                *reinterpret_cast<const uint32_t*>(Z + R1 * RS + col), static_cast<T*>(nullptr));
+                            s0 = fmaf(w[h][jp][c2][0], z0.x, fmaf(w[h][jp][c2][1], z0.y, s0));
+                            s1 = fmaf(w[h][jp][c2][2], z1.x, fmaf(w[h][jp][c2][3], z1.y, s1));
+                        }
+                    }
+                }
+                s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+                s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+                if (lane % 4 == jj && v0) hS[jj][t0 + R0] = s0;
+                if (lane % 4 == jj && v1) hS[jj][t0 + R1] = s1;
+                // Online softmax, rescaled only when the running max grows.
+                const float a0 = v0 ? s0 : -INFINITY, a1 = v1 ? s1 : -INFINITY;
+                const float mx = fmaxf(a0, a1);
+                if (mx > m[jj]) {  // also the first valid key (m = -inf: l is 0, 2^-inf = 0)
+                    l[jj] *= fast_exp2(m[jj] - mx);
+                    m[jj] = mx;
+                }
+                if (mx > -INFINITY) l[jj] += fast_exp2(a0 - m[jj]) + fast_exp2(a1 - m[jj]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // Every lane of a quad holds the same row statistics; merge the 8 row groups, then the 4 slabs.
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+        if (hR[jj] > 0) {
+            for (int off = 4; off < 32; off *= 2) {
+                const float mo = __shfl_xor_sync(0xffffffffu, m[jj], off);
+                const float lo = __shfl_xor_sync(0xffffffffu, l[jj], off);
+                merge_ml(m[jj], l[jj], mo, lo);
+            }
+            if (lane == 0) red[warp * kQbMax + 2 * hh + jj] = make_float2(m[jj], l[jj]);
+        }
+    }
+    __syncthreads();
+    if (tid < QB) {
+        const int h2 = tid / 2;
+        float mm = -INFINITY, ll = 0.0f;
+        for (int sl = 0; sl < 4; ++sl) {
+            const float2 v = red[(h2 * 4 + sl) * kQbMax + tid];
+            merge_ml(mm, ll, v.x, v.y);
+        }
+        ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(mm, ll);
+    }
+}
+
 // ---- pass 2: probability-weighted value latents ----
 
 struct ValueParams {
@@ -927,10 +1254,31 @@ __global__ void __launch_bounds__(256) latent_expand_kernel(const T* vu, const f
 
 struct Plan {
     int G = 0, HP = 0, chunk1 = 0, n_chunk1 = 0, chunk2 = 0, n_chunk2 = 0, n_slice = 0, keys_pad = 0;
+    int max_r = 16;
+    LatentScoresKernel kernel = LatentScoresKernel::KeyRotation;  // resolved: never Auto
+    int QB = 1, NKV = 1;                                          // RopeTable: query / KV heads per block
     long long seq_stride = 0;
     int roff[kLatMaxKvHeads] = {};
-    size_t off_ml = 0, off_part = 0, off_acc = 0, total = 0;
+    size_t off_ml = 0, off_part = 0, off_acc = 0, off_tab = 0, total = 0;
 };
+
+// The folded-rotation scores kernel while its shared memory (M0 and M(p0) per query head) leaves room
+// for 2 blocks per SM; else the key-side rotation kernel.
+constexpr size_t kScoreWMaxSmem = 112 * 1024;
+
+// RopeTable: the most query heads per block (4, 3, 2, 1) that keep whole groups or stay inside one,
+// divide n_head, and leave room for 2 blocks per SM. false: none fits.
+bool pick_table_heads(const LatentAttnShape& s, int G, int max_r, size_t elem, int* QB, int* NKV) {
+    for (int qb = kQbMax; qb >= 1; --qb) {
+        if (s.n_head % qb != 0 || (qb % G != 0 && G % qb != 0)) continue;
+        const int nkv = qb >= G ? qb / G : 1;
+        if (score_t_smem_bytes(s.head_dim, max_r, qb, nkv, elem) > kScoreWMaxSmem) continue;
+        *QB = qb;
+        *NKV = nkv;
+        return true;
+    }
+    return false;
+}
 
 size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -953,18 +1301,39 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
         sum += latent_rank_pad(s.k_rank[h]);
     }
     pl->seq_stride = sum * s.ctx_cap;
+    for (int h = 0; h < s.n_kv; ++h) pl->max_r = std::max(pl->max_r, latent_rank_pad(s.k_rank[h]));
+    // Measured (H100, docs/perf/attention.md): the table kernel wins for MHA and GQA at 4K-32K.
+    const size_t elem = 2;
+    // (The table kernel keeps a sequence's latent offsets in 32-bit integers.)
+    const bool table_ok = pl->seq_stride < (1LL << 31) && pick_table_heads(s, pl->G, pl->max_r, elem, &pl->QB, &pl->NKV);
+    const bool fold_ok = score_w_smem_bytes(s.head_dim, pl->max_r, pl->G, elem) <= kScoreWMaxSmem;
+    switch (s.scores_kernel) {
+        case LatentScoresKernel::Auto:
+        case LatentScoresKernel::RopeTable:
+            pl->kernel = table_ok ? LatentScoresKernel::RopeTable : LatentScoresKernel::KeyRotation;
+            break;
+        case LatentScoresKernel::QueryFold:
+            pl->kernel = fold_ok ? LatentScoresKernel::QueryFold : LatentScoresKernel::KeyRotation;
+            break;
+        case LatentScoresKernel::KeyRotation: pl->kernel = LatentScoresKernel::KeyRotation; break;
+    }
+    const int score_blocks_per_chunk =
+        pl->kernel == LatentScoresKernel::RopeTable ? s.n_head / pl->QB : s.n_kv;
     int dev = 0, sms = 132;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     const long long target = 16LL * sms;  // blocks per pass: enough waves that the tail is small
     const int keys = s.max_keys > 0 ? s.max_keys : 1;
     const int max_chunks = ceil_div(keys, kTile);
-    auto split = [&](long long pairs, int cap, int* chunk, int* n_chunk) {
-        int c = static_cast<int>(std::min<long long>(std::max<long long>(ceil_div(target, pairs), 1), cap));
+    auto split = [&](long long pairs, int cap, int* chunk, int* n_chunk, long long want = 0) {
+        const long long blocks = want > 0 ? want : target;
+        int c = static_cast<int>(std::min<long long>(std::max<long long>(ceil_div(blocks, pairs), 1), cap));
         c = std::min(c, max_chunks);
         *chunk = ceil_div(ceil_div(keys, c), kTile) * kTile;
         *n_chunk = ceil_div(keys, *chunk);
     };
-    split(static_cast<long long>(s.n_seq) * s.n_kv, max_chunks, &pl->chunk1, &pl->n_chunk1);
+    // The table kernel builds M per block: fewer, longer chunks (about 4 waves of 2 blocks per SM).
+    split(static_cast<long long>(s.n_seq) * score_blocks_per_chunk, max_chunks, &pl->chunk1, &pl->n_chunk1,
+          pl->kernel == LatentScoresKernel::RopeTable ? 8LL * sms : 0);
     pl->n_slice = s.v_rank / kSlice;
     // Each value chunk writes n_head * v_rank fp32 partials; keep them a few % of the latents read.
     split(static_cast<long long>(s.n_seq) * pl->n_slice, std::max(1, keys / (24 * s.n_head)), &pl->chunk2,
@@ -976,7 +1345,11 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     pl->off_part = pl->off_ml + align256(static_cast<size_t>(s.n_seq) * s.n_head * pl->n_chunk1 * sizeof(float2));
     pl->off_acc =
         pl->off_part + align256(static_cast<size_t>(s.n_seq) * pl->n_chunk2 * s.n_head * s.v_rank * sizeof(float));
-    pl->total = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
+    pl->off_tab = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
+    const size_t tab = pl->kernel == LatentScoresKernel::RopeTable
+                           ? static_cast<size_t>(pl->keys_pad) * s.head_dim * sizeof(__half)
+                           : 0;
+    pl->total = pl->off_tab + align256(tab);
     return true;
 }
 
@@ -999,10 +1372,6 @@ cudaError_t launch_scores(const ScoreParams& p, dim3 grid, int max_r, cudaStream
     return launch_scores_g<T, HD, HALF, 8>(p, grid, max_r, st);
 }
 
-// The folded-rotation scores kernel while its shared memory (M0 and M(p0) per query head) leaves room
-// for 2 blocks per SM; else the key-side rotation kernel.
-constexpr size_t kScoreWMaxSmem = 112 * 1024;
-
 template <typename T, int HD, int GM>
 cudaError_t launch_scores_w_g(const ScoreParams& p, bool half, dim3 grid, int max_r, cudaStream_t st) {
     const bool two_buf = score_w_smem_bytes(HD, max_r, p.G, sizeof(T), 2) <= kScoreWMaxSmem;
@@ -1020,6 +1389,31 @@ cudaError_t launch_scores_w(const ScoreParams& p, bool half, dim3 grid, int max_
     if (p.G == 2) return launch_scores_w_g<T, HD, 2>(p, half, grid, max_r, st);
     if (p.G <= 4) return launch_scores_w_g<T, HD, 4>(p, half, grid, max_r, st);
     return launch_scores_w_g<T, HD, 8>(p, half, grid, max_r, st);
+}
+
+template <typename T, int HD>
+cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq,
+                            cudaStream_t st) {
+    const int n_slab = pl.keys_pad / 16;
+    const long long entries = static_cast<long long>(n_slab) * (HD / 16) * 32;
+    const int tblocks = static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
+    latent_rope_table_kernel<HD><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq,
+                                                           tp.sp.rope_dims / 2, n_slab);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.QB, tp.NKV, sizeof(T));
+    const dim3 grid(pl.n_chunk1, tp.sp.n_head / tp.QB, n_seq);
+    auto go = [&](auto kernel) {
+        const cudaError_t r =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (r != cudaSuccess) return r;
+        kernel<<<grid, kThreadsT, smem, st>>>(tp);
+        return cudaGetLastError();
+    };
+    if (pl.max_r <= 16) return go(latent_scores_t_kernel<T, HD, 1>);
+    if (pl.max_r <= 32) return go(latent_scores_t_kernel<T, HD, 2>);
+    if (pl.max_r <= 64) return go(latent_scores_t_kernel<T, HD, 4>);
+    return go(latent_scores_t_kernel<T, HD, 8>);
 }
 
 template <typename T, int MT>
@@ -1058,20 +1452,23 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     sp.n_chunk = pl.n_chunk1;
     sp.seq_stride = pl.seq_stride;
     sp.scale_log2 = a.scale * kLog2e;
-    int max_r = 16;
     for (int h = 0; h < s.n_kv; ++h) {
         sp.rpad[h] = latent_rank_pad(s.k_rank[h]);
         sp.roff[h] = pl.roff[h];
-        max_r = std::max(max_r, sp.rpad[h]);
     }
+    const int max_r = pl.max_r;
     const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
     cudaError_t e;
-    // Measured (H100, docs/perf/attention.md): QueryFold wins for MHA (4K-32K); for GQA its per-head
-    // rotation of M costs more than the key-side rotation it saves.
-    const bool fold_fits = score_w_smem_bytes(s.head_dim, max_r, pl.G, sizeof(T)) <= kScoreWMaxSmem;
-    const bool fold = fold_fits && (s.scores_kernel == LatentScoresKernel::QueryFold ||
-                                    (s.scores_kernel == LatentScoresKernel::Auto && pl.G == 1));
-    if (fold)
+    if (pl.kernel == LatentScoresKernel::RopeTable) {
+        TableScoreParams tp{};
+        tp.sp = sp;
+        tp.tab = reinterpret_cast<const uint4*>(ws + pl.off_tab);
+        tp.QB = pl.QB;
+        tp.NKV = pl.NKV;
+        tp.half_split = s.rope_half_split;
+        e = s.head_dim == 128 ? launch_scores_t<T, 128>(tp, pl, a.inv_freq, s.n_seq, st)
+                              : launch_scores_t<T, 64>(tp, pl, a.inv_freq, s.n_seq, st);
+    } else if (pl.kernel == LatentScoresKernel::QueryFold)
         e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
                               : launch_scores_w<T, 64>(sp, s.rope_half_split, g1, max_r, st);
     else if (s.head_dim == 128)

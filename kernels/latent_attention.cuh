@@ -35,10 +35,12 @@ constexpr int kLatMaxGroup = 8;      // query heads per KV head
 // loader goes: everything after the shared-memory tile is format-independent.
 enum class LatentFormat { F16, BF16 };
 
-// Which scores kernel: RoPE on the key side (each reconstructed key rotated, v3) or folded into the
-// query side (v4: W = [cos sin] x M(p0) on tensor cores). Auto picks by measurement (MHA: QueryFold,
-// GQA: KeyRotation); a forced QueryFold whose shared memory does not fit runs KeyRotation. Tests force each.
-enum class LatentScoresKernel { Auto, KeyRotation, QueryFold };
+// Which scores kernel: RoPE on the key side (each reconstructed key rotated, v3), folded into the
+// query side with in-tile offsets (v4-v7: W = [cos sin] x M(p0), M rotated per tile), or with a
+// table of absolute angles (v8: W = C(p) x M, C read from a per-call table, nothing rotated per
+// tile). Auto picks by measurement (docs/perf/attention.md); a forced kernel whose shared memory
+// does not fit runs KeyRotation. Tests force each.
+enum class LatentScoresKernel { Auto, KeyRotation, QueryFold, RopeTable };
 
 struct LatentAttnShape {
     int n_seq = 0;             // sequences in the batch, one query token each

@@ -206,8 +206,9 @@ int main(int argc, char** argv) {
     const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
     const char* kname = argc > 3 ? argv[3] : "auto";
     const LatentScoresKernel sk = std::strcmp(kname, "key") == 0    ? LatentScoresKernel::KeyRotation
-                                  : std::strcmp(kname, "fold") == 0 ? LatentScoresKernel::QueryFold
-                                                                    : LatentScoresKernel::Auto;
+                                  : std::strcmp(kname, "fold") == 0  ? LatentScoresKernel::QueryFold
+                                  : std::strcmp(kname, "table") == 0 ? LatentScoresKernel::RopeTable
+                                                                     : LatentScoresKernel::Auto;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const double bw = copy_bandwidth();

@@ -359,50 +359,62 @@ TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
     EXPECT_LT(worst / scale, 1e-12);
 }
 
+const char* kernel_name(LatentScoresKernel k) {
+    return k == LatentScoresKernel::QueryFold   ? "query fold"
+           : k == LatentScoresKernel::RopeTable ? "angle table"
+                                                : "key rotation";
+}
+
 TEST(LatentAttention, MhaBf16RaggedRanksAdjacentRope) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{3, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1, 77, 300}, 301};
-    // Both scores kernels (the key-side rotation and the query-side fold).
-    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+    // Every scores kernel (key-side rotation, query-side fold, angle table).
+    for (LatentScoresKernel k :
+         {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold, LatentScoresKernel::RopeTable}) {
         c.scores = k;
         const double e = run_case<Bf16>(c);
         EXPECT_LT(e, 1e-2) << "rel err " << e;
         std::printf("[latent] MHA bf16 ragged ranks (%s): rel err %.2e\n",
-                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+                    kernel_name(k), e);
     }
 }
 
 TEST(LatentAttention, GqaF16HalfSplitPartialRope) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{2, 8, 2, 64, 32, true, 128, {24, 64}, {129, 1000}, 1003};
-    // Both scores kernels (the key-side rotation and the query-side fold).
-    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+    // Every scores kernel (key-side rotation, query-side fold, angle table).
+    for (LatentScoresKernel k :
+         {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold, LatentScoresKernel::RopeTable}) {
         c.scores = k;
         const double e = run_case<F16>(c);
         EXPECT_LT(e, 3e-3) << "rel err " << e;
         std::printf("[latent] GQA fp16 half-split partial rope (%s): rel err %.2e\n",
-                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+                    kernel_name(k), e);
     }
 }
 
 TEST(LatentAttention, GqaBf16FullHalfSplitGroup8) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     Case c{2, 16, 2, 128, 128, true, 128, {128, 33}, {65, 64}, 70};
-    const double e = run_case<Bf16>(c);
-    EXPECT_LT(e, 1e-2) << "rel err " << e;
-    std::printf("[latent] GQA bf16 group 8, rank 128: rel err %.2e\n", e);
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::RopeTable}) {
+        c.scores = k;
+        const double e = run_case<Bf16>(c);
+        EXPECT_LT(e, 1e-2) << "rel err " << e;
+        std::printf("[latent] GQA bf16 group 8, rank 128 (%s): rel err %.2e\n", kernel_name(k), e);
+    }
 }
 
 TEST(LatentAttention, Llama3ShapesLongContext) {
     if (!have_device()) GTEST_SKIP() << "no CUDA device";
     if (small()) GTEST_SKIP() << "STARKV_LATENT_TEST_SMALL";
     Case c{2, 32, 8, 128, 128, false, 256, {32, 32, 32, 32, 32, 32, 32, 32}, {4097, 2500}, 4100};
-    // Both scores kernels (the key-side rotation and the query-side fold).
-    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold}) {
+    // Every scores kernel (key-side rotation, query-side fold, angle table).
+    for (LatentScoresKernel k :
+         {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold, LatentScoresKernel::RopeTable}) {
         c.scores = k;
         const double e = run_case<F16>(c);
         EXPECT_LT(e, 3e-3) << "rel err " << e;
         std::printf("[latent] Llama-3 shapes fp16, 4097 keys (%s): rel err %.2e\n",
-                    k == LatentScoresKernel::QueryFold ? "query fold" : "key rotation", e);
+                    kernel_name(k), e);
     }
 }
