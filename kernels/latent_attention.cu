@@ -1017,6 +1017,197 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     }
 }
 
+// ---- v11: keys rebuilt once per KV head, rotated with the angle table, scored on tensor cores ----
+// (LatentScoresKernel::KeyTable; GQA, half-split RoPE over all 128 dimensions.) Per 16-key slab and
+// 16-dimension step s: Y = Z U^T for dimensions 16 s.. and their rotation partners 64 + 16 s.. (tensor
+// cores), the rotation with cos/sin from the table fragments, which sit in exactly the accumulator
+// layout (table k-step s holds cos, s + 4 sin, of the pairs of those dimensions), and the rotated keys,
+// repacked in registers as the A operand, times the group's queries (B operand, 8 heads) on the
+// tensor cores. Per KV head and key: R x 128 + 128 x 8 multiply-adds on tensor cores and ~4 fp32
+// operations per dimension, for all of the group's query heads at once.
+constexpr int kStagesKT = 2;
+
+__host__ __device__ inline size_t score_kt_smem_bytes(int R, size_t elem) {
+    return static_cast<size_t>(kStagesKT) * (kTile * 128 * sizeof(__half) + kTile * (R + kPad) * elem) +
+           static_cast<size_t>(128) * (R + kPad) * elem + 8 * (128 + kPad) * sizeof(__half) +
+           4 * 8 * sizeof(float2);
+}
+
+template <typename T, int RJ>
+__global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScoreParams tp) {
+    constexpr int HD = 128, KS = HD / 16, kTabU4 = kTile / 16 * KS * 32;
+    constexpr int R = RJ * 16, RS = R + kPad, QS = HD + kPad;
+    constexpr int kZIter = kTile * R / 8 / kThreads;  // 16-byte pieces per thread and tile
+    const ScoreParams& p = tp.sp;
+    const int G = p.G;
+    const int chunk = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int n = min(p.n_keys[b], p.max_keys);
+    const int k0 = chunk * p.chunk, k_end = min(n, k0 + p.chunk);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    float2* ml_out = p.ml + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(kvh) * G) * p.n_chunk + chunk;
+    if (k0 >= k_end) {
+        if (tid < G) ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
+    const int Rh = p.rpad[kvh];  // <= R; the ranks past Rh are zero in U and never loaded
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint4* Ts = reinterpret_cast<uint4*>(smem);                  // [stage][kTabU4]
+    T* Zs = reinterpret_cast<T*>(Ts + kStagesKT * kTabU4);       // [stage][kTile][RS]
+    T* Us = Zs + kStagesKT * kTile * RS;                         // [HD][RS]
+    __half* Qs = reinterpret_cast<__half*>(Us + HD * RS);        // [8][QS]
+    float2* red = reinterpret_cast<float2*>(Qs + 8 * QS);        // [4][8]
+
+    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[kvh];
+    const uint4* tab0 = tp.tab + static_cast<size_t>(k0 / 16) * KS * 32 + tid;
+    const int per_row = Rh / 8;
+    const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
+    auto load = [&](int t) {
+        const int t0 = k0 + t * kTile;
+        const uint4* tsrc = tab0 + static_cast<size_t>(t) * kTabU4;
+        uint4* tdst = Ts + (t % kStagesKT) * kTabU4 + tid;
+#pragma unroll
+        for (int k = 0; k < kTabU4 / kThreads; ++k) cp_async16(tdst + k * kThreads, tsrc + k * kThreads, true);
+        T* dst = Zs + (t % kStagesKT) * kTile * RS;
+        const T* src = zsrc + static_cast<size_t>(t0) * Rh;
+#pragma unroll
+        for (int k = 0; k < kZIter; ++k) {
+            const int e = tid + k * kThreads;
+            if (e < kTile * per_row) {
+                const int row = e / per_row, col = e - row * per_row;
+                const bool ok = t0 + row < k_end;
+                cp_async16(dst + row * RS + col * 8, ok ? src + e * 8 : zsrc, ok);
+            }
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < kStagesKT - 1; ++s) {
+        if (s < n_tiles) load(s);
+        cp_async_commit();
+    }
+    // U_h (zero past its rank and in the padding) and the group's queries (scale and log2 e in).
+    const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[kvh];
+    for (int e = tid; e < HD * R; e += kThreads) {
+        const int d = e / R, k = e % R;
+        Us[d * RS + k] = k < Rh ? usrc[d * Rh + k] : from_float<T>(0.0f);
+    }
+    const float* qsrc = p.q + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(kvh) * G) * HD;
+    for (int e = tid; e < 8 * HD; e += kThreads) {
+        const int g = e / HD, d = e % HD;
+        Qs[g * QS + d] = __float2half_rn(g < G ? p.scale_log2 * qsrc[g * HD + d] : 0.0f);
+    }
+    __syncthreads();
+    // Query B fragments (k = dimension, n = head), all 8 k-steps: 16 registers for the whole block.
+    uint32_t qf[KS][2];
+#pragma unroll
+    for (int kp = 0; kp < KS / 2; ++kp) {
+        uint32_t r4[4];
+        ldsm_x4(r4, Qs + (lane % 8) * QS + kp * 32 + (lane / 8) * 8);
+        qf[2 * kp][0] = r4[0];
+        qf[2 * kp][1] = r4[1];
+        qf[2 * kp + 1][0] = r4[2];
+        qf[2 * kp + 1][1] = r4[3];
+    }
+    const int g8 = lane / 4, c2 = 2 * (lane % 4);
+    const int R0 = warp * 16 + g8;
+    const int u_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;  // B (U) fragment rows
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};                       // heads c2, c2 + 1
+    float* sc_out = p.scores + (static_cast<size_t>(b) * p.n_head + static_cast<size_t>(kvh) * G) * p.keys_pad;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        cp_async_wait<kStagesKT - 2>();
+        __syncthreads();
+        {
+            const int nt = t + kStagesKT - 1;
+            if (nt < n_tiles) load(nt);
+            cp_async_commit();
+        }
+        const T* Z = Zs + (t % kStagesKT) * kTile * RS;
+        const uint4* Tt = Ts + (t % kStagesKT) * kTabU4 + warp * KS * 32 + lane;
+        uint32_t zf[RJ][4];
+#pragma unroll
+        for (int jr = 0; jr < RJ; ++jr) ldsm_x4(zf[jr], Z + (warp * 16 + lane % 16) * RS + jr * 16 + (lane / 16) * 8);
+        float sa[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};  // two chains, added at the end
+#pragma unroll
+        for (int s = 0; s < KS / 2; ++s) {
+            // y[0..1]: dimensions 16 s + (0..7, 8..15); y[2..3]: their partners 64 + 16 s + ...
+            float y[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) y[i][e] = 0.0f;
+#pragma unroll
+            for (int jr = 0; jr < RJ; ++jr) {
+                if (jr * 16 < Rh) {
+                    uint32_t lo[4], hi[4];
+                    ldsm_x4(lo, Us + (16 * s) * RS + u_off + jr * 16);
+                    ldsm_x4(hi, Us + (64 + 16 * s) * RS + u_off + jr * 16);
+                    mma<T>(y[0], zf[jr], lo[0], lo[1]);
+                    mma<T>(y[1], zf[jr], lo[2], lo[3]);
+                    mma<T>(y[2], zf[jr], hi[0], hi[1]);
+                    mma<T>(y[3], zf[jr], hi[2], hi[3]);
+                }
+            }
+            const uint4 cv = Tt[s * 32], sv = Tt[(s + KS / 2) * 32];
+            const uint32_t cw[4] = {cv.x, cv.y, cv.z, cv.w}, sw[4] = {sv.x, sv.y, sv.z, sv.w};
+            uint32_t alo[4], ahi[4];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {      // n-tile 2s + j
+#pragma unroll
+                for (int rw = 0; rw < 2; ++rw) {  // rows g8 (e = 0, 1) and g8 + 8 (e = 2, 3)
+                    const float2 c = __half22float2(*reinterpret_cast<const __half2*>(&cw[2 * j + rw]));
+                    const float2 sn = __half22float2(*reinterpret_cast<const __half2*>(&sw[2 * j + rw]));
+                    const float y0 = y[j][2 * rw], y1 = y[j][2 * rw + 1];
+                    const float z0 = y[j + 2][2 * rw], z1 = y[j + 2][2 * rw + 1];
+                    alo[2 * j + rw] = pack_half2(c.x * y0 - sn.x * z0, c.y * y1 - sn.y * z1);
+                    ahi[2 * j + rw] = pack_half2(sn.x * y0 + c.x * z0, sn.y * y1 + c.y * z1);
+                }
+            }
+            // A fragment order: (g, k 0-7), (g + 8, k 0-7), (g, k 8-15), (g + 8, k 8-15).
+            const uint32_t a_lo[4] = {alo[0], alo[1], alo[2], alo[3]};
+            const uint32_t a_hi[4] = {ahi[0], ahi[1], ahi[2], ahi[3]};
+            mma<__half>(sa[0], a_lo, qf[s][0], qf[s][1]);
+            mma<__half>(sa[1], a_hi, qf[s + KS / 2][0], qf[s + KS / 2][1]);
+        }
+        const int t0 = k0 + t * kTile;
+        const bool v0 = t0 + R0 < k_end, v1 = t0 + R0 + 8 < k_end;
+        // sa: (key R0, heads c2, c2 + 1), (key R0 + 8, heads c2, c2 + 1).
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int g = c2 + hh;
+            const float s0 = sa[0][hh] + sa[1][hh], s1 = sa[0][2 + hh] + sa[1][2 + hh];
+            if (g < G) {
+                if (v0) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R0] = s0;
+                if (v1) sc_out[static_cast<size_t>(g) * p.keys_pad + t0 + R0 + 8] = s1;
+                const float a0 = v0 ? s0 : -INFINITY, a1 = v1 ? s1 : -INFINITY;
+                const float mx = fmaxf(a0, a1);
+                if (mx > m[hh]) {
+                    l[hh] *= fast_exp2(m[hh] - mx);
+                    m[hh] = mx;
+                }
+                if (mx > -INFINITY) l[hh] += fast_exp2(a0 - m[hh]) + fast_exp2(a1 - m[hh]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    // Merge the 8 row groups (lanes with the same lane % 4), then the 4 warps.
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        for (int off = 4; off < 32; off *= 2) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[hh], off);
+            const float lo = __shfl_xor_sync(0xffffffffu, l[hh], off);
+            merge_ml(m[hh], l[hh], mo, lo);
+        }
+        if (lane < 4) red[warp * 8 + c2 + hh] = make_float2(m[hh], l[hh]);
+    }
+    __syncthreads();
+    if (tid < G) {
+        float mm = -INFINITY, ll = 0.0f;
+        for (int w = 0; w < 4; ++w) merge_ml(mm, ll, red[w * 8 + tid].x, red[w * 8 + tid].y);
+        ml_out[static_cast<size_t>(tid) * p.n_chunk] = make_float2(mm, ll);
+    }
+}
+
 // ---- pass 2: probability-weighted value latents ----
 
 struct ValueParams {
@@ -1302,15 +1493,24 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     }
     pl->seq_stride = sum * s.ctx_cap;
     for (int h = 0; h < s.n_kv; ++h) pl->max_r = std::max(pl->max_r, latent_rank_pad(s.k_rank[h]));
-    // Measured (H100, docs/perf/attention.md): the table kernel wins for MHA and GQA at 4K-32K.
+    // Measured (H100, docs/perf/attention.md): the fold-table kernel wins for MHA at 4K-32K, the
+    // key-table kernel for GQA.
     const size_t elem = 2;
-    // (The table kernel keeps a sequence's latent offsets in 32-bit integers.)
+    // (The fold-table kernel keeps a sequence's latent offsets in 32-bit integers.)
     const bool table_ok = pl->seq_stride < (1LL << 31) && pick_table_heads(s, pl->G, pl->max_r, elem, &pl->QB, &pl->NKV);
+    const bool key_table_ok = s.head_dim == 128 && s.rope_half_split && s.rope_dims == 128 && pl->max_r <= 64;
     const bool fold_ok = score_w_smem_bytes(s.head_dim, pl->max_r, pl->G, elem) <= kScoreWMaxSmem;
     switch (s.scores_kernel) {
         case LatentScoresKernel::Auto:
+            pl->kernel = key_table_ok && pl->G > 1 ? LatentScoresKernel::KeyTable
+                         : table_ok                ? LatentScoresKernel::RopeTable
+                                                   : LatentScoresKernel::KeyRotation;
+            break;
         case LatentScoresKernel::RopeTable:
             pl->kernel = table_ok ? LatentScoresKernel::RopeTable : LatentScoresKernel::KeyRotation;
+            break;
+        case LatentScoresKernel::KeyTable:
+            pl->kernel = key_table_ok ? LatentScoresKernel::KeyTable : LatentScoresKernel::KeyRotation;
             break;
         case LatentScoresKernel::QueryFold:
             pl->kernel = fold_ok ? LatentScoresKernel::QueryFold : LatentScoresKernel::KeyRotation;
@@ -1346,9 +1546,8 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     pl->off_acc =
         pl->off_part + align256(static_cast<size_t>(s.n_seq) * pl->n_chunk2 * s.n_head * s.v_rank * sizeof(float));
     pl->off_tab = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
-    const size_t tab = pl->kernel == LatentScoresKernel::RopeTable
-                           ? static_cast<size_t>(pl->keys_pad) * s.head_dim * sizeof(__half)
-                           : 0;
+    const bool uses_table = pl->kernel == LatentScoresKernel::RopeTable || pl->kernel == LatentScoresKernel::KeyTable;
+    const size_t tab = uses_table ? static_cast<size_t>(pl->keys_pad) * s.head_dim * sizeof(__half) : 0;
     pl->total = pl->off_tab + align256(tab);
     return true;
 }
@@ -1416,6 +1615,30 @@ cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const do
     return go(latent_scores_t_kernel<T, HD, 8>);
 }
 
+template <typename T>
+cudaError_t launch_scores_kt(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq, int n_kv,
+                             cudaStream_t st) {
+    const int n_slab = pl.keys_pad / 16;
+    const long long entries = static_cast<long long>(n_slab) * 8 * 32;
+    const int tblocks = static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
+    latent_rope_table_kernel<128><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq, 64, n_slab);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const int R = pl.max_r <= 16 ? 16 : pl.max_r <= 32 ? 32 : 64;
+    const size_t smem = score_kt_smem_bytes(R, sizeof(T));
+    const dim3 grid(pl.n_chunk1, n_kv, n_seq);
+    auto go = [&](auto kernel) {
+        const cudaError_t r =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (r != cudaSuccess) return r;
+        kernel<<<grid, kThreads, smem, st>>>(tp);
+        return cudaGetLastError();
+    };
+    if (R == 16) return go(latent_scores_kt_kernel<T, 1>);
+    if (R == 32) return go(latent_scores_kt_kernel<T, 2>);
+    return go(latent_scores_kt_kernel<T, 4>);
+}
+
 template <typename T, int MT>
 cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
     const size_t smem = value_smem_bytes(sizeof(T), MT * 16);
@@ -1459,7 +1682,13 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     const int max_r = pl.max_r;
     const dim3 g1(pl.n_chunk1, s.n_kv, s.n_seq);
     cudaError_t e;
-    if (pl.kernel == LatentScoresKernel::RopeTable) {
+    if (pl.kernel == LatentScoresKernel::KeyTable) {
+        TableScoreParams tp{};
+        tp.sp = sp;
+        tp.tab = reinterpret_cast<const uint4*>(ws + pl.off_tab);
+        tp.half_split = true;
+        e = launch_scores_kt<T>(tp, pl, a.inv_freq, s.n_seq, s.n_kv, st);
+    } else if (pl.kernel == LatentScoresKernel::RopeTable) {
         TableScoreParams tp{};
         tp.sp = sp;
         tp.tab = reinterpret_cast<const uint4*>(ws + pl.off_tab);

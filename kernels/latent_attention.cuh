@@ -38,9 +38,11 @@ enum class LatentFormat { F16, BF16 };
 // Which scores kernel: RoPE on the key side (each reconstructed key rotated, v3), folded into the
 // query side with in-tile offsets (v4-v7: W = [cos sin] x M(p0), M rotated per tile), or with a
 // table of absolute angles (v8: W = C(p) x M, C read from a per-call table, nothing rotated per
-// tile). Auto picks by measurement (docs/perf/attention.md); a forced kernel whose shared memory
-// does not fit runs KeyRotation. Tests force each.
-enum class LatentScoresKernel { Auto, KeyRotation, QueryFold, RopeTable };
+// tile), or keys rebuilt once per KV head, rotated with that table and scored for the whole group on
+// tensor cores (v11, KeyTable: half-split RoPE over all of head_dim 128, ranks <= 64). Auto picks by
+// measurement (docs/perf/attention.md); a forced kernel that does not fit the shape runs KeyRotation.
+// Tests force each.
+enum class LatentScoresKernel { Auto, KeyRotation, QueryFold, RopeTable, KeyTable };
 
 struct LatentAttnShape {
     int n_seq = 0;             // sequences in the batch, one query token each

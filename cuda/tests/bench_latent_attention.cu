@@ -208,6 +208,7 @@ int main(int argc, char** argv) {
     const LatentScoresKernel sk = std::strcmp(kname, "key") == 0    ? LatentScoresKernel::KeyRotation
                                   : std::strcmp(kname, "fold") == 0  ? LatentScoresKernel::QueryFold
                                   : std::strcmp(kname, "table") == 0 ? LatentScoresKernel::RopeTable
+                                  : std::strcmp(kname, "ktable") == 0 ? LatentScoresKernel::KeyTable
                                                                      : LatentScoresKernel::Auto;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));

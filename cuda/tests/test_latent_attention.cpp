@@ -362,6 +362,7 @@ TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
 const char* kernel_name(LatentScoresKernel k) {
     return k == LatentScoresKernel::QueryFold   ? "query fold"
            : k == LatentScoresKernel::RopeTable ? "angle table"
+           : k == LatentScoresKernel::KeyTable  ? "key table"
                                                 : "key rotation";
 }
 
@@ -401,6 +402,23 @@ TEST(LatentAttention, GqaBf16FullHalfSplitGroup8) {
         const double e = run_case<Bf16>(c);
         EXPECT_LT(e, 1e-2) << "rel err " << e;
         std::printf("[latent] GQA bf16 group 8, rank 128 (%s): rel err %.2e\n", kernel_name(k), e);
+    }
+}
+
+// The key-table kernel's shapes (half-split RoPE over all 128 dimensions, ranks <= 64): ragged ranks
+// (pads 32 and 48: the second head skips the last 16-rank step), groups of 4 and 8, both formats.
+TEST(LatentAttention, GqaHalfSplitKeyTable) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case c{2, 8, 2, 128, 128, true, 256, {32, 40}, {700, 129}, 701};
+    Case g8{1, 8, 1, 128, 128, true, 128, {16}, {257}, 300};
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::KeyTable}) {
+        c.scores = g8.scores = k;
+        const double e16 = run_case<F16>(c), eb = run_case<Bf16>(c), e8 = run_case<F16>(g8);
+        EXPECT_LT(e16, 3e-3) << "rel err " << e16;
+        EXPECT_LT(eb, 1e-2) << "rel err " << eb;
+        EXPECT_LT(e8, 3e-3) << "rel err " << e8;
+        std::printf("[latent] GQA half-split, ranks 32/40 (%s): rel err fp16 %.2e, bf16 %.2e; group 8: %.2e\n",
+                    kernel_name(k), e16, eb, e8);
     }
 }
 
