@@ -10,9 +10,12 @@
 //      value latent once for ALL heads; partial sums per chunk.
 //   3. reduce the chunks' partial sums (no atomics);
 //   4. expand: o_h = U_v^h acc_h.
-// For MHA the scores pass instead folds RoPE into the query side (no key is
-// reconstructed): W = [cos sin](in-tile offsets) x M(tile start) on tensor
-// cores, score = z . W (LatentScoresKernel, latent_attention.cu).
+// By default the scores pass reads RoPE's cos/sin from a per-call table of
+// absolute angles (fp16, in mma fragment order): for MHA the rotation is folded
+// into the query side (no key is rebuilt: W = C(p) x M on tensor cores, score =
+// z . W); for GQA each key is rebuilt once per KV head, rotated in registers
+// with the table and scored for the whole group on tensor cores
+// (LatentScoresKernel, latent_attention.cu; docs/perf/attention.md).
 // Semantics are src/model/forward.cpp latent_attention's for one query token.
 #pragma once
 
