@@ -29,6 +29,14 @@ __device__ inline void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// 4- or 8-byte copies (.ca: sizes below 16); 0 source bytes zero-fill.
+template <int N>
+__device__ inline void cp_async_small(void* smem, const void* gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int n = valid ? N : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(gmem), "n"(N), "r"(n) : "memory");
+}
+
 __device__ inline void ldsm_x4(uint32_t (&r)[4], const void* p) {
     const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -139,14 +147,15 @@ __device__ inline void load_value_tile(T* dst, const T* src, int v_rank, int c0,
 
 struct ScoreParams {
     const float* q;
-    const void* k_lat;
+    const void* k_lat;    // Q4: the codes
+    const void* k_scale;  // Q4: (scale, min) per token and KV head
     const void* k_u;
     const int* n_keys;
     const double* inv_freq;
     float* scores;  // [n_seq][n_head][keys_pad], scaled by scale*log2(e)
     float2* ml;     // [n_seq][n_head][n_chunk1] (max, sum) in base 2
-    int n_head, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
-    long long seq_stride;  // key-latent elements per sequence
+    int n_head, n_kv, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
+    long long seq_stride;  // key-latent elements per sequence (Q4: twice its code bytes)
     float scale_log2;
     int rpad[kLatMaxKvHeads];
     int roff[kLatMaxKvHeads];  // sum of the earlier heads' padded ranks
@@ -708,6 +717,66 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
 // through L2; a block scores QB query heads (up to 4, of one or more KV heads), so each table row is
 // read n_head / QB times per step. fp16 cos/sin are within 2.4e-4 of the exact values.
 
+// 8 4-bit codes (low nibble first) and their group's (scale, min) -> 8 halves, 6 instructions a pair:
+// byte k copied to both halves (prmt), its nibbles placed as the low mantissa bits of 1024.0 in fp16
+// (0x6400 | n), 1024 subtracted (exact), then min + scale * n with one rounding (hfma2).
+__device__ inline uint4 dequant8(uint32_t codes, uint32_t sm_bits) {
+    const __half2 sm = *reinterpret_cast<const __half2*>(&sm_bits);
+    const __half2 sc = __low2half2(sm), mn = __high2half2(sm);
+    const __half2 k1024 = __float2half2_rn(1024.0f);
+    uint32_t o[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t t = __byte_perm(codes, 0u, 0x4040u + 0x0101u * k);  // byte k at bits 0-7 and 16-23
+        const uint32_t v = (t & 0x0000000Fu) | ((t >> 4) & 0x000F0000u) | 0x64006400u;
+        const __half2 h = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&v), k1024), sc, mn);
+        o[k] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+// Q4 key latents of one (sequence, KV head) tile: codes in 8-byte pieces (one row each: R / 2 is a
+// multiple of 8), one 4-byte (scale, min) per row; rows at or past k_end zero-filled. raw: codes
+// [kTile][R / 2] then scales [kTile]. Threads tid, tid + nthr, ...
+__device__ inline void load_q4_key_tile(unsigned char* raw, const unsigned char* codes, const uint32_t* scales, int R,
+                                        int t0, int k_end, int tid, int nthr) {
+    // A piece's row by a float reciprocal (exact for these small counts), not an integer division.
+    const unsigned char* base = codes + static_cast<size_t>(t0) * R / 2;
+    if (R % 32 == 0 && (reinterpret_cast<uintptr_t>(codes) & 15) == 0) {  // rows of whole, aligned 16-byte pieces
+        const int pr = R / 32;
+        const float inv = 1.0f / static_cast<float>(pr);
+        for (int e = tid; e < kTile * pr; e += nthr) {
+            const bool ok = t0 + static_cast<int>((static_cast<float>(e) + 0.5f) * inv) < k_end;
+            cp_async16(raw + e * 16, ok ? base + e * 16 : codes, ok);
+        }
+    } else {
+        const int pr = R / 16;  // 8-byte pieces per row
+        const float inv = 1.0f / static_cast<float>(pr);
+        for (int e = tid; e < kTile * pr; e += nthr) {
+            const bool ok = t0 + static_cast<int>((static_cast<float>(e) + 0.5f) * inv) < k_end;
+            cp_async_small<8>(raw + e * 8, ok ? base + e * 8 : codes, ok);
+        }
+    }
+    uint32_t* sdst = reinterpret_cast<uint32_t*>(raw + kTile * R / 2);
+    for (int e = tid; e < kTile; e += nthr) {
+        const bool ok = t0 + e < k_end;
+        cp_async_small<4>(sdst + e, ok ? scales + t0 + e : scales, ok);
+    }
+}
+
+// raw (load_q4_key_tile's layout) -> fp16 rows [kTile][stride] at dst.
+__device__ inline void dequant_q4_key_tile(__half* dst, int stride, const unsigned char* raw, int R, int tid,
+                                           int nthr) {
+    const int p8 = R / 8;  // 8-value pieces per row
+    const float inv = 1.0f / static_cast<float>(p8);
+    const uint32_t* sc = reinterpret_cast<const uint32_t*>(raw + kTile * R / 2);
+    for (int e = tid; e < kTile * p8; e += nthr) {
+        const int row = static_cast<int>((static_cast<float>(e) + 0.5f) * inv), c = e - row * p8;
+        const uint32_t codes = *reinterpret_cast<const uint32_t*>(raw + row * (R / 2) + c * 4);
+        *reinterpret_cast<uint4*>(dst + row * stride + c * 8) = dequant8(codes, sc[row]);
+    }
+}
+
 constexpr int kStagesT = 2;       // tiles (key latents + table rows) per block in shared memory
 constexpr int kQbMax = 4;         // query heads per block
 constexpr int kThreadsT = 256;    // 8 warps: warp w scores 16 keys (slab w % 4) for 2 of the 4 heads (w / 4)
@@ -761,9 +830,14 @@ struct TableScoreParams {
     bool half_split;
 };
 
-__host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int NKV, size_t elem) {
-    return static_cast<size_t>(kStagesT) * NKV * kTile * (R + kPad) * elem +               // key latents
-           static_cast<size_t>(kStagesT) * kTile * hd * sizeof(__half) +                   // table rows
+// Q4: the stages hold the raw tiles (codes + scales), dequantized into one fp16 tile per KV head.
+__host__ __device__ inline size_t q4_key_raw_bytes(int R) { return static_cast<size_t>(kTile) * (R / 2 + 4); }
+
+__host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int NKV, size_t elem, bool q4 = false) {
+    const size_t keys = q4 ? static_cast<size_t>(kStagesT) * NKV * q4_key_raw_bytes(R) +
+                                 static_cast<size_t>(NKV) * kTile * (R + kPad) * sizeof(__half)
+                           : static_cast<size_t>(kStagesT) * NKV * kTile * (R + kPad) * elem;
+    return keys + static_cast<size_t>(kStagesT) * kTile * hd * sizeof(__half) +  // table rows
            static_cast<size_t>(QB) * R * (hd + kPad) * sizeof(__half) + 8 * kQbMax * sizeof(float2);
 }
 
@@ -772,7 +846,7 @@ __host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int 
 // its slab's table fragments by M of its two heads (tensor cores) and dots the result with the
 // latents. JPM: 16-rank steps of the largest rank; the products of both heads (JPM <= 2) or of all
 // rank steps run interleaved, 8+ independent mma chains per warp (one chain of 16 was latency-bound).
-template <typename T, int HD, int JPM>
+template <typename T, int HD, int JPM, bool Q4>
 __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScoreParams tp) {
     constexpr int NP = HD / 2, KS = HD / 16, MS = HD + kPad;
     constexpr int kTabU4 = kTile / 16 * KS * 32;  // uint4 per tile of table rows
@@ -795,10 +869,13 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     const int ZS = kTile * (Rmax + kPad);  // one KV head's slot of a stage
 
     extern __shared__ __align__(16) unsigned char smem[];
-    uint4* Ts = reinterpret_cast<uint4*>(smem);                         // [stage][kTabU4] table fragments
-    T* Zs = reinterpret_cast<T*>(Ts + kStagesT * kTabU4);               // [stage][NKV][kTile][R + kPad]
-    __half* Ms = reinterpret_cast<__half*>(Zs + kStagesT * NKV * ZS);  // [QB][Rmax][MS]
-    float2* red = reinterpret_cast<float2*>(Ms + QB * Rmax * MS);      // [8][kQbMax]
+    uint4* Ts = reinterpret_cast<uint4*>(smem);  // [stage][kTabU4] table fragments
+    // Q4: raw tiles [stage][NKV], then one fp16 tile per KV head; else fp16/bf16 tiles [stage][NKV].
+    const int RAW = static_cast<int>(q4_key_raw_bytes(Rmax));
+    unsigned char* Rw = reinterpret_cast<unsigned char*>(Ts + kStagesT * kTabU4);
+    T* Zs = reinterpret_cast<T*>(Q4 ? Rw + kStagesT * NKV * RAW : Rw);             // [stage or 1][NKV][kTile][R + kPad]
+    __half* Ms = reinterpret_cast<__half*>(Zs + (Q4 ? 1 : kStagesT) * NKV * ZS);  // [QB][Rmax][MS]
+    float2* red = reinterpret_cast<float2*>(Ms + QB * Rmax * MS);                 // [8][kQbMax]
 
     const T* zbase = static_cast<const T*>(p.k_lat) + b * p.seq_stride;
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
@@ -814,7 +891,7 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     // With at most 32 ranks (one 16-byte piece per thread and KV head) every piece's source offset,
     // shared-memory offset and row are fixed from tile to tile: computed once here.
     int zsrc[kQbMax], zdst[kQbMax], zrow[kQbMax], zstep[kQbMax];
-    if constexpr (kZIter == 1) {
+    if constexpr (kZIter == 1 && !Q4) {
 #pragma unroll
         for (int j = 0; j < kQbMax; ++j) {
             const int R = j < NKV ? p.rpad[kv0 + j] : 16, per_row = R / 8;
@@ -833,7 +910,18 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
 #pragma unroll
         for (int k = 0; k < kTabU4 / kThreadsT; ++k) cp_async16(tdst + k * kThreadsT, tsrc + k * kThreadsT, true);
         T* dst0 = Zs + (t % kStagesT) * NKV * ZS;
-        if constexpr (kZIter == 1) {
+        if constexpr (Q4) {
+            const int t0 = k0 + t * kTile;
+            for (int j = 0; j < NKV; ++j) {
+                const int kvh = kv0 + j;
+                const unsigned char* codes = static_cast<const unsigned char*>(p.k_lat) + b * (p.seq_stride / 2) +
+                                             static_cast<size_t>(p.ctx_cap) * p.roff[kvh] / 2;
+                const uint32_t* sc = static_cast<const uint32_t*>(p.k_scale) +
+                                     (static_cast<size_t>(b) * p.n_kv + kvh) * p.ctx_cap;
+                load_q4_key_tile(Rw + ((t % kStagesT) * NKV + j) * RAW, codes, sc, p.rpad[kvh], t0, k_end, tid,
+                                 kThreadsT);
+            }
+        } else if constexpr (kZIter == 1) {
 #pragma unroll
             for (int j = 0; j < kQbMax; ++j) {
                 if (zdst[j] >= 0) {
@@ -913,6 +1001,12 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
         if (t + 1 < n_tiles) load(t + 1);
         cp_async_commit();
 
+        if constexpr (Q4) {
+            for (int j = 0; j < NKV; ++j)
+                dequant_q4_key_tile(reinterpret_cast<__half*>(Zs) + j * ZS, p.rpad[kv0 + j] + kPad,
+                                    Rw + ((t % kStagesT) * NKV + j) * RAW, p.rpad[kv0 + j], tid, kThreadsT);
+            __syncthreads();  // the fp16 tiles visible
+        }
         const uint4* Tt = Ts + (t % kStagesT) * kTabU4 + slab * KS * 32 + lane;
         uint32_t af[KS][4];
 #pragma unroll
@@ -923,7 +1017,7 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
             af[ks][2] = v.z;
             af[ks][3] = v.w;
         }
-        const T* Zt = Zs + (t % kStagesT) * NKV * ZS;
+        const T* Zt = Zs + (Q4 ? 0 : t % kStagesT) * NKV * ZS;
         const int t0 = k0 + t * kTile;
         const bool v0 = t0 + R0 < k_end, v1 = t0 + R1 < k_end;
 #pragma unroll
@@ -1027,13 +1121,15 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
 // operations per dimension, for all of the group's query heads at once.
 constexpr int kStagesKT = 2;
 
-__host__ __device__ inline size_t score_kt_smem_bytes(int R, size_t elem) {
-    return static_cast<size_t>(kStagesKT) * (kTile * 128 * sizeof(__half) + kTile * (R + kPad) * elem) +
+__host__ __device__ inline size_t score_kt_smem_bytes(int R, size_t elem, bool q4 = false) {
+    const size_t keys = q4 ? static_cast<size_t>(kStagesKT) * q4_key_raw_bytes(R) + kTile * (R + kPad) * sizeof(__half)
+                           : static_cast<size_t>(kStagesKT) * kTile * (R + kPad) * elem;
+    return static_cast<size_t>(kStagesKT) * kTile * 128 * sizeof(__half) + keys +
            static_cast<size_t>(128) * (R + kPad) * elem + 8 * (128 + kPad) * sizeof(__half) +
            4 * 8 * sizeof(float2);
 }
 
-template <typename T, int RJ>
+template <typename T, int RJ, bool Q4>
 __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScoreParams tp) {
     constexpr int HD = 128, KS = HD / 16, kTabU4 = kTile / 16 * KS * 32;
     constexpr int R = RJ * 16, RS = R + kPad, QS = HD + kPad;
@@ -1053,8 +1149,10 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
 
     extern __shared__ __align__(16) unsigned char smem[];
     uint4* Ts = reinterpret_cast<uint4*>(smem);                  // [stage][kTabU4]
-    T* Zs = reinterpret_cast<T*>(Ts + kStagesKT * kTabU4);       // [stage][kTile][RS]
-    T* Us = Zs + kStagesKT * kTile * RS;                         // [HD][RS]
+    const int RAW = static_cast<int>(q4_key_raw_bytes(R));       // Q4: raw tiles [stage], one fp16 tile
+    unsigned char* Rw = reinterpret_cast<unsigned char*>(Ts + kStagesKT * kTabU4);
+    T* Zs = reinterpret_cast<T*>(Q4 ? Rw + kStagesKT * RAW : Rw);  // [stage or 1][kTile][RS]
+    T* Us = Zs + (Q4 ? 1 : kStagesKT) * kTile * RS;              // [HD][RS]
     __half* Qs = reinterpret_cast<__half*>(Us + HD * RS);        // [8][QS]
     float2* red = reinterpret_cast<float2*>(Qs + 8 * QS);        // [4][8]
 
@@ -1068,6 +1166,14 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
         uint4* tdst = Ts + (t % kStagesKT) * kTabU4 + tid;
 #pragma unroll
         for (int k = 0; k < kTabU4 / kThreads; ++k) cp_async16(tdst + k * kThreads, tsrc + k * kThreads, true);
+        if constexpr (Q4) {
+            const unsigned char* codes = static_cast<const unsigned char*>(p.k_lat) + b * (p.seq_stride / 2) +
+                                         static_cast<size_t>(p.ctx_cap) * p.roff[kvh] / 2;
+            const uint32_t* sc =
+                static_cast<const uint32_t*>(p.k_scale) + (static_cast<size_t>(b) * p.n_kv + kvh) * p.ctx_cap;
+            load_q4_key_tile(Rw + (t % kStagesKT) * RAW, codes, sc, Rh, t0, k_end, tid, kThreads);
+            return;
+        }
         T* dst = Zs + (t % kStagesKT) * kTile * RS;
         const T* src = zsrc + static_cast<size_t>(t0) * Rh;
 #pragma unroll
@@ -1122,7 +1228,12 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
             if (nt < n_tiles) load(nt);
             cp_async_commit();
         }
-        const T* Z = Zs + (t % kStagesKT) * kTile * RS;
+        if constexpr (Q4) {
+            dequant_q4_key_tile(reinterpret_cast<__half*>(Zs), RS, Rw + (t % kStagesKT) * RAW, Rh, tid, kThreads);
+            // Columns Rh..R of the fp16 tile are never read (the rank steps past Rh are skipped).
+            __syncthreads();
+        }
+        const T* Z = Zs + (Q4 ? 0 : t % kStagesKT) * kTile * RS;
         const uint4* Tt = Ts + (t % kStagesKT) * kTabU4 + warp * KS * 32 + lane;
         uint32_t zf[RJ][4];
 #pragma unroll
@@ -1213,7 +1324,8 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
 struct ValueParams {
     const float* scores;
     const float2* ml;
-    const void* v_lat;
+    const void* v_lat;    // Q4: the codes
+    const void* v_scale;  // Q4: (scale, min) per token and 128 channels
     const int* n_keys;
     float* part;  // [n_seq][n_chunk2][n_head][v_rank]
     int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
@@ -1221,8 +1333,15 @@ struct ValueParams {
 
 constexpr int kPCols = kTile + kPad;
 
-__host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp) {
-    return (static_cast<size_t>(kStagesV) * kTile * (kSlice + kPad) + 2 * static_cast<size_t>(hp) * kPCols) * elem +
+// Q4: a raw value tile (codes of 128 channels, one (scale, min) per row) per stage; a quarter of the
+// bytes of an fp16 tile, so twice the stages keep about as many bytes in flight.
+constexpr int kQ4ValueRaw = kTile * (kSlice / 2 + 4);
+constexpr int kStagesVQ = 6;
+
+__host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp, bool q4 = false) {
+    const size_t tiles = q4 ? static_cast<size_t>(kStagesVQ) * kQ4ValueRaw + kTile * (kSlice + kPad) * elem
+                            : static_cast<size_t>(kStagesV) * kTile * (kSlice + kPad) * elem;
+    return tiles + 2 * static_cast<size_t>(hp) * kPCols * elem +
            2 * kLatMaxHeads * sizeof(float);
 }
 
@@ -1231,10 +1350,11 @@ __host__ __device__ inline size_t value_smem_bytes(size_t elem, int hp) {
 // partials), then acc[heads][slice] += P x Vlat[keys][slice]. The scores of
 // tile t+2 are loaded into registers while tile t is multiplied. MT: 16-row
 // tiles of heads (P rows, padded with zeros).
-template <typename T, int MT>
+template <typename T, int MT, bool Q4>
 __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kernel(ValueParams p) {
     constexpr int HP = MT * 16;
     constexpr int kPRegs = HP * kTile / kThreads;
+    constexpr int NSV = Q4 ? kStagesVQ : kStagesV;  // tiles in flight
     const int slice = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int n = min(p.n_keys[b], p.max_keys);
@@ -1242,16 +1362,41 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kerne
     const int n_tiles = k_end > k0 ? (k_end - k0 + kTile - 1) / kTile : 0;
 
     extern __shared__ __align__(16) unsigned char smem[];
-    T* Vs = reinterpret_cast<T*>(smem);
-    T* Ps = Vs + kStagesV * kTile * (kSlice + kPad);  // [2][HP][kPCols]
+    unsigned char* Rv = smem;  // Q4: raw tiles [stage]
+    T* Vs = reinterpret_cast<T*>(Q4 ? smem + NSV * kQ4ValueRaw : smem);  // [stage, or 1 for Q4][kTile][kSlice + kPad]
+    T* Ps = Vs + (Q4 ? 1 : NSV) * kTile * (kSlice + kPad);              // [2][HP][kPCols]
     float* Ms = reinterpret_cast<float*>(Ps + 2 * HP * kPCols);
     float* iL = Ms + kLatMaxHeads;
 
     const T* vsrc = static_cast<const T*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * p.v_rank;
     const int c0 = slice * kSlice;
+    // Tile at t0 into stage st (Q4: 4 x 16 bytes of codes and a 4-byte (scale, min) per row).
+    auto load_v = [&](int st, int t0) {
+        if constexpr (Q4) {
+            const unsigned char* codes =
+                static_cast<const unsigned char*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * (p.v_rank / 2);
+            const uint32_t* sc =
+                static_cast<const uint32_t*>(p.v_scale) + static_cast<size_t>(b) * p.ctx_cap * (p.v_rank / kSlice);
+            unsigned char* raw = Rv + st * kQ4ValueRaw;
+            for (int e = tid; e < kTile * 4; e += kThreads) {
+                const int row = e / 4, c = e % 4;
+                const bool ok = t0 + row < k_end;
+                cp_async16(raw + e * 16,
+                           ok ? codes + static_cast<size_t>(t0 + row) * (p.v_rank / 2) + c0 / 2 + c * 16 : codes, ok);
+            }
+            uint32_t* sdst = reinterpret_cast<uint32_t*>(raw + kTile * kSlice / 2);
+            for (int e = tid; e < kTile; e += kThreads) {
+                const bool ok = t0 + e < k_end;
+                cp_async_small<4>(sdst + e, ok ? sc + static_cast<size_t>(t0 + e) * (p.v_rank / kSlice) + slice : sc,
+                                  ok);
+            }
+        } else {
+            load_value_tile(Vs + st * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, t0, k_end);
+        }
+    };
 #pragma unroll
-    for (int s = 0; s < kStagesV - 1; ++s) {
-        if (s < n_tiles) load_value_tile(Vs + s * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, k0 + s * kTile, k_end);
+    for (int s = 0; s < NSV - 1; ++s) {
+        if (s < n_tiles) load_v(s, k0 + s * kTile);
         cp_async_commit();
     }
     // The softmax of each head over the whole context, from the chunk partials.
@@ -1299,20 +1444,28 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kerne
             for (int i = 0; i < 4; ++i) acc[a][j][i] = 0.0f;
 
     for (int t = 0; t < n_tiles; ++t) {
-        cp_async_wait<kStagesV - 2>();
+        cp_async_wait<NSV - 2>();
         __syncthreads();  // V tile t and Ps[t & 1] visible; tile t-1 no longer read
         {
-            const int nt = t + kStagesV - 1;
-            if (nt < n_tiles)
-                load_value_tile(Vs + (nt % kStagesV) * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, k0 + nt * kTile,
-                                k_end);
+            const int nt = t + NSV - 1;
+            if (nt < n_tiles) load_v(nt % NSV, k0 + nt * kTile);
             cp_async_commit();
         }
         if (t + 1 < n_tiles) {
             store_p((t + 1) & 1);
             fetch(t + 2);
         }
-        const T* V = Vs + (t % kStagesV) * kTile * (kSlice + kPad);
+        if constexpr (Q4) {  // the raw tile -> the fp16 tile (rows past k_end: zero codes and scales -> 0)
+            const unsigned char* raw = Rv + (t % NSV) * kQ4ValueRaw;
+            const uint32_t* sc = reinterpret_cast<const uint32_t*>(raw + kTile * kSlice / 2);
+            for (int e = tid; e < kTile * kSlice / 8; e += kThreads) {
+                const int row = e / (kSlice / 8), c = e % (kSlice / 8);
+                const uint32_t codes = *reinterpret_cast<const uint32_t*>(raw + row * (kSlice / 2) + c * 4);
+                *reinterpret_cast<uint4*>(Vs + row * (kSlice + kPad) + c * 8) = dequant8(codes, sc[row]);
+            }
+            __syncthreads();
+        }
+        const T* V = Vs + (Q4 ? 0 : t % NSV) * kTile * (kSlice + kPad);
         const T* P = Ps + (t & 1) * HP * kPCols;
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) {
@@ -1484,7 +1637,7 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     if (s.rope_dims < 0 || s.rope_dims > s.head_dim || s.rope_dims % 16 != 0) return false;
     if (s.v_rank <= 0 || s.v_rank % kSlice != 0 || s.v_rank > kMaxVRank) return false;
     if (s.max_keys < 0 || s.ctx_cap < s.max_keys) return false;
-    if (s.format != LatentFormat::F16 && s.format != LatentFormat::BF16) return false;
+    if (s.format != LatentFormat::F16 && s.format != LatentFormat::BF16 && s.format != LatentFormat::Q4) return false;
     long long sum = 0;
     for (int h = 0; h < s.n_kv; ++h) {
         if (s.k_rank[h] <= 0 || s.k_rank[h] > kLatMaxKeyRank) return false;
@@ -1547,6 +1700,7 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
         pl->off_part + align256(static_cast<size_t>(s.n_seq) * pl->n_chunk2 * s.n_head * s.v_rank * sizeof(float));
     pl->off_tab = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
     const bool uses_table = pl->kernel == LatentScoresKernel::RopeTable || pl->kernel == LatentScoresKernel::KeyTable;
+    if (s.format == LatentFormat::Q4 && !uses_table) return false;  // Q4: the table kernels only
     const size_t tab = uses_table ? static_cast<size_t>(pl->keys_pad) * s.head_dim * sizeof(__half) : 0;
     pl->total = pl->off_tab + align256(tab);
     return true;
@@ -1590,7 +1744,7 @@ cudaError_t launch_scores_w(const ScoreParams& p, bool half, dim3 grid, int max_
     return launch_scores_w_g<T, HD, 8>(p, half, grid, max_r, st);
 }
 
-template <typename T, int HD>
+template <typename T, int HD, bool Q4>
 cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq,
                             cudaStream_t st) {
     const int n_slab = pl.keys_pad / 16;
@@ -1600,7 +1754,7 @@ cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const do
                                                            tp.sp.rope_dims / 2, n_slab);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.QB, tp.NKV, sizeof(T));
+    const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.QB, tp.NKV, sizeof(T), Q4);
     const dim3 grid(pl.n_chunk1, tp.sp.n_head / tp.QB, n_seq);
     auto go = [&](auto kernel) {
         const cudaError_t r =
@@ -1609,13 +1763,13 @@ cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const do
         kernel<<<grid, kThreadsT, smem, st>>>(tp);
         return cudaGetLastError();
     };
-    if (pl.max_r <= 16) return go(latent_scores_t_kernel<T, HD, 1>);
-    if (pl.max_r <= 32) return go(latent_scores_t_kernel<T, HD, 2>);
-    if (pl.max_r <= 64) return go(latent_scores_t_kernel<T, HD, 4>);
-    return go(latent_scores_t_kernel<T, HD, 8>);
+    if (pl.max_r <= 16) return go(latent_scores_t_kernel<T, HD, 1, Q4>);
+    if (pl.max_r <= 32) return go(latent_scores_t_kernel<T, HD, 2, Q4>);
+    if (pl.max_r <= 64) return go(latent_scores_t_kernel<T, HD, 4, Q4>);
+    return go(latent_scores_t_kernel<T, HD, 8, Q4>);
 }
 
-template <typename T>
+template <typename T, bool Q4>
 cudaError_t launch_scores_kt(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq, int n_kv,
                              cudaStream_t st) {
     const int n_slab = pl.keys_pad / 16;
@@ -1625,7 +1779,7 @@ cudaError_t launch_scores_kt(const TableScoreParams& tp, const Plan& pl, const d
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     const int R = pl.max_r <= 16 ? 16 : pl.max_r <= 32 ? 32 : 64;
-    const size_t smem = score_kt_smem_bytes(R, sizeof(T));
+    const size_t smem = score_kt_smem_bytes(R, sizeof(T), Q4);
     const dim3 grid(pl.n_chunk1, n_kv, n_seq);
     auto go = [&](auto kernel) {
         const cudaError_t r =
@@ -1634,22 +1788,22 @@ cudaError_t launch_scores_kt(const TableScoreParams& tp, const Plan& pl, const d
         kernel<<<grid, kThreads, smem, st>>>(tp);
         return cudaGetLastError();
     };
-    if (R == 16) return go(latent_scores_kt_kernel<T, 1>);
-    if (R == 32) return go(latent_scores_kt_kernel<T, 2>);
-    return go(latent_scores_kt_kernel<T, 4>);
+    if (R == 16) return go(latent_scores_kt_kernel<T, 1, Q4>);
+    if (R == 32) return go(latent_scores_kt_kernel<T, 2, Q4>);
+    return go(latent_scores_kt_kernel<T, 4, Q4>);
 }
 
-template <typename T, int MT>
+template <typename T, int MT, bool Q4>
 cudaError_t launch_values(const ValueParams& p, dim3 grid, cudaStream_t st) {
-    const size_t smem = value_smem_bytes(sizeof(T), MT * 16);
-    const cudaError_t e = cudaFuncSetAttribute(latent_values_kernel<T, MT>,
+    const size_t smem = value_smem_bytes(sizeof(T), MT * 16, Q4);
+    const cudaError_t e = cudaFuncSetAttribute(latent_values_kernel<T, MT, Q4>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    latent_values_kernel<T, MT><<<grid, kThreads, smem, st>>>(p);
+    latent_values_kernel<T, MT, Q4><<<grid, kThreads, smem, st>>>(p);
     return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, bool Q4>
 cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnArgs& a, unsigned char* ws,
                     cudaStream_t st, cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
     float* scores = reinterpret_cast<float*>(ws);
@@ -1660,12 +1814,14 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     ScoreParams sp{};
     sp.q = a.q;
     sp.k_lat = a.k_lat;
+    sp.k_scale = a.k_scale;
     sp.k_u = a.k_u;
     sp.n_keys = a.n_keys;
     sp.inv_freq = a.inv_freq;
     sp.scores = scores;
     sp.ml = ml;
     sp.n_head = s.n_head;
+    sp.n_kv = s.n_kv;
     sp.G = pl.G;
     sp.rope_dims = s.rope_dims;
     sp.ctx_cap = s.ctx_cap;
@@ -1687,7 +1843,7 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
         tp.sp = sp;
         tp.tab = reinterpret_cast<const uint4*>(ws + pl.off_tab);
         tp.half_split = true;
-        e = launch_scores_kt<T>(tp, pl, a.inv_freq, s.n_seq, s.n_kv, st);
+        e = launch_scores_kt<T, Q4>(tp, pl, a.inv_freq, s.n_seq, s.n_kv, st);
     } else if (pl.kernel == LatentScoresKernel::RopeTable) {
         TableScoreParams tp{};
         tp.sp = sp;
@@ -1695,8 +1851,8 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
         tp.QB = pl.QB;
         tp.NKV = pl.NKV;
         tp.half_split = s.rope_half_split;
-        e = s.head_dim == 128 ? launch_scores_t<T, 128>(tp, pl, a.inv_freq, s.n_seq, st)
-                              : launch_scores_t<T, 64>(tp, pl, a.inv_freq, s.n_seq, st);
+        e = s.head_dim == 128 ? launch_scores_t<T, 128, Q4>(tp, pl, a.inv_freq, s.n_seq, st)
+                              : launch_scores_t<T, 64, Q4>(tp, pl, a.inv_freq, s.n_seq, st);
     } else if (pl.kernel == LatentScoresKernel::QueryFold)
         e = s.head_dim == 128 ? launch_scores_w<T, 128>(sp, s.rope_half_split, g1, max_r, st)
                               : launch_scores_w<T, 64>(sp, s.rope_half_split, g1, max_r, st);
@@ -1713,6 +1869,7 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.scores = scores;
     vp.ml = ml;
     vp.v_lat = a.v_lat;
+    vp.v_scale = a.v_scale;
     vp.n_keys = a.n_keys;
     vp.part = part;
     vp.n_head = s.n_head;
@@ -1725,10 +1882,10 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.n_chunk1 = pl.n_chunk1;
     const dim3 g2(pl.n_slice, pl.n_chunk2, s.n_seq);
     switch (pl.HP / 16) {
-        case 1: e = launch_values<T, 1>(vp, g2, st); break;
-        case 2: e = launch_values<T, 2>(vp, g2, st); break;
-        case 3: e = launch_values<T, 3>(vp, g2, st); break;
-        default: e = launch_values<T, 4>(vp, g2, st); break;
+        case 1: e = launch_values<T, 1, Q4>(vp, g2, st); break;
+        case 2: e = launch_values<T, 2, Q4>(vp, g2, st); break;
+        case 3: e = launch_values<T, 3, Q4>(vp, g2, st); break;
+        default: e = launch_values<T, 4, Q4>(vp, g2, st); break;
     }
     if (e != cudaSuccess) return e;
     if (e2 && (e = cudaEventRecord(e2, st)) != cudaSuccess) return e;
@@ -1753,8 +1910,12 @@ cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, siz
         !a.n_keys || !a.out || (s.rope_dims > 0 && !a.inv_freq))
         return cudaErrorInvalidValue;
     auto* w = static_cast<unsigned char*>(ws);
-    return s.format == LatentFormat::BF16 ? run_all<__nv_bfloat16>(s, pl, a, w, st, e1, e2, e3)
-                                          : run_all<__half>(s, pl, a, w, st, e1, e2, e3);
+    if (s.format == LatentFormat::Q4) {
+        if (!a.k_scale || !a.v_scale) return cudaErrorInvalidValue;
+        return run_all<__half, true>(s, pl, a, w, st, e1, e2, e3);
+    }
+    return s.format == LatentFormat::BF16 ? run_all<__nv_bfloat16, false>(s, pl, a, w, st, e1, e2, e3)
+                                          : run_all<__half, false>(s, pl, a, w, st, e1, e2, e3);
 }
 
 }  // namespace

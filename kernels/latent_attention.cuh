@@ -36,7 +36,12 @@ constexpr int kLatMaxGroup = 8;      // query heads per KV head
 // the kernels read latents only through their tile loaders (load_key_tile /
 // load_value_tile in latent_attention.cu), which is where a dequantizing
 // loader goes: everything after the shared-memory tile is format-independent.
-enum class LatentFormat { F16, BF16 };
+// Q4: 4-bit codes with a per-(token, group) fp16 scale and minimum, x = min + scale * q (the
+// uniform 4-bit zero-point plan of issue 5's row format with block = the padded key rank for keys
+// and 128 channels for values), stored as codes and scales in separate arrays (see LatentAttnArgs),
+// dequantized in shared memory right after the load. U_h and U_v are fp16. Q4 runs the angle-table
+// scores kernels only (RopeTable for MHA, KeyTable for GQA).
+enum class LatentFormat { F16, BF16, Q4 };
 
 // Which scores kernel: RoPE on the key side (each reconstructed key rotated, v3), folded into the
 // query side with in-tile offsets (v4-v7: W = [cos sin] x M(p0), M rotated per tile), or with a
@@ -75,6 +80,10 @@ inline int latent_rank_pad(int r) { return (r + 15) / 16 * 16; }
 //  v_u:    U_v [n_kv * head_dim][v_rank] row-major (rows of KV head h: h*head_dim..).
 //  n_keys: [n_seq] int on the device: sequence b attends to positions [0, n_keys[b]).
 //  inv_freq: [rope_dims / 2] double (cpu::RopeTable::inv_freq, scaling included).
+//  Q4 only: k_lat holds the codes, per sequence and KV head [ctx_cap][pad(k_rank[h]) / 2] bytes
+//          (low nibble = even channel), heads back to back; k_scale: [n_seq][n_kv][ctx_cap] half2
+//          (scale, min); v_lat: [n_seq][ctx_cap][v_rank / 2] bytes; v_scale: [n_seq][ctx_cap]
+//          [v_rank / 128] half2 (one per group of 128 channels).
 //  out:    [n_seq][n_head][head_dim] fp32. A sequence with no keys gets zeros.
 struct LatentAttnArgs {
     const float* q = nullptr;
@@ -86,6 +95,8 @@ struct LatentAttnArgs {
     const double* inv_freq = nullptr;
     float* out = nullptr;
     float scale = 0.0f;  // softmax scale, usually 1/sqrt(head_dim)
+    const void* k_scale = nullptr;  // Q4 only
+    const void* v_scale = nullptr;  // Q4 only
 };
 
 // Workspace bytes for this shape on the current device (0 when the shape is invalid).

@@ -6,13 +6,15 @@
 // Fresh random latents for each shape (on the device), CUDA events, median of
 // the timed runs. The PyTorch SDPA baseline on the full cache is
 // cuda/tests/sdpa_baseline.py, run in the same session.
-// Usage: bench_latent_attention [bf16|f16] [reps] [auto|key|fold]  (the scores kernel)
+// Usage: bench_latent_attention [bf16|f16|q4] [reps] [auto|key|fold|table|ktable]  (the scores kernel)
+// q4: 4-bit latents (LatentFormat::Q4: codes + a (scale, min) per token and key head / 128 values).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +52,23 @@ __global__ void fill_kernel(T* p, size_t n, unsigned seed, float scale) {
         }
         p[i] = static_cast<T>(s * 1.7320508f * scale);  // variance of 4 uniforms = 1/3
     }
+}
+
+__global__ void fill_bytes_kernel(unsigned char* p, size_t n, unsigned seed) {
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        unsigned h = static_cast<unsigned>(i) * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = static_cast<unsigned char>(h >> 8);
+    }
+}
+
+__global__ void fill_u32_kernel(uint32_t* p, size_t n, uint32_t v) {
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+        p[i] = v;
 }
 
 template <typename T>
@@ -115,18 +134,37 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     float *dq, *dout;
     double* dinv;
     int* dn;
-    CK(cudaMalloc(&dkl, kl * sizeof(T)));
+    const bool q4 = fmt == LatentFormat::Q4;
+    // Q4: codes (half a byte per value) and one 4-byte (scale, min) per token and key head / 128 values.
+    const size_t ksc = q4 ? size_t(s.n_seq) * m.n_kv * ctx : 0, vsc = q4 ? size_t(s.n_seq) * ctx * (m.v_rank / 128) : 0;
+    uint32_t *dks = nullptr, *dvs = nullptr;
+    CK(cudaMalloc(&dkl, q4 ? kl / 2 : kl * sizeof(T)));
     CK(cudaMalloc(&dku, ku * sizeof(T)));
-    CK(cudaMalloc(&dvl, vl * sizeof(T)));
+    CK(cudaMalloc(&dvl, q4 ? vl / 2 : vl * sizeof(T)));
+    if (q4) {
+        CK(cudaMalloc(&dks, ksc * 4));
+        CK(cudaMalloc(&dvs, vsc * 4));
+    }
     CK(cudaMalloc(&dvu, vu * sizeof(T)));
     CK(cudaMalloc(&dq, size_t(s.n_seq) * m.n_head * 128 * sizeof(float)));
     CK(cudaMalloc(&dout, size_t(s.n_seq) * m.n_head * 128 * sizeof(float)));
     CK(cudaMalloc(&dinv, 64 * sizeof(double)));
     CK(cudaMalloc(&dn, s.n_seq * sizeof(int)));
     const unsigned seed = static_cast<unsigned>(ctx * 7919 + m.n_kv);
-    fill(dkl, kl, seed + 1, 1.0f);
+    if (q4) {  // random codes; scales 1/8 and minima -1 (values in [-1, 0.875])
+        fill_bytes_kernel<<<2048, 256>>>(reinterpret_cast<unsigned char*>(dkl), kl / 2, seed + 1);
+        fill_bytes_kernel<<<2048, 256>>>(reinterpret_cast<unsigned char*>(dvl), vl / 2, seed + 3);
+        const __half2 sm = __floats2half2_rn(0.125f, -1.0f);
+        uint32_t bits;
+        std::memcpy(&bits, &sm, 4);
+        fill_u32_kernel<<<2048, 256>>>(dks, ksc, bits);
+        fill_u32_kernel<<<2048, 256>>>(dvs, vsc, bits);
+        CK(cudaGetLastError());
+    } else {
+        fill(dkl, kl, seed + 1, 1.0f);
+        fill(dvl, vl, seed + 3, 1.0f);
+    }
     fill(dku, ku, seed + 2, 1.0f / std::sqrt(float(m.k_rank)));
-    fill(dvl, vl, seed + 3, 1.0f);
     fill(dvu, vu, seed + 4, 1.0f / std::sqrt(float(m.v_rank)));
     fill(dq, size_t(s.n_seq) * m.n_head * 128, seed + 5, 1.0f);
     std::vector<double> inv(64);
@@ -140,8 +178,10 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     LatentAttnArgs a;
     a.q = dq;
     a.k_lat = dkl;
+    a.k_scale = dks;
     a.k_u = dku;
     a.v_lat = dvl;
+    a.v_scale = dvs;
     a.v_u = dvu;
     a.n_keys = dn;
     a.inv_freq = dinv;
@@ -178,10 +218,11 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
         if (i >= 3) plain.push_back(all);
     }
     // Bytes the attention must read: latents (keys + values) and the factors.
-    const double bytes = double(kl + vl + ku + vu) * sizeof(T);
+    const double key_bytes = q4 ? kl / 2.0 + ksc * 4.0 : double(kl) * sizeof(T);
+    const double val_bytes = q4 ? vl / 2.0 + vsc * 4.0 : double(vl) * sizeof(T);
+    const double bytes = key_bytes + val_bytes + double(ku + vu) * sizeof(T);
     const double floor_ms = bytes / (bw * 1e9) * 1e3;
     const double ms = median(plain);
-    const double key_bytes = double(kl) * sizeof(T), val_bytes = double(vl) * sizeof(T);
     std::printf("%-10s %6d %9.1f %8.3f %8.3f %6.0f%% %8.3f | %7.3f (%4.0f%%) %7.3f (%4.0f%%) %6.3f %6.3f | ws %.0f MB\n",
                 m.name, ctx, bytes / 1e6, floor_ms, ms, 100.0 * floor_ms / ms, median(tot), median(t1),
                 100.0 * key_bytes / (bw * 1e9) * 1e3 / median(t1), median(t2),
@@ -197,12 +238,15 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     CK(cudaFree(dout));
     CK(cudaFree(dinv));
     CK(cudaFree(dn));
+    CK(cudaFree(dks));
+    CK(cudaFree(dvs));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
     const bool bf16 = argc > 1 && std::strcmp(argv[1], "bf16") == 0;
+    const bool q4 = argc > 1 && std::strcmp(argv[1], "q4") == 0;
     const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
     const char* kname = argc > 3 ? argv[3] : "auto";
     const LatentScoresKernel sk = std::strcmp(kname, "key") == 0    ? LatentScoresKernel::KeyRotation
@@ -214,7 +258,7 @@ int main(int argc, char** argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     const double bw = copy_bandwidth();
     std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; scores kernel %s; median of %d\n",
-                prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : "fp16", kname, reps);
+                prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : q4 ? "q4 (4-bit + scales)" : "fp16", kname, reps);
     std::printf("%-10s %6s %9s %8s %8s %7s %8s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
                 "floor%", "serial", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
     // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:
@@ -225,6 +269,8 @@ int main(int argc, char** argv) {
         for (int ctx : {4096, 8192, 16384, 32768}) {
             if (bf16)
                 bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw, sk);
+            else if (q4)
+                bench<__half>(m, ctx, LatentFormat::Q4, reps, bw, sk);
             else
                 bench<__half>(m, ctx, LatentFormat::F16, reps, bw, sk);
         }

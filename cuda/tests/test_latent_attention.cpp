@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -46,6 +47,47 @@ struct F16 {
     static constexpr LatentFormat kFormat = LatentFormat::F16;
     static T from(float x) { return __float2half_rn(x); }
     static float to(T x) { return __half2float(x); }
+};
+
+// Q4 latents: the factors are fp16; the latents are quantized from F16-like random values.
+struct Q4 : F16 {
+    static constexpr LatentFormat kFormat = LatentFormat::Q4;
+};
+
+// 4-bit zero-point quantization of groups of `group` consecutive values (the kernels' Q4 format):
+// codes (low nibble = even element), one (scale, min) half2 per group; x is replaced by exactly what
+// the kernel dequantizes (min + scale * q with the fp16-rounded scale and min).
+void quantize_q4(std::vector<double>& x, int group, std::vector<uint8_t>& codes, std::vector<uint32_t>& scales) {
+    codes.assign(x.size() / 2, 0);
+    scales.resize(x.size() / group);
+    for (size_t g = 0; g < scales.size(); ++g) {
+        double lo = INFINITY, hi = -INFINITY;
+        for (int i = 0; i < group; ++i) {
+            lo = std::min(lo, x[g * group + i]);
+            hi = std::max(hi, x[g * group + i]);
+        }
+        const __half hs = __float2half_rn(static_cast<float>(hi > lo ? (hi - lo) / 15.0 : 1.0));
+        const __half hm = __float2half_rn(static_cast<float>(lo));
+        const double sc = __half2float(hs), mn = __half2float(hm);
+        for (int i = 0; i < group; ++i) {
+            const size_t k = g * group + i;
+            const int q = std::clamp(static_cast<int>(std::lround((x[k] - mn) / sc)), 0, 15);
+            codes[k / 2] |= static_cast<uint8_t>(q << ((k % 2) * 4));
+            x[k] = mn + sc * q;
+        }
+        const __half2 h2 = __halves2half2(hs, hm);
+        std::memcpy(&scales[g], &h2, 4);
+    }
+}
+
+struct DevBytes {  // a device copy of a host vector; RAII
+    void* dev = nullptr;
+    template <typename V>
+    void upload(const std::vector<V>& v) {
+        ASSERT_EQ(cudaMalloc(&dev, std::max<size_t>(v.size(), 1) * sizeof(V)), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(dev, v.data(), v.size() * sizeof(V), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    ~DevBytes() { cudaFree(dev); }
 };
 
 template <typename E>
@@ -194,9 +236,35 @@ double run_case(const Case& c) {
     std::vector<double> inv_freq(std::max(c.rope_dims / 2, 1));
     for (int i = 0; i < c.rope_dims / 2; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / c.rope_dims);
 
-    klat.upload();
+    // Q4: the latents quantized (keys: one group per token and KV head, the padded rank wide;
+    // values: groups of 128), the reference reads exactly the dequantized values.
+    DevBytes kcodes, kscales, vcodes, vscales;
+    if constexpr (E::kFormat == LatentFormat::Q4) {
+        std::vector<uint8_t> codes, all_codes;
+        std::vector<uint32_t> scales, all_scales;
+        // Key latents are [seq][head][ctx][pad]: quantize each head's rows with group = pad.
+        size_t off = 0;
+        for (int b = 0; b < c.n_seq; ++b)
+            for (int h = 0; h < c.n_kv; ++h) {
+                const int pad = latent_rank_pad(c.ranks[h]);
+                const size_t n = static_cast<size_t>(c.ctx_cap) * pad;
+                std::vector<double> part(klat.d.begin() + off, klat.d.begin() + off + n);
+                quantize_q4(part, pad, codes, scales);
+                std::copy(part.begin(), part.end(), klat.d.begin() + off);
+                all_codes.insert(all_codes.end(), codes.begin(), codes.end());
+                all_scales.insert(all_scales.end(), scales.begin(), scales.end());
+                off += n;
+            }
+        kcodes.upload(all_codes);
+        kscales.upload(all_scales);
+        quantize_q4(vlat.d, 128, codes, scales);
+        vcodes.upload(codes);
+        vscales.upload(scales);
+    } else {
+        klat.upload();
+        vlat.upload();
+    }
     ku.upload();
-    vlat.upload();
     vu.upload();
     float *dq = nullptr, *dout = nullptr;
     double* dinv = nullptr;
@@ -218,9 +286,11 @@ double run_case(const Case& c) {
 
     LatentAttnArgs a;
     a.q = dq;
-    a.k_lat = klat.dev;
+    a.k_lat = E::kFormat == LatentFormat::Q4 ? kcodes.dev : klat.dev;
+    a.k_scale = kscales.dev;
     a.k_u = ku.dev;
-    a.v_lat = vlat.dev;
+    a.v_lat = E::kFormat == LatentFormat::Q4 ? vcodes.dev : vlat.dev;
+    a.v_scale = vscales.dev;
     a.v_u = vu.dev;
     a.n_keys = dn;
     a.inv_freq = dinv;
@@ -420,6 +490,35 @@ TEST(LatentAttention, GqaHalfSplitKeyTable) {
         std::printf("[latent] GQA half-split, ranks 32/40 (%s): rel err fp16 %.2e, bf16 %.2e; group 8: %.2e\n",
                     kernel_name(k), e16, eb, e8);
     }
+}
+
+// 4-bit latents (Q4): dequantized in shared memory by both table kernels and the value pass;
+// compared with the float64 reference on the dequantized values, so the error is the kernels' own.
+// Ragged ranks (pads 32 and 48), MHA and GQA, a context that ends inside a tile.
+TEST(LatentAttention, Q4LatentsBothTableKernels) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case mha{2, 4, 4, 128, 128, true, 256, {32, 40, 16, 32}, {300, 77}, 301};
+    Case gqa{2, 8, 2, 128, 128, true, 256, {32, 40}, {700, 129}, 701};
+    Case gqa64{1, 4, 1, 64, 64, false, 128, {24}, {190}, 200};  // head_dim 64, adjacent: the fold table
+    for (Case* c : {&mha, &gqa, &gqa64}) {
+        const double e = run_case<Q4>(*c);
+        EXPECT_LT(e, 3e-3) << "rel err " << e;
+        std::printf("[latent] Q4 latents, %d heads / %d KV heads, head_dim %d: rel err %.2e\n", c->n_head, c->n_kv,
+                    c->hd, e);
+    }
+    // Q4 only with the table kernels: a forced key-rotation kernel is refused.
+    LatentAttnShape s;
+    s.n_seq = 1;
+    s.n_head = s.n_kv = 1;
+    s.head_dim = 128;
+    s.rope_dims = 128;
+    s.v_rank = 128;
+    s.ctx_cap = s.max_keys = 64;
+    s.k_rank[0] = 32;
+    s.format = LatentFormat::Q4;
+    EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
+    s.scores_kernel = LatentScoresKernel::KeyRotation;
+    EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
 }
 
 TEST(LatentAttention, Llama3ShapesLongContext) {
