@@ -822,6 +822,84 @@ __global__ void latent_rope_table_kernel(uint4* tab, const double* inv_freq, int
     }
 }
 
+// The same table in the canonical layout of a wgmma operand (K-major, no swizzle), read by the fold-table
+// kernel: per 64-row tile [channel block kb: HD/8][row block rb: 8][row: 8][channel: 8] halves, i.e. 8x8
+// "core matrices" of 128 contiguous bytes; one uint4 is 8 channels of one row. The tile is still one
+// contiguous run (a plain copy), and an mma A fragment is one ldmatrix.x4 of four core matrices.
+template <int HD>
+__global__ void latent_rope_table_cm_kernel(uint4* tab, const double* inv_freq, int np, int n_tile64) {
+    const long long total = static_cast<long long>(n_tile64) * (HD / 8) * 64;
+    for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < total;
+         e += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const int r64 = static_cast<int>(e % 64), kb = static_cast<int>((e / 64) % (HD / 8));
+        const int row = static_cast<int>(e / (64 * (HD / 8))) * 64 + r64;
+        uint32_t w[4];
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) {
+            float v[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int c = kb * 8 + 2 * k2 + j, i = c < HD / 2 ? c : c - HD / 2;
+                double sn = 0.0, co = 1.0;
+                if (i < np) sincos(static_cast<double>(row) * inv_freq[i], &sn, &co);
+                v[j] = static_cast<float>(c < HD / 2 ? co : sn);
+            }
+            w[k2] = pack_half2(v[0], v[1]);
+        }
+        tab[e] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+// Halves offset of element (row n, channel c) in a [n / 8][HD / 8][8][8] core-matrix array.
+template <int HD>
+__device__ inline int cm_off(int n, int c) {
+    return (n / 8) * (HD / 8) * 64 + (c / 8) * 64 + (n % 8) * 8 + c % 8;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define STARKV_WGMMA 1
+// wgmma shared-memory matrix descriptor, no swizzle: start, LBO (between the two 8-element K halves of a
+// k16 step) and SBO (between 8-row groups), all in 16-byte units.
+__device__ inline uint64_t wg_desc(const void* smem_ptr, uint32_t lbo, uint32_t sbo) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_ptr));
+    return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+           (static_cast<uint64_t>(sbo >> 4) << 32);
+}
+__device__ inline void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ inline void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ inline void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d (+)= A (64 x 16, descriptor) x B (16 x N, descriptor), fp16 in, fp32 accumulators (N / 2 per thread).
+template <int N>
+__device__ inline void wgmma_f16(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate);
+template <>
+__device__ inline void wgmma_f16<32>(float (&d)[16], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+template <>
+__device__ inline void wgmma_f16<64>(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,"
+        "%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+#else
+#define STARKV_WGMMA 0
+#endif
+
 struct TableScoreParams {
     ScoreParams sp;
     const uint4* tab;
@@ -837,8 +915,10 @@ __host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int 
     const size_t keys = q4 ? static_cast<size_t>(kStagesT) * NKV * q4_key_raw_bytes(R) +
                                  static_cast<size_t>(NKV) * kTile * (R + kPad) * sizeof(__half)
                            : static_cast<size_t>(kStagesT) * NKV * kTile * (R + kPad) * elem;
+    (void)QB;  // M is laid out for kQbMax heads of R (rounded to the kernel's rank steps) ranks
+    const size_t rm = (R <= 16 ? 16 : R <= 32 ? 32 : R <= 64 ? 64 : 128);
     return keys + static_cast<size_t>(kStagesT) * kTile * hd * sizeof(__half) +  // table rows
-           static_cast<size_t>(QB) * R * (hd + kPad) * sizeof(__half) + 8 * kQbMax * sizeof(float2);
+           static_cast<size_t>(kQbMax) * rm * hd * sizeof(__half) + 8 * kQbMax * sizeof(float2);
 }
 
 // Block: (chunk of keys, QB query heads, sequence); 8 warps. Per tile of 64 keys: the key latents of
@@ -848,7 +928,9 @@ __host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int 
 // rank steps run interleaved, 8+ independent mma chains per warp (one chain of 16 was latency-bound).
 template <typename T, int HD, int JPM, bool Q4>
 __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScoreParams tp) {
-    constexpr int NP = HD / 2, KS = HD / 16, MS = HD + kPad;
+    constexpr int NP = HD / 2, KS = HD / 16;
+    constexpr int RM = JPM * 16;                           // each head's rows of M (ranks, zero past its own)
+    constexpr bool kWG = STARKV_WGMMA && JPM <= 2;          // W by wgmma (warpgroup of 4 warps, 2 heads)
     constexpr int kTabU4 = kTile / 16 * KS * 32;  // uint4 per tile of table rows
     constexpr int NH = JPM <= 2 ? 2 : 1;          // heads whose products are interleaved
     constexpr int kZIter = (JPM * 16 * kTile / 8 + kThreadsT - 1) / kThreadsT;
@@ -874,8 +956,8 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     const int RAW = static_cast<int>(q4_key_raw_bytes(Rmax));
     unsigned char* Rw = reinterpret_cast<unsigned char*>(Ts + kStagesT * kTabU4);
     T* Zs = reinterpret_cast<T*>(Q4 ? Rw + kStagesT * NKV * RAW : Rw);             // [stage or 1][NKV][kTile][R + kPad]
-    __half* Ms = reinterpret_cast<__half*>(Zs + (Q4 ? 1 : kStagesT) * NKV * ZS);  // [QB][Rmax][MS]
-    float2* red = reinterpret_cast<float2*>(Ms + QB * Rmax * MS);                 // [8][kQbMax]
+    __half* Ms = reinterpret_cast<__half*>(Zs + (Q4 ? 1 : kStagesT) * NKV * ZS);  // core matrices [kQbMax * RM / 8][HD / 8][8][8]
+    float2* red = reinterpret_cast<float2*>(Ms + kQbMax * RM * HD);                // [8][kQbMax]
 
     const T* zbase = static_cast<const T*>(p.k_lat) + b * p.seq_stride;
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
@@ -950,8 +1032,10 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     cp_async_commit();
 
     // M of each query head, rank-major: M[k][i] = A0_i[k], M[k][NP + i] = B0_i[k] (scale and log2 e
-    // in). A thread owns one pair i (its two dimensions and query values) and every (256 / NP)-th
-    // pair of ranks: U's rows are read two ranks at a time.
+    // in), head j's rows at j * RM, zero past its rank and for heads past QB. A thread owns one pair i
+    // (its two dimensions and query values) and every (256 / NP)-th pair of ranks.
+    for (int e = tid; e < kQbMax * RM * HD / 8; e += kThreadsT) reinterpret_cast<uint4*>(Ms)[e] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
     {
         const int i = tid % NP, kq = tid / NP;
         int a, bb;
@@ -962,23 +1046,31 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
             const T* ub_row = ua_row + (bb - a) * R;
             const float* q = p.q + (static_cast<size_t>(b) * p.n_head + hq) * HD;
             const float qa = p.scale_log2 * q[a], qb = p.scale_log2 * q[bb];
-            __half* Mj = Ms + j * Rmax * MS + i;
             for (int k = 2 * kq; k < R; k += 2 * (kThreadsT / NP)) {
                 const float2 ua = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(ua_row + k),
                                                        static_cast<T*>(nullptr));
                 const float2 ub = half2_bits_to_float2(*reinterpret_cast<const uint32_t*>(ub_row + k),
                                                        static_cast<T*>(nullptr));
-                Mj[k * MS] = __float2half_rn(qa * ua.x + qb * ub.x);
-                Mj[(k + 1) * MS] = __float2half_rn(qa * ua.y + qb * ub.y);
-                Mj[k * MS + NP] = __float2half_rn(qb * ua.x - qa * ub.x);
-                Mj[(k + 1) * MS + NP] = __float2half_rn(qb * ua.y - qa * ub.y);
+                const int n = j * RM + k;
+                Ms[cm_off<HD>(n, i)] = __float2half_rn(qa * ua.x + qb * ub.x);
+                Ms[cm_off<HD>(n + 1, i)] = __float2half_rn(qa * ua.y + qb * ub.y);
+                Ms[cm_off<HD>(n, NP + i)] = __float2half_rn(qb * ua.x - qa * ub.x);
+                Ms[cm_off<HD>(n + 1, NP + i)] = __float2half_rn(qb * ua.y - qa * ub.y);
             }
         }
     }
+#if STARKV_WGMMA
+    fence_proxy_async();  // M (generic-proxy stores) visible to wgmma after the barrier below
+#endif
 
     const int rr = lane / 4, x = 2 * (lane % 4);
     const int R0 = slab * 16 + rr, R1 = R0 + 8;
-    const int b_off = ((lane / 16) * 8 + lane % 8) * MS + ((lane / 8) % 2) * 8;
+    // ldmatrix.x4 lane addresses of the core-matrix layouts (matrix mi = lane / 8, its row lane % 8):
+    // A (table): rows 8 (2 slab + mi % 2).., channels 8 (2 ks + mi / 2)..; B (M): rows (ranks)
+    // 8 (2 np + mi / 2).., channels 8 (2 ks + mi % 2)..
+    const int mi = lane / 8, r8 = lane % 8;
+    const int a_off = (mi / 2) * 64 * 8 + (2 * slab + mi % 2) * 64 + r8 * 8;  // + ks * 2 * 64 * 8 halves
+    const int b_lane = (mi / 2) * (HD / 8) * 64 + (mi % 2) * 64 + r8 * 8;     // + nb * (HD/8) * 64 + ks * 128
     // This warp's two heads, hoisted out of the tile loop (R = 0: no such head).
     int hR[2], hZ[2], hM[2];
     float* hS[2];
@@ -989,7 +1081,7 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
         const int kvh = j < QB ? (hq0 + j) / G : kv0;
         hR[jj] = j < QB ? p.rpad[kvh] : 0;
         hZ[jj] = (kvh - kv0) * ZS;
-        hM[jj] = j * Rmax * MS + b_off;
+        hM[jj] = (j * RM / 8) * (HD / 8) * 64 + b_lane;
         hS[jj] = p.scores + (static_cast<size_t>(b) * p.n_head + hq0 + j) * p.keys_pad;
         m[jj] = -INFINITY;
         l[jj] = 0.0f;
@@ -997,6 +1089,9 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
 
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<0>();
+#if STARKV_WGMMA
+        fence_proxy_async();  // the table tile (cp.async, generic proxy) visible to wgmma
+#endif
         __syncthreads();  // tile t (and M) visible; the other stage no longer read
         if (t + 1 < n_tiles) load(t + 1);
         cp_async_commit();
@@ -1007,15 +1102,28 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
                                     Rw + ((t % kStagesT) * NKV + j) * RAW, p.rpad[kv0 + j], tid, kThreadsT);
             __syncthreads();  // the fp16 tiles visible
         }
-        const uint4* Tt = Ts + (t % kStagesT) * kTabU4 + slab * KS * 32 + lane;
-        uint32_t af[KS][4];
+        const __half* Tt = reinterpret_cast<const __half*>(Ts + (t % kStagesT) * kTabU4);
+#if STARKV_WGMMA
+        // W of this warpgroup's two heads for the whole 64-key tile: 64 x 2 RM x HD, wgmma from shared
+        // memory (table K-major: LBO = the channel-block stride, SBO = the row-block stride; M K-major:
+        // LBO = 128 bytes, SBO = one rank block of HD channels).
+        float wg[kWG ? RM : 1];
+        if constexpr (kWG) {
+            wg_fence();
 #pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-            const uint4 v = Tt[ks * 32];
-            af[ks][0] = v.x;
-            af[ks][1] = v.y;
-            af[ks][2] = v.z;
-            af[ks][3] = v.w;
+            for (int ks = 0; ks < KS; ++ks) {
+                const uint64_t da = wg_desc(Tt + ks * 2 * 64 * 8, 64 * 8 * 2, 128);
+                const uint64_t db = wg_desc(Ms + (2 * hh * RM / 8) * (HD / 8) * 64 + ks * 128, 128, (HD / 8) * 128);
+                wgmma_f16<2 * RM>(wg, da, db, ks > 0);
+            }
+            wg_commit();
+            wg_wait0();
+        }
+#endif
+        uint32_t af[kWG ? 1 : KS][4];
+        if constexpr (!kWG) {
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) ldsm_x4(af[ks], Tt + a_off + ks * 2 * 64 * 8);
         }
         const T* Zt = Zs + (Q4 ? 0 : t % kStagesT) * NKV * ZS;
         const int t0 = k0 + t * kTile;
@@ -1030,16 +1138,26 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
 #pragma unroll
                     for (int c = 0; c < 2; ++c)
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) w[h][jp][c][i] = 0.0f;
+                        for (int i = 0; i < 4; ++i) {
+#if STARKV_WGMMA
+                            // wgmma accumulators: 8-column tile nt = (g0 + h) RM / 8 + 2 jp + c, 4 values each,
+                            // in the mma layout of this warp's 16 rows.
+                            if constexpr (kWG) {
+                                w[h][jp][c][i] = wg[((g0 + h) * (RM / 8) + 2 * jp + c) * 4 + i];
+                                continue;
+                            }
+#endif
+                            w[h][jp][c][i] = 0.0f;
+                        }
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
+            for (int ks = 0; ks < (kWG ? 0 : KS); ++ks) {
 #pragma unroll
                 for (int h = 0; h < NH; ++h) {
 #pragma unroll
                     for (int jp = 0; jp < JPM; ++jp) {
                         if (16 * jp < hR[g0 + h]) {
                             uint32_t bf[4];
-                            ldsm_x4(bf, Ms + hM[g0 + h] + 16 * jp * MS + ks * 16);
+                            ldsm_x4(bf, Ms + hM[g0 + h] + 2 * jp * (HD / 8) * 64 + ks * 128);
                             mma<__half>(w[h][jp][0], af[ks], bf[0], bf[1]);
                             mma<__half>(w[h][jp][1], af[ks], bf[2], bf[3]);
                         }
@@ -1750,8 +1868,8 @@ cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const do
     const int n_slab = pl.keys_pad / 16;
     const long long entries = static_cast<long long>(n_slab) * (HD / 16) * 32;
     const int tblocks = static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
-    latent_rope_table_kernel<HD><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq,
-                                                           tp.sp.rope_dims / 2, n_slab);
+    latent_rope_table_cm_kernel<HD><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq,
+                                                              tp.sp.rope_dims / 2, pl.keys_pad / kTile);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.QB, tp.NKV, sizeof(T), Q4);
