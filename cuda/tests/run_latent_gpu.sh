@@ -10,12 +10,12 @@ nvidia-smi --query-gpu=name,driver_version --format=csv 2>&1 | tee "$OUT/device.
 timeout 120 "$here/starkv_cuda_latent_tests" 2>&1 | tail -60 > "$OUT/tests.txt"
 grep -E "OK \]|FAILED|rel err|PASSED" "$OUT/tests.txt"
 for k in ${KERNELS:-auto table ktable fold key}; do timeout 100 "$here/starkv_bench_latent_attention" f16 20 $k 2>&1 | tee "$OUT/bench_$k.txt"; done
-[ -n "${LATENT_BF16:-}" ] && timeout 100 "$here/starkv_bench_latent_attention" bf16 10 auto 2>&1 | tee "$OUT/bench_bf16.txt"
+[ -n "${LATENT_BF16:-}" ] && for f in bf16 q4; do timeout 100 "$here/starkv_bench_latent_attention" $f 10 auto 2>&1 | tee "$OUT/bench_$f.txt"; done
 [ -n "${LATENT_SDPA:-1}" ] && PYTHONUNBUFFERED=1 timeout 120 python3 "$here/sdpa_baseline.py" 20 2>&1 | tee "$OUT/sdpa.txt"
 if [ -n "${LATENT_SANITIZE:-}" ]; then
   export STARKV_LATENT_TEST_SMALL=1
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/starkv_cuda_latent_tests" 2>&1 | tee "$OUT/memcheck.txt" | grep -E "ERROR SUMMARY|FAILED|PASSED|rel err" | head -20
-  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/starkv_cuda_latent_tests" --gtest_filter='LatentAttention.Mha*:LatentAttention.GqaF16*:LatentAttention.GqaHalfSplitKeyTable' 2>&1 | tee "$OUT/racecheck.txt" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED|hazard" | head
+  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/starkv_cuda_latent_tests" --gtest_filter='LatentAttention.Mha*:LatentAttention.GqaF16*:LatentAttention.GqaHalfSplitKeyTable:LatentAttention.Q4*' 2>&1 | tee "$OUT/racecheck.txt" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED|hazard" | head
   unset STARKV_LATENT_TEST_SMALL
 fi
 if [ -n "${LATENT_PROFILE:-}" ]; then
