@@ -1661,53 +1661,53 @@ __device__ inline float2 to_float2(uint32_t v, __nv_bfloat16*) {
 }
 __device__ inline float2 to_float2(uint32_t v, __half*) { return __half22float2(*reinterpret_cast<const __half2*>(&v)); }
 
-template <typename T>
+// NK: v_rank / 128 rounded up to a power of two (the U rows held in registers); blockIdx.z: a slice
+// of at most nc of the N = n_seq * G rows of acc (one shared-memory pass per block, slices in parallel).
+template <typename T, int NK>
 __global__ void __launch_bounds__(256) latent_expand_kernel(const T* vu, const float* acc, float* out, int n_seq,
                                                             int n_head, int G, int hd, int v_rank, int nc) {
     extern __shared__ __align__(16) float As[];  // [nc][v_rank]
     const int kvh = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int d0 = blockIdx.y * kExpandRows + warp * 2;
     const int N = n_seq * G, nk = v_rank / 128;
-    uint2 u[2][kMaxVRank / 128];
+    uint2 u[2][NK];
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int k = 0; k < kMaxVRank / 128; ++k)
+        for (int k = 0; k < NK; ++k)
             u[r][k] = (k < nk && d0 + r < hd) ? *reinterpret_cast<const uint2*>(
                                                      vu + (static_cast<size_t>(kvh) * hd + d0 + r) * v_rank + 128 * k +
                                                      4 * lane)
                                                : make_uint2(0u, 0u);
     const float* a = acc + static_cast<size_t>(kvh) * N * v_rank;
-    for (int n0 = 0; n0 < N; n0 += nc) {
-        const int cnt = min(nc, N - n0);
-        __syncthreads();
-        for (int e = threadIdx.x; e < cnt * v_rank / 4; e += blockDim.x)
-            reinterpret_cast<float4*>(As)[e] = reinterpret_cast<const float4*>(a + static_cast<size_t>(n0) * v_rank)[e];
-        __syncthreads();
-        for (int nn = 0; nn < cnt; ++nn) {
-            float s0 = 0.0f, s1 = 0.0f;
+    const int n0 = blockIdx.z * nc, cnt = min(nc, N - n0);
+    if (cnt <= 0) return;
+    for (int e = threadIdx.x; e < cnt * v_rank / 4; e += blockDim.x)
+        reinterpret_cast<float4*>(As)[e] = reinterpret_cast<const float4*>(a + static_cast<size_t>(n0) * v_rank)[e];
+    __syncthreads();
+    for (int nn = 0; nn < cnt; ++nn) {
+        float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
-            for (int k = 0; k < kMaxVRank / 128; ++k) {
-                if (k < nk) {
-                    const float4 av = *reinterpret_cast<const float4*>(As + nn * v_rank + 128 * k + 4 * lane);
-                    const float2 u00 = to_float2(u[0][k].x, static_cast<T*>(nullptr)),
-                                 u01 = to_float2(u[0][k].y, static_cast<T*>(nullptr));
-                    const float2 u10 = to_float2(u[1][k].x, static_cast<T*>(nullptr)),
-                                 u11 = to_float2(u[1][k].y, static_cast<T*>(nullptr));
-                    s0 += u00.x * av.x + u00.y * av.y + u01.x * av.z + u01.y * av.w;
-                    s1 += u10.x * av.x + u10.y * av.y + u11.x * av.z + u11.y * av.w;
-                }
+        for (int k = 0; k < NK; ++k) {
+            if (k < nk) {
+                const float4 av = *reinterpret_cast<const float4*>(As + nn * v_rank + 128 * k + 4 * lane);
+                const float2 u00 = to_float2(u[0][k].x, static_cast<T*>(nullptr)),
+                             u01 = to_float2(u[0][k].y, static_cast<T*>(nullptr));
+                const float2 u10 = to_float2(u[1][k].x, static_cast<T*>(nullptr)),
+                             u11 = to_float2(u[1][k].y, static_cast<T*>(nullptr));
+                s0 += u00.x * av.x + u00.y * av.y + u01.x * av.z + u01.y * av.w;
+                s1 += u10.x * av.x + u10.y * av.y + u11.x * av.z + u11.y * av.w;
             }
-            for (int off = 16; off > 0; off >>= 1) {
-                s0 += __shfl_xor_sync(0xffffffffu, s0, off);
-                s1 += __shfl_xor_sync(0xffffffffu, s1, off);
-            }
-            if (lane == 0) {
-                const int n = n0 + nn, b = n / G, g = n % G;
-                float* o = out + (static_cast<size_t>(b) * n_head + kvh * G + g) * hd;
-                if (d0 < hd) o[d0] = s0;
-                if (d0 + 1 < hd) o[d0 + 1] = s1;
-            }
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+            s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+        }
+        if (lane == 0) {
+            const int n = n0 + nn, b = n / G, g = n % G;
+            float* o = out + (static_cast<size_t>(b) * n_head + kvh * G + g) * hd;
+            if (d0 < hd) o[d0] = s0;
+            if (d0 + 1 < hd) o[d0 + 1] = s1;
         }
     }
 }
@@ -2014,11 +2014,28 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (e3 && (e = cudaEventRecord(e3, st)) != cudaSuccess) return e;
 
-    const int nc = std::max(1, std::min(s.n_seq * pl.G, 8192 / s.v_rank));
-    latent_expand_kernel<T><<<dim3(s.n_kv, (s.head_dim + kExpandRows - 1) / kExpandRows), 256,
-                              static_cast<size_t>(nc) * s.v_rank * sizeof(float), st>>>(
-        static_cast<const T*>(a.v_u), acc, a.out, s.n_seq, s.n_head, pl.G, s.head_dim, s.v_rank, nc);
-    return cudaGetLastError();
+    // Expand: at most 8 rows of acc per block (one shared-memory pass, <= 64 KB), the slices of N in
+    // parallel (blockIdx.z); U's rows in registers sized for the rank (NK), so blocks stay small.
+    const int N = s.n_seq * pl.G;
+    const int nc = std::max(1, std::min({N, 8, 16384 / s.v_rank}));
+    const dim3 ge(s.n_kv, (s.head_dim + kExpandRows - 1) / kExpandRows, (N + nc - 1) / nc);
+    const size_t esm = static_cast<size_t>(nc) * s.v_rank * sizeof(float);
+    auto expand = [&](auto kernel) {
+        if (esm > 48 * 1024) {
+            const cudaError_t r =
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(esm));
+            if (r != cudaSuccess) return r;
+        }
+        kernel<<<ge, 256, esm, st>>>(static_cast<const T*>(a.v_u), acc, a.out, s.n_seq, s.n_head, pl.G, s.head_dim,
+                                     s.v_rank, nc);
+        return cudaGetLastError();
+    };
+    const int nk = s.v_rank / 128;
+    if (nk <= 1) return expand(latent_expand_kernel<T, 1>);
+    if (nk <= 2) return expand(latent_expand_kernel<T, 2>);
+    if (nk <= 4) return expand(latent_expand_kernel<T, 4>);
+    if (nk <= 8) return expand(latent_expand_kernel<T, 8>);
+    return expand(latent_expand_kernel<T, 16>);
 }
 
 cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, size_t ws_bytes, cudaStream_t st,
