@@ -202,8 +202,8 @@ PackStats write_bundle(const ModelSource& src, const std::vector<SourceTensor>& 
     // ... and one whose latents are quantized (rows it could not read).
     if (kv_meta.contains("kv_quant")) {
         md["required_features"].push_back("kv-quant");
-        if (const json& q = kv_meta["kv_quant"]; q.is_object() && q.contains("layers") && b::kv_quant_layers_use_log8(q["layers"]))
-            md["required_features"].push_back("kv-quant-log8");
+        if (const json& q = kv_meta["kv_quant"]; q.is_object() && q.contains("layers") && b::kv_quant_layers_need_v2(q["layers"]))
+            md["required_features"].push_back("kv-quant-v2");
     }
     md["model"] = b::config_to_json(src.config);
     md["tokenizer"] = b::vocab_to_json(src.vocab);
