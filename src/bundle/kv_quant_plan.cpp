@@ -11,8 +11,8 @@ namespace {
 json to_json(const LatentQuant& q) {
     json j{{"width", q.width}, {"block", q.block}, {"split", q.split}, {"hi_bits", q.hi_bits}, {"lo_bits", q.lo_bits},
            {"zero_point", q.zero_point}};
-    if (q.two_level()) {
-        j["scale"] = q.log8() ? "log8" : "static";
+    if (q.log8()) {
+        j["scale"] = "log8";
         j["row_scale"] = q.row_scale;
         j["base"] = q.base;
         j["offset"] = q.offset;
@@ -53,9 +53,9 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
         q.zero_point = zp->get<bool>();
     }
     if (auto sc = j.find("scale"); sc != j.end()) {
-        if (!sc->is_string() || (sc->get<std::string>() != "log8" && sc->get<std::string>() != "static"))
-            corrupt(where + ": KV quantization plan 'scale' is not \"log8\" or \"static\"");
-        q.scale = sc->get<std::string>() == "log8" ? QuantScale::Log8 : QuantScale::Static;
+        if (!sc->is_string() || sc->get<std::string>() != "log8")
+            corrupt(where + ": KV quantization plan 'scale' is not \"log8\"");
+        q.scale = QuantScale::Log8;
         auto rs = j.find("row_scale");
         if (rs == j.end() || !rs->is_boolean()) corrupt(where + ": KV quantization plan 'row_scale' is not a boolean");
         q.row_scale = rs->get<bool>();
@@ -69,15 +69,15 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
 }  // namespace
 
 bool kv_quant_layers_need_v2(const json& layers) {
-    auto is_log8 = [](const json& q) { return q.is_object() && q.contains("scale"); };
+    auto is_v2 = [](const json& q) { return q.is_object() && q.contains("scale"); };
     if (!layers.is_array()) return false;
     for (const json& L : layers) {
         if (!L.is_object()) continue;
         for (const char* k : {"v", "plain"})
-            if (L.contains(k) && is_log8(L[k])) return true;
+            if (L.contains(k) && is_v2(L[k])) return true;
         if (L.contains("k") && L["k"].is_array())
             for (const json& q : L["k"])
-                if (is_log8(q)) return true;
+                if (is_v2(q)) return true;
     }
     return false;
 }

@@ -4,9 +4,8 @@
 // {"k": [plan per KV head], "v": plan} for a latent layer, {"plain": plan}
 // for a plain layer whose K/V rows are quantized, a plan being
 // {"width", "block", "split", "hi_bits", "lo_bits", "zero_point"} (width 0 =
-// fp32 latent), plus for the two-level scale formats (feature kv-quant-v2)
-// {"scale": "log8" | "static", "row_scale", "base": [per group], "offset":
-// [per channel]}.
+// fp32 latent), plus for the log8 scale format (feature kv-quant-v2)
+// {"scale": "log8", "row_scale", "base": [per group], "offset": [per channel]}.
 #pragma once
 
 #include <vector>
@@ -19,9 +18,9 @@
 namespace starkv::bundle {
 
 nlohmann::json kv_quant_layers_to_json(const std::vector<LatentQuantLayer>& plan);
-// Whether any plan of compression.kv_quant.layers uses a two-level scale
-// format (the writer then requires feature kv-quant-v2, which older readers
-// refuse).
+// Whether any plan of compression.kv_quant.layers has a "scale" other than
+// the fp16 default (the writer then requires feature kv-quant-v2, which
+// older readers refuse).
 bool kv_quant_layers_need_v2(const nlohmann::json& layers);
 // Validates shape and values (bits, block, split, width <= head_dim for keys,
 // <= n_head_kv * head_dim for values); Error(STARKV_ERR_CORRUPT) with a

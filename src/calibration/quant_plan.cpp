@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -34,13 +33,12 @@ namespace {
 constexpr int kBits[] = {8, 4, 3, 2};  // fp16-scale widths (the uniform ablation checks against these)
 
 // The group formats measured: fp16 scales with and without zero point (the
-// first format), log8 scales (static range x per-token code) per group or
-// per row, and static ranges alone, each at its bit widths.
+// first format), and log8 scales (static range x per-token code) per group
+// or per row, each at its bit widths.
 struct Format {
     QuantScale scale;
     bool zero_point;  // fp16 only
     bool row_scale;   // log8 only
-    bool two_level() const { return scale != QuantScale::Fp16; }
     int bits;
 };
 
@@ -50,12 +48,11 @@ std::vector<Format> formats() {
         for (int b : {8, 4, 3, 2}) f.push_back({QuantScale::Fp16, zp && b != 8, false, b});
     for (bool row : {false, true})
         for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
-    for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Static, false, false, b});
     return f;
 }
 
 bool same_family(const Format& a, const Format& b) {
-    return a.scale == b.scale && a.row_scale == b.row_scale && (a.two_level() || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
+    return a.scale == b.scale && a.row_scale == b.row_scale && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
 }
 
 int bits_index(int b) {
@@ -109,15 +106,9 @@ void calibrate_log8(const RowMatrixF& Z, int block, std::vector<float>& base, st
 // that width, so each group sees the shared code it would get).
 struct BlockErrors {
     int width = 0, block = 0;
-    std::vector<float> offset;              // two-level formats: static centres of this rotation
-    std::vector<std::vector<float>> base;   // [format][group]: static ranges (static: the best per bit width)
-    std::vector<std::vector<double>> err;   // [group][format]
+    std::vector<float> base, offset;  // log8 static scales of this rotation
+    std::vector<std::vector<double>> err;
 };
-
-// Ranges tried for the static format: these quantiles of a group's largest
-// centred magnitude over the calibration tokens (the best one per group and
-// bit width is kept; below 1, the rarer larger values are clipped).
-constexpr double kStaticQuantiles[] = {0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0};
 
 BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
                          const std::vector<Format>& fmts) {
@@ -131,14 +122,18 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
     BlockErrors out;
     out.width = width;
     out.block = block;
-    std::vector<float> median;
-    calibrate_log8(Z, block, median, out.offset);
+    calibrate_log8(Z, block, out.base, out.offset);
     out.err.assign(static_cast<size_t>(G), std::vector<double>(fmts.size(), 0.0));
-    out.base.assign(fmts.size(), median);
     RowMatrixF D(Z.rows(), width);
     std::vector<float> back(static_cast<size_t>(width));
-    // Per-group errors of every token coded with plan q.
-    auto measure = [&](const LatentQuant& q, std::vector<double>& err) {
+    for (size_t f = 0; f < fmts.size(); ++f) {
+        LatentQuant q{width, block, 0, fmts[f].bits, fmts[f].bits, fmts[f].zero_point};
+        if (fmts[f].scale == QuantScale::Log8) {
+            q.scale = QuantScale::Log8;
+            q.row_scale = fmts[f].row_scale;
+            q.base = out.base;
+            q.offset = out.offset;
+        }
         std::vector<uint8_t> row(q.row_bytes());
         for (Eigen::Index t = 0; t < Z.rows(); ++t) {
             const float* z = Z.row(t).data();
@@ -146,55 +141,10 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
             dequantize_latent(q, row.data(), back.data());
             for (int c = 0; c < width; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
         }
-        err.assign(static_cast<size_t>(G), 0.0);
         for (int g = 0; g < G; ++g) {
             const auto Dg = D.middleCols(g * block, block);
             const auto Mg = M.block(g * block, g * block, block, block);
-            err[static_cast<size_t>(g)] = static_cast<double>(((Dg * Mg).array() * Dg.array()).sum()) / energy;
-        }
-    };
-    // Quantiles of each group's largest centred magnitude (static ranges to try).
-    std::vector<std::vector<float>> ranges(std::size(kStaticQuantiles), std::vector<float>(static_cast<size_t>(G), 1e-20f));
-    {
-        std::vector<float> amax(static_cast<size_t>(Z.rows()));
-        for (int g = 0; g < G && Z.rows() > 0; ++g) {
-            for (Eigen::Index t = 0; t < Z.rows(); ++t) {
-                float m = 0;
-                for (int i = 0; i < block; ++i) m = std::max(m, std::fabs(Z(t, g * block + i) - out.offset[static_cast<size_t>(g * block + i)]));
-                amax[static_cast<size_t>(t)] = m;
-            }
-            std::sort(amax.begin(), amax.end());
-            for (size_t k = 0; k < std::size(kStaticQuantiles); ++k) {
-                const size_t at = std::min(amax.size() - 1, static_cast<size_t>(kStaticQuantiles[k] * static_cast<double>(amax.size() - 1) + 0.5));
-                ranges[k][static_cast<size_t>(g)] = std::max(amax[at], 1e-20f);
-            }
-        }
-    }
-    std::vector<double> err;
-    for (size_t f = 0; f < fmts.size(); ++f) {
-        LatentQuant q{width, block, 0, fmts[f].bits, fmts[f].bits, fmts[f].zero_point};
-        if (!fmts[f].two_level()) {
-            measure(q, err);
-            for (int g = 0; g < G; ++g) out.err[static_cast<size_t>(g)][f] = err[static_cast<size_t>(g)];
-            continue;
-        }
-        q.scale = fmts[f].scale;
-        q.row_scale = fmts[f].row_scale;
-        q.offset = out.offset;
-        if (fmts[f].scale == QuantScale::Log8) {
-            q.base = median;
-            measure(q, err);
-            for (int g = 0; g < G; ++g) out.err[static_cast<size_t>(g)][f] = err[static_cast<size_t>(g)];
-            continue;
-        }
-        // Static: the groups are independent, so each keeps its best range.
-        for (int g = 0; g < G; ++g) out.err[static_cast<size_t>(g)][f] = std::numeric_limits<double>::infinity();
-        for (const std::vector<float>& r : ranges) {
-            q.base = r;
-            measure(q, err);
-            for (int g = 0; g < G; ++g)
-                if (err[static_cast<size_t>(g)] < out.err[static_cast<size_t>(g)][f])
-                    out.err[static_cast<size_t>(g)][f] = err[static_cast<size_t>(g)], out.base[f][static_cast<size_t>(g)] = r[static_cast<size_t>(g)];
+            out.err[static_cast<size_t>(g)][f] = static_cast<double>(((Dg * Mg).array() * Dg.array()).sum()) / energy;
         }
     }
     return out;
@@ -219,12 +169,11 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
             Candidate c;
             c.q = LatentQuant{width, b, split_groups * b, fmts[hi].bits, fmts[lo].bits,
                               fmts[lo].bits == 8 ? fmts[hi].zero_point : fmts[lo].zero_point};
-            if (fmts[lo].two_level()) {
+            if (fmts[lo].scale == QuantScale::Log8) {
                 c.q.zero_point = false;
-                c.q.scale = fmts[lo].scale;
+                c.q.scale = QuantScale::Log8;
                 c.q.row_scale = fmts[lo].row_scale;
-                c.q.base.resize(static_cast<size_t>(G));
-                for (int g = 0; g < G; ++g) c.q.base[static_cast<size_t>(g)] = E.base[g < split_groups ? hi : lo][static_cast<size_t>(g)];
+                c.q.base = E.base;
                 c.q.offset = E.offset;
             }
             for (int g = 0; g < G; ++g) c.error += E.err[static_cast<size_t>(g)][g < split_groups ? hi : lo];
@@ -341,7 +290,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
                 err_total += cd.error, all_bits += cd.bits;
                 break;
             }
-        ++n_format[L.q->log8() ? (L.q->row_scale ? "log8_row" : "log8_group") : L.q->two_level() ? "static" : "fp16"];
+        ++n_format[L.q->log8() ? (L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);

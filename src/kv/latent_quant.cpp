@@ -208,10 +208,6 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
         pack_codes64(codes + g * B, B, bits, row);
         row += static_cast<size_t>(B) * static_cast<size_t>(bits) / 8;
     };
-    if (q.scale == QuantScale::Static) {
-        for (int g = 0; g < G; ++g) write_group(g, kLog8Zero);
-        return;
-    }
     if (q.row_scale) {
         float r = 0;
         for (int g = 0; g < G; ++g) r = std::max(r, ratio(g));
@@ -230,10 +226,9 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
 void dequantize_log8(const LatentQuant& q, const uint8_t* row, float* z) {
     const int G = q.n_groups(), B = q.block;
     const auto& T = log8_table();
-    const bool per_group = q.log8() && !q.row_scale;
-    float mult = q.log8() && q.row_scale ? T[*row++] : 1.0f;
+    float mult = q.row_scale ? T[*row++] : 0.0f;
     for (int g = 0; g < G; ++g) {
-        if (per_group) mult = T[*row++];
+        if (!q.row_scale) mult = T[*row++];
         const int bits = q.group_bits(g);
         const float half = 0.5f * static_cast<float>((1 << bits) - 1);
         const float step = q.base[static_cast<size_t>(g)] * mult / half, lo = -half * step;
@@ -280,8 +275,8 @@ size_t quant_group_bytes(int bits, int block, bool zero_point) {
 
 size_t LatentQuant::row_bytes() const {
     if (!active()) return 0;
-    if (two_level()) {
-        size_t n = !log8() ? 0 : row_scale ? 1 : static_cast<size_t>(n_groups());
+    if (log8()) {
+        size_t n = row_scale ? 1 : static_cast<size_t>(n_groups());
         for (int g = 0; g < n_groups(); ++g) n += static_cast<size_t>(block) * static_cast<size_t>(group_bits(g)) / 8;
         return n;
     }
@@ -302,9 +297,8 @@ void LatentQuant::validate(int max_width, const std::string& where) const {
         bad("width " + std::to_string(width) + " is not a multiple of block " + std::to_string(block) + " in [block, " +
             std::to_string(max_width) + "]");
     if (split < 0 || split > width || split % block != 0) bad("split " + std::to_string(split) + " is not a multiple of the block within the width");
-    if (scale != QuantScale::Fp16 && scale != QuantScale::Log8 && scale != QuantScale::Static) bad("unknown scale format");
-    if (two_level()) {
-        if (row_scale && !log8()) bad("a row scale needs log8 scales");
+    if (scale != QuantScale::Fp16 && scale != QuantScale::Log8) bad("unknown scale format");
+    if (log8()) {
         auto ok_bits = [](int b) { return b == 8 || (b >= 2 && b <= 6); };
         if (split > 0 && (!ok_bits(hi_bits) || hi_bits < 4)) bad("leading bits " + std::to_string(hi_bits) + " not in {8, 6, 5, 4}");
         if (split < width && !ok_bits(lo_bits)) bad("tail bits " + std::to_string(lo_bits) + " not in {8, 6, 5, 4, 3, 2}");
@@ -322,7 +316,7 @@ void LatentQuant::validate(int max_width, const std::string& where) const {
 }
 
 void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
-    if (q.two_level()) return quantize_log8(q, z, row);
+    if (q.log8()) return quantize_log8(q, z, row);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         quantize_group(z + static_cast<size_t>(g) * q.block, q.block, bits, q.zero_point, row);
@@ -331,7 +325,7 @@ void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
 }
 
 void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z) {
-    if (q.two_level()) return dequantize_log8(q, row, z);
+    if (q.log8()) return dequantize_log8(q, row, z);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         dequantize_group(row, q.block, bits, q.zero_point, z + static_cast<size_t>(g) * q.block);

@@ -5,13 +5,11 @@
 // - fp16 (bundle feature kv-quant): each group of one token holds its header
 //   (8 bits: fp16 scale, symmetric int8; 2..4 bits: fp16 scale + fp16
 //   minimum, or fp16 scale only when symmetric) followed by its packed codes.
-// - log8 and static (feature kv-quant-v2): a static fp32 range per group
-//   and a static offset per channel, calibrated at pack time and stored with
-//   the plan; log8 multiplies the range by a per-token one-byte code e
-//   standing for 2^((e - 128) / 8), one code per group or one for the whole
-//   row; static stores no per-token scale at all (the range is chosen at pack
-//   time to minimise the error, clipping the rare outliers). Codes are
-//   symmetric mid-rise around the channel's offset.
+// - log8 (feature kv-quant-v2): two-level scales, a static fp32 range per
+//   group and a static offset per channel, calibrated at pack time and
+//   stored with the plan, times a per-token one-byte code e standing for
+//   2^((e - 128) / 8): one code per group, or one for the whole row. Codes
+//   are symmetric mid-rise around the channel's offset.
 // The groups follow each other: one row of row_bytes() bytes per token, rows
 // contiguous over positions.
 #pragma once
@@ -25,8 +23,7 @@ namespace starkv {
 
 enum class QuantScale : uint8_t {
     Fp16 = 0,  // fp16 scale (+ fp16 minimum) per group and token
-    Log8 = 1,    // static range per group x per-token 8-bit log2 code
-    Static = 2,  // static range per group only (no per-token bytes)
+    Log8 = 1,  // static range per group x per-token 8-bit log2 code
 };
 
 struct LatentQuant {
@@ -38,7 +35,7 @@ struct LatentQuant {
     // Groups below 8 bits: fp16 minimum + scale (true) or symmetric around 0
     // with a scale only (false, 2 bytes less per group). 8 bits: always symmetric.
     bool zero_point = true;
-    // Log8 and Static (zero_point is then unused; row_scale: Log8 only):
+    // Log8 only (zero_point is then unused):
     QuantScale scale = QuantScale::Fp16;
     bool row_scale = false;     // one code per token for the whole row (else one per group)
     std::vector<float> base{};    // per group: the static range (max |x - offset|) at code 128
@@ -48,8 +45,6 @@ struct LatentQuant {
     int n_groups() const { return width / block; }
     int group_bits(int g) const { return g * block < split ? hi_bits : lo_bits; }
     bool log8() const { return scale == QuantScale::Log8; }
-    // Log8 or Static: codes around static offsets within static ranges.
-    bool two_level() const { return scale != QuantScale::Fp16; }
     // Bytes of one token's row, headers included.
     size_t row_bytes() const;
     // Code bits per channel averaged over the row (headers not counted).

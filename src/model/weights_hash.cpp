@@ -34,8 +34,8 @@ public:
     }
     void quant(const LatentQuant& q) {
         for (int v : {q.width, q.block, q.split, q.hi_bits, q.lo_bits}) i64(v);
-        if (q.two_level()) {  // (old formats hash as before)
-            i64(static_cast<int64_t>(q.scale) * 2 + (q.row_scale ? 1 : 0));
+        if (q.log8()) {  // (old formats hash as before)
+            i64(q.row_scale ? 2 : 1);
             floats(q.base);
             floats(q.offset);
         }

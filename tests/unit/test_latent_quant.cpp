@@ -70,11 +70,10 @@ size_t bytes_from_plan(const LatentQuant& q) {
     // Independent count: per group a header (fp16 scales: 8 bits or
     // symmetric: fp16 scale, else fp16 scale + fp16 min; log8: one code byte
     // per group, or one per row) and b bits per channel.
-    // static: codes only.
     size_t n = q.log8() && q.row_scale ? 1 : 0;
     for (int c = 0; c < q.width; c += q.block) {
         const int bits = c < q.split ? q.hi_bits : q.lo_bits;
-        const size_t header = q.log8() ? (q.row_scale ? 0 : 1) : q.two_level() ? 0 : (bits == 8 || !q.zero_point ? 2 : 4);
+        const size_t header = q.log8() ? (q.row_scale ? 0 : 1) : (bits == 8 || !q.zero_point ? 2 : 4);
         n += header + static_cast<size_t>(q.block * bits) / 8;
     }
     return n;
@@ -201,42 +200,6 @@ TEST(LatentQuant, Log8RandomLatentsWithinTheBound) {
     starkv::quantize_latent(q, z.data(), row.data());
     starkv::dequantize_latent(q, row.data(), back.data());
     for (float v : back) EXPECT_NEAR(v, 0.25f, 1e-5f);
-}
-
-// Static ranges: no per-token bytes; a value within its group's range is
-// within half a step (range / ((2^b - 1) / 2)) of its code, one beyond it is
-// clipped to the range.
-TEST(LatentQuant, StaticRangesWithinHalfAStepOrClipped) {
-    std::mt19937 rng(5);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (int block : {8, 32})
-        for (int bits : {8, 6, 5, 4, 3, 2}) {
-            const int width = 3 * block, G = 3;
-            std::vector<float> base(G), offset(static_cast<size_t>(width));
-            for (int g = 0; g < G; ++g) base[static_cast<size_t>(g)] = std::exp2(static_cast<float>(g) - 1.0f);
-            for (float& o : offset) o = nd(rng);
-            LatentQuant q = log8_plan(width, block, block, 8, bits, false, base, offset);
-            q.scale = starkv::QuantScale::Static;
-            ASSERT_NO_THROW(q.validate(width, "test"));
-            ASSERT_EQ(q.row_bytes(), bytes_from_plan(q));
-            ASSERT_EQ(q.row_bytes(), static_cast<size_t>(block) * (8 + 2 * bits) / 8);
-            std::vector<float> z(static_cast<size_t>(width)), back(z.size());
-            std::vector<uint8_t> row(q.row_bytes());
-            for (int trial = 0; trial < 20; ++trial) {
-                for (int c = 0; c < width; ++c)
-                    z[static_cast<size_t>(c)] = offset[static_cast<size_t>(c)] + 0.6f * base[static_cast<size_t>(c / block)] * nd(rng);
-                starkv::quantize_latent(q, z.data(), row.data());
-                starkv::dequantize_latent(q, row.data(), back.data());
-                for (int c = 0; c < width; ++c) {
-                    const int g = c / block;
-                    const double range = base[static_cast<size_t>(g)], half = 0.5 * ((1 << q.group_bits(g)) - 1);
-                    const double y = std::fabs(static_cast<double>(z[static_cast<size_t>(c)]) - offset[static_cast<size_t>(c)]);
-                    const double bound = std::max(0.5 * range / half, y - range) * (1 + 1e-5) + 1e-6;
-                    ASSERT_LE(std::fabs(static_cast<double>(z[static_cast<size_t>(c)]) - back[static_cast<size_t>(c)]), bound)
-                        << "bits " << q.group_bits(g) << " channel " << c;
-                }
-            }
-        }
 }
 
 TEST(LatentQuant, RealLatentsWithinTheBound) {
@@ -462,16 +425,7 @@ TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
     bad("lo_bits", 1);
     bad("hi_bits", 3);
     bad("hi_bits", 9);
-    {
-        nlohmann::json j = ok;
-        j[0]["k"][0]["scale"] = "static";  // a static plan has no per-token code to share
-        EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(j, c), starkv::Error);
-        j[0]["k"][0]["row_scale"] = false;
-        const auto st = starkv::bundle::kv_quant_layers_from_json(j, c);
-        EXPECT_EQ(st[0].k[0].scale, starkv::QuantScale::Static);
-        EXPECT_EQ(st[0].k[0].row_bytes(), 16u * 6 / 8 + 16 * 3 / 8);
-        EXPECT_EQ(starkv::bundle::kv_quant_layers_to_json(st), j);
-    }
+    bad("scale", "static");
     nlohmann::json fp16 = ok;
     for (auto& q : {&fp16[0]["k"][0], &fp16[0]["v"]})
         for (const char* k2 : {"scale", "row_scale", "base", "offset"}) q->erase(k2);
@@ -517,7 +471,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     const auto& layers = d["compression"]["kv_quant"]["layers"];
     uint64_t want = 0;
     double code_bits = 0, channels = 0;
-    int n_two_level = 0;
+    int n_log8 = 0;
     for (int l = 0; l < c.n_layer; ++l) {
         ASSERT_FALSE(layers[static_cast<size_t>(l)].is_null());
         if (const auto& L = layers[static_cast<size_t>(l)]; L.contains("plain")) {
@@ -532,9 +486,9 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
             LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(),
                           p["lo_bits"].get<int>(), p["zero_point"].get<bool>()};
             if (p.contains("scale")) {
-                q.scale = p["scale"] == "log8" ? starkv::QuantScale::Log8 : starkv::QuantScale::Static;
+                q.scale = starkv::QuantScale::Log8;
                 q.row_scale = p["row_scale"].get<bool>();
-                ++n_two_level;
+                ++n_log8;
             }
             want += bytes_from_plan(q);
             for (int ch = 0; ch < q.width; ++ch) code_bits += ch < q.split ? q.hi_bits : q.lo_bits;
@@ -544,12 +498,11 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
         add(layers[static_cast<size_t>(l)]["v"]);
     }
     EXPECT_LE(code_bits / channels, 4.0 + 1e-9);  // codes alone stay within the 4-bit budget
-    // The two-level scales (one byte or none per token) win on stories'
-    // 8-channel groups (fp16 scales cost 2-4 bytes each), so this bundle
-    // exercises them, and requires the feature.
-    EXPECT_GT(n_two_level, 0);
+    // The one-byte log8 scales win on stories' 8-channel groups (fp16 scales
+    // cost 2-4 bytes each), so this bundle exercises them, and requires the feature.
+    EXPECT_GT(n_log8, 0);
     EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v2") != d["required_features"].end(),
-              n_two_level > 0);
+              n_log8 > 0);
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
     // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).
