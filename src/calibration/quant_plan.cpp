@@ -43,9 +43,9 @@ struct Format {
 };
 
 std::vector<Format> formats() {
-    std::vector<Format> f;
+    std::vector<Format> f{{QuantScale::Fp16, false, false, 8}};  // 8 bits: always symmetric
     for (bool zp : {true, false})
-        for (int b : {8, 4, 3, 2}) f.push_back({QuantScale::Fp16, zp && b != 8, false, b});
+        for (int b : {4, 3, 2}) f.push_back({QuantScale::Fp16, zp, false, b});
     for (bool row : {false, true})
         for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
     return f;

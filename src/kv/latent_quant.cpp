@@ -167,7 +167,8 @@ double code_group(const float* y, int n, int bits, float range, uint32_t* q) {
     const long top = (1L << bits) - 1;
     double err = 0;
     for (int i = 0; i < n; ++i) {
-        const long c = std::clamp(std::lround(y[i] * inv + half), 0L, top);
+        // (clamped before rounding: a range clipped at code 255 may leave far larger values)
+        const long c = std::lround(std::clamp(y[i] * inv + half, 0.0f, static_cast<float>(top)));
         q[i] = static_cast<uint32_t>(c);
         const double d = static_cast<double>(y[i]) - (static_cast<double>(c) - half) * step;
         err += d * d;

@@ -193,6 +193,18 @@ TEST(LatentQuant, Log8RandomLatentsWithinTheBound) {
                     starkv::dequantize_latent(q, row_bytes.data(), back.data());
                     expect_log8_within_bound(q, z.data(), back.data(), "random block " + std::to_string(block) + " bits " + std::to_string(bits));
                 }
+    // Values far beyond the largest code's range are clipped to it (finite, right sign).
+    {
+        const LatentQuant big = log8_plan(8, 8, 0, 4, 4, true, {1e-3f}, std::vector<float>(8, 0.0f));
+        std::vector<float> z{1e30f, -1e30f, 1.0f, 0.0f, 0.0f, 0.0f, 0.0f, -1.0f}, back(8);
+        std::vector<uint8_t> row(big.row_bytes());
+        starkv::quantize_latent(big, z.data(), row.data());
+        starkv::dequantize_latent(big, row.data(), back.data());
+        const float top = 1e-3f * starkv::log8_multiplier(255);
+        EXPECT_FLOAT_EQ(back[0], top);
+        EXPECT_FLOAT_EQ(back[1], -top);
+        for (float v : back) EXPECT_TRUE(std::isfinite(v));
+    }
     // Values at the offsets (a zero range) come back within the smallest step.
     const LatentQuant q = log8_plan(8, 8, 0, 4, 4, true, {1.0f}, std::vector<float>(8, 0.25f));
     std::vector<float> z(8, 0.25f), back(8);
