@@ -9,8 +9,27 @@ using json = nlohmann::json;
 namespace {
 
 json to_json(const LatentQuant& q) {
-    return {{"width", q.width}, {"block", q.block}, {"split", q.split}, {"hi_bits", q.hi_bits}, {"lo_bits", q.lo_bits},
-            {"zero_point", q.zero_point}};
+    json j{{"width", q.width}, {"block", q.block}, {"split", q.split}, {"hi_bits", q.hi_bits}, {"lo_bits", q.lo_bits},
+           {"zero_point", q.zero_point}};
+    if (q.log8()) {
+        j["scale"] = "log8";
+        j["row_scale"] = q.row_scale;
+        j["base"] = q.base;
+        j["offset"] = q.offset;
+    }
+    return j;
+}
+
+std::vector<float> floats(const json& j, const char* k, const std::string& where) {
+    auto it = j.find(k);
+    if (it == j.end() || !it->is_array()) corrupt(where + ": KV quantization plan has no array '" + k + "'");
+    std::vector<float> out;
+    out.reserve(it->size());
+    for (const json& v : *it) {
+        if (!v.is_number()) corrupt(where + ": KV quantization plan '" + k + "' holds a non-number");
+        out.push_back(v.get<float>());
+    }
+    return out;
 }
 
 LatentQuant from_json(const json& j, int max_width, const std::string& where) {
@@ -33,11 +52,35 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
         if (!zp->is_boolean()) corrupt(where + ": KV quantization plan 'zero_point' is not a boolean");
         q.zero_point = zp->get<bool>();
     }
+    if (auto sc = j.find("scale"); sc != j.end()) {
+        if (!sc->is_string() || sc->get<std::string>() != "log8")
+            corrupt(where + ": KV quantization plan 'scale' is not \"log8\"");
+        q.scale = QuantScale::Log8;
+        auto rs = j.find("row_scale");
+        if (rs == j.end() || !rs->is_boolean()) corrupt(where + ": KV quantization plan 'row_scale' is not a boolean");
+        q.row_scale = rs->get<bool>();
+        q.base = floats(j, "base", where);
+        q.offset = floats(j, "offset", where);
+    }
     q.validate(max_width, where);
     return q;
 }
 
 }  // namespace
+
+bool kv_quant_layers_need_v2(const json& layers) {
+    auto is_v2 = [](const json& q) { return q.is_object() && q.contains("scale"); };
+    if (!layers.is_array()) return false;
+    for (const json& L : layers) {
+        if (!L.is_object()) continue;
+        for (const char* k : {"v", "plain"})
+            if (L.contains(k) && is_v2(L[k])) return true;
+        if (L.contains("k") && L["k"].is_array())
+            for (const json& q : L["k"])
+                if (is_v2(q)) return true;
+    }
+    return false;
+}
 
 json kv_quant_layers_to_json(const std::vector<LatentQuantLayer>& plan) {
     json out = json::array();

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bundle/format.h"
+#include "bundle/kv_quant_plan.h"
 #include "bundle/metadata.h"
 #include "bundle/synthetic.h"
 #include "core/error.h"
@@ -199,7 +200,11 @@ PackStats write_bundle(const ModelSource& src, const std::vector<SourceTensor>& 
     // Older readers must refuse a bundle whose K/V live only as latents.
     if (kv_meta.value("kv", "none") != "none") md["required_features"].push_back("kv-lowrank");
     // ... and one whose latents are quantized (rows it could not read).
-    if (kv_meta.contains("kv_quant")) md["required_features"].push_back("kv-quant");
+    if (kv_meta.contains("kv_quant")) {
+        md["required_features"].push_back("kv-quant");
+        if (const json& q = kv_meta["kv_quant"]; q.is_object() && q.contains("layers") && b::kv_quant_layers_need_v2(q["layers"]))
+            md["required_features"].push_back("kv-quant-v2");
+    }
     md["model"] = b::config_to_json(src.config);
     md["tokenizer"] = b::vocab_to_json(src.vocab);
     md["compression"] = kv_meta;

@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <string>
 
 #include "bundle/kv_quant_plan.h"
 #include "calibration/hadamard.h"
@@ -28,22 +30,34 @@ int block_for(int r, int max_width, int requested) {
 
 namespace {
 
-constexpr int kBits[] = {8, 4, 3, 2};
-// Group formats measured: 8 bits, then 4, 3 and 2 bits each with a zero point and symmetric.
-constexpr int kNumFormats = 7;
-constexpr int kFormatBits[kNumFormats] = {8, 4, 4, 3, 3, 2, 2};
-constexpr bool kFormatZp[kNumFormats] = {false, true, false, true, false, true, false};
+constexpr int kBits[] = {8, 4, 3, 2};  // fp16-scale widths (the uniform ablation checks against these)
+
+// The group formats measured: fp16 scales with and without zero point (the
+// first format), and log8 scales (static range x per-token code) per group
+// or per row, each at its bit widths.
+struct Format {
+    QuantScale scale;
+    bool zero_point;  // fp16 only
+    bool row_scale;   // log8 only
+    int bits;
+};
+
+std::vector<Format> formats() {
+    std::vector<Format> f{{QuantScale::Fp16, false, false, 8}};  // 8 bits: always symmetric
+    for (bool zp : {true, false})
+        for (int b : {4, 3, 2}) f.push_back({QuantScale::Fp16, zp, false, b});
+    for (bool row : {false, true})
+        for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
+    return f;
+}
+
+bool same_family(const Format& a, const Format& b) {
+    return a.scale == b.scale && a.row_scale == b.row_scale && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
+}
 
 int bits_index(int b) {
     for (int i = 0; i < 4; ++i)
         if (kBits[i] == b) return i;
-    return -1;
-}
-
-int format_index(int bits, bool zp) {
-    if (bits == 8) return 0;
-    for (int i = 1; i < kNumFormats; ++i)
-        if (kFormatBits[i] == bits && kFormatZp[i] == zp) return i;
     return -1;
 }
 
@@ -57,11 +71,47 @@ struct Latent {
     std::vector<Candidate> cands;
 };
 
-// Relative error of every group at every bit width for one block size:
-// err[g][i] = sum_t ||U_g (z_g - z^_g)||^2 / sum_t ||U z||^2 (errors of
-// different groups taken as uncorrelated).
-std::vector<std::array<double, kNumFormats>> group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width,
-                                                       int block, bool rot) {
+// The static part of the log8 scales, from the (rotated) calibration latents:
+// per channel the median (the centre), per group the median over tokens of
+// the group's largest centred magnitude (the range at code 128).
+void calibrate_log8(const RowMatrixF& Z, int block, std::vector<float>& base, std::vector<float>& offset) {
+    const Eigen::Index T = Z.rows(), W = Z.cols();
+    offset.assign(static_cast<size_t>(W), 0.0f);
+    std::vector<float> col(static_cast<size_t>(T));
+    for (Eigen::Index c = 0; c < W; ++c) {
+        for (Eigen::Index t = 0; t < T; ++t) col[static_cast<size_t>(t)] = Z(t, c);
+        std::nth_element(col.begin(), col.begin() + T / 2, col.end());
+        offset[static_cast<size_t>(c)] = T > 0 ? col[static_cast<size_t>(T / 2)] : 0.0f;
+    }
+    const int G = static_cast<int>(W) / block;
+    base.assign(static_cast<size_t>(G), 1.0f);
+    for (int g = 0; g < G; ++g) {
+        for (Eigen::Index t = 0; t < T; ++t) {
+            float amax = 0;
+            for (int i = 0; i < block; ++i)
+                amax = std::max(amax, std::fabs(Z(t, g * block + i) - offset[static_cast<size_t>(g * block + i)]));
+            col[static_cast<size_t>(t)] = amax;
+        }
+        if (T > 0) {
+            std::nth_element(col.begin(), col.begin() + T / 2, col.end());
+            base[static_cast<size_t>(g)] = col[static_cast<size_t>(T / 2)];
+        }
+        if (!(base[static_cast<size_t>(g)] > 1e-20f)) base[static_cast<size_t>(g)] = 1e-20f;
+    }
+}
+
+// The errors of one block size: err[g][f] = sum_t ||U_g (z_g - z^_g)||^2 /
+// sum_t ||U z||^2 for group g stored with format f (errors of different
+// groups taken as uncorrelated; a row-scale format's rows are coded whole at
+// that width, so each group sees the shared code it would get).
+struct BlockErrors {
+    int width = 0, block = 0;
+    std::vector<float> base, offset;  // log8 static scales of this rotation
+    std::vector<std::vector<double>> err;
+};
+
+BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
+                         const std::vector<Format>& fmts) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
     const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols), U(u.data.data(), u.rows, u.cols);
@@ -69,24 +119,35 @@ std::vector<std::array<double, kNumFormats>> group_errors(const RowMatrixF& X, c
     const double energy = std::max(static_cast<double>((Z * U.transpose()).squaredNorm()), 1e-30);
     const Eigen::MatrixXf M = U.transpose() * U;  // width x width
     const int G = width / block;
-    std::vector<std::array<double, kNumFormats>> err(static_cast<size_t>(G));
-    RowMatrixF D(Z.rows(), block);
-    std::vector<uint8_t> row(quant_group_bytes(8, block) + 4);
-    std::vector<float> back(static_cast<size_t>(block));
-    for (int g = 0; g < G; ++g)
-        for (int i = 0; i < kNumFormats; ++i) {
-            const LatentQuant q{block, block, 0, kFormatBits[i], kFormatBits[i], kFormatZp[i]};
-            for (Eigen::Index t = 0; t < Z.rows(); ++t) {
-                const float* z = Z.row(t).data() + static_cast<size_t>(g) * block;
-                quantize_latent(q, z, row.data());
-                dequantize_latent(q, row.data(), back.data());
-                for (int c = 0; c < block; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
-            }
-            const auto Mg = M.block(g * block, g * block, block, block);
-            err[static_cast<size_t>(g)][static_cast<size_t>(i)] =
-                static_cast<double>(((D * Mg).array() * D.array()).sum()) / energy;
+    BlockErrors out;
+    out.width = width;
+    out.block = block;
+    calibrate_log8(Z, block, out.base, out.offset);
+    out.err.assign(static_cast<size_t>(G), std::vector<double>(fmts.size(), 0.0));
+    RowMatrixF D(Z.rows(), width);
+    std::vector<float> back(static_cast<size_t>(width));
+    for (size_t f = 0; f < fmts.size(); ++f) {
+        LatentQuant q{width, block, 0, fmts[f].bits, fmts[f].bits, fmts[f].zero_point};
+        if (fmts[f].scale == QuantScale::Log8) {
+            q.scale = QuantScale::Log8;
+            q.row_scale = fmts[f].row_scale;
+            q.base = out.base;
+            q.offset = out.offset;
         }
-    return err;
+        std::vector<uint8_t> row(q.row_bytes());
+        for (Eigen::Index t = 0; t < Z.rows(); ++t) {
+            const float* z = Z.row(t).data();
+            quantize_latent(q, z, row.data());
+            dequantize_latent(q, row.data(), back.data());
+            for (int c = 0; c < width; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
+        }
+        for (int g = 0; g < G; ++g) {
+            const auto Dg = D.middleCols(g * block, block);
+            const auto Mg = M.block(g * block, g * block, block, block);
+            out.err[static_cast<size_t>(g)][f] = static_cast<double>(((Dg * Mg).array() * Dg.array()).sum()) / energy;
+        }
+    }
+    return out;
 }
 
 void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
@@ -97,35 +158,49 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
     } else {
         for (int b = block_for(r, L.max_width, 0); b >= 8; b >>= 1) blocks.push_back(b);
     }
+    const std::vector<Format> fmts = formats();
     const int uniform = static_cast<int>(std::lround(opt.avg_bits));
     for (int b : blocks) {
         const int width = ((r + b - 1) / b) * b;
-        const auto err = group_errors(X, *L.a, *L.u, width, b, opt.hadamard);
+        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts);
         const int G = width / b;
-        // Bits per token, scales and padding included.
-        auto push = [&](int split_groups, int hi, int lo, bool zp) {
+        // Leading split_groups groups in format hi, the rest in lo (same family).
+        auto push = [&](int split_groups, size_t hi, size_t lo) {
             Candidate c;
-            c.q = LatentQuant{width, b, split_groups * b, hi, lo, zp};
-            const int hi_i = format_index(hi, zp), lo_i = format_index(lo, zp);
-            for (int g = 0; g < G; ++g) {
-                const bool lead = g < split_groups;
-                c.error += err[static_cast<size_t>(g)][static_cast<size_t>(lead ? hi_i : lo_i)];
-                c.bits += 8.0 * static_cast<double>(quant_group_bytes(lead ? hi : lo, b, zp));
+            c.q = LatentQuant{width, b, split_groups * b, fmts[hi].bits, fmts[lo].bits,
+                              fmts[lo].bits == 8 ? fmts[hi].zero_point : fmts[lo].zero_point};
+            if (fmts[lo].scale == QuantScale::Log8) {
+                c.q.zero_point = false;
+                c.q.scale = QuantScale::Log8;
+                c.q.row_scale = fmts[lo].row_scale;
+                c.q.base = E.base;
+                c.q.offset = E.offset;
             }
-            L.cands.push_back(c);
+            for (int g = 0; g < G; ++g) c.error += E.err[static_cast<size_t>(g)][g < split_groups ? hi : lo];
+            c.bits = 8.0 * static_cast<double>(c.q.row_bytes());  // scales and padding included
+            L.cands.push_back(std::move(c));
         };
-        for (bool zp : {true, false}) {
+        for (size_t lo = 0; lo < fmts.size(); ++lo) {
+            if (fmts[lo].row_scale && G == 1) continue;  // the same as one code per group
+            const bool old = fmts[lo].scale == QuantScale::Fp16;
             if (!opt.mixed) {
-                if (bits_index(uniform) >= 0) push(0, uniform, uniform, zp);
+                if (fmts[lo].bits == uniform && (!old || bits_index(uniform) >= 0)) push(0, lo, lo);
                 continue;
             }
-            for (int bits : kBits) push(0, bits, bits, zp);
-            for (int hi : {8, 4})
-                for (int lo : {4, 3, 2})
-                    if (lo < hi)
-                        for (int s = 1; s < G; ++s) push(s, hi, lo, zp);
+            push(0, lo, lo);
+            if (fmts[lo].bits == 8) continue;
+            for (size_t hi = 0; hi < fmts.size(); ++hi) {
+                if (!same_family(fmts[hi], fmts[lo]) || fmts[hi].bits <= fmts[lo].bits || fmts[hi].bits < 4) continue;
+                if (old && fmts[hi].zero_point != fmts[lo].zero_point && fmts[hi].bits != 8) continue;
+                for (int s = 1; s < G; ++s) push(s, hi, lo);
+            }
         }
     }
+}
+
+bool same_plan(const LatentQuant& a, const LatentQuant& b) {
+    return a.width == b.width && a.block == b.block && a.split == b.split && a.hi_bits == b.hi_bits && a.lo_bits == b.lo_bits &&
+           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale;
 }
 
 std::shared_ptr<const Model> borrow(const Model& m) {
@@ -206,13 +281,16 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
 
     // 4. Fold the rotations into the factors.
     double err_total = 0, code_bits = 0, channels = 0, all_bits = 0;
+    std::map<std::string, int> n_format;  // latents per scale format
     std::vector<LatentQuantLayer> plan(static_cast<size_t>(c.n_layer));
     for (Latent& L : lats) {
         if (!L.q->active()) continue;
         for (const Candidate& cd : L.cands)
-            if (cd.q.width == L.q->width && cd.q.block == L.q->block && cd.q.split == L.q->split &&
-                cd.q.hi_bits == L.q->hi_bits && cd.q.lo_bits == L.q->lo_bits && cd.q.zero_point == L.q->zero_point)
+            if (same_plan(cd.q, *L.q)) {
                 err_total += cd.error, all_bits += cd.bits;
+                break;
+            }
+        ++n_format[L.q->log8() ? (L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);
@@ -236,6 +314,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
              {"code_bits_per_channel", channels > 0 ? code_bits / channels : 0.0},
              {"bits_per_channel", channels > 0 ? all_bits / channels : 0.0},
              {"relative_error_sum", err_total},
+             {"scale_formats", n_format},
              {"layers", bundle::kv_quant_layers_to_json(plan)}};
     log(STARKV_LOG_INFO, "KV quantization plan: " + out.dump());
     return out;

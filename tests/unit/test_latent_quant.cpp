@@ -1,7 +1,8 @@
-// Quantized STAR-KV latents: the error bound of each bit width (random and
-// real latents), the Hadamard rotation, folded vs unfolded factors, the plan's
-// validation, and a bundle packed with --kv-bits 4 whose cache holds exactly
-// the bytes its plan implies.
+// Quantized STAR-KV latents: the error bound of each bit width and scale
+// format (fp16, log8; random and real latents), the log8 scale codes, the
+// Hadamard rotation, folded vs unfolded factors, the plan's validation, and a
+// bundle packed with --kv-bits 4 whose cache holds exactly the bytes its plan
+// implies.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,14 +67,59 @@ void expect_within_bound(const LatentQuant& q, const float* z, const float* back
 }
 
 size_t bytes_from_plan(const LatentQuant& q) {
-    // Independent count: per group a header (8 bits or symmetric: fp16 scale;
-    // else fp16 scale + fp16 min) and b bits per channel.
-    size_t n = 0;
+    // Independent count: per group a header (fp16 scales: 8 bits or
+    // symmetric: fp16 scale, else fp16 scale + fp16 min; log8: one code byte
+    // per group, or one per row) and b bits per channel.
+    size_t n = q.log8() && q.row_scale ? 1 : 0;
     for (int c = 0; c < q.width; c += q.block) {
         const int bits = c < q.split ? q.hi_bits : q.lo_bits;
-        n += (bits == 8 || !q.zero_point ? 2 : 4) + static_cast<size_t>(q.block * bits) / 8;
+        const size_t header = q.log8() ? (q.row_scale ? 0 : 1) : (bits == 8 || !q.zero_point ? 2 : 4);
+        n += header + static_cast<size_t>(q.block * bits) / 8;
     }
     return n;
+}
+
+// A log8 plan with the given static ranges and offsets.
+LatentQuant log8_plan(int width, int block, int split, int hi, int lo, bool row, std::vector<float> base, std::vector<float> offset) {
+    LatentQuant q{width, block, split, hi, lo, false};
+    q.scale = starkv::QuantScale::Log8;
+    q.row_scale = row;
+    q.base = std::move(base);
+    q.offset = std::move(offset);
+    return q;
+}
+
+// The log8 error bound, from the values themselves: with the smallest code
+// whose multiplier covers the largest centred magnitude (at most 2^(1/8)
+// above it) every value is within half a step, so the squared error of each
+// unit sharing a code (a group, or the row) is at most that of half a step
+// everywhere; the coder only picks a smaller code when it lowers that sum.
+void expect_log8_within_bound(const LatentQuant& q, const float* z, const float* back, const std::string& what) {
+    const int G = q.n_groups(), B = q.block;
+    std::vector<double> ratio(static_cast<size_t>(G));
+    for (int g = 0; g < G; ++g) {
+        double amax = 0;
+        for (int i = 0; i < B; ++i) amax = std::max(amax, std::fabs(static_cast<double>(z[g * B + i]) - q.offset[static_cast<size_t>(g * B + i)]));
+        ratio[static_cast<size_t>(g)] = amax / q.base[static_cast<size_t>(g)];
+    }
+    const double row_ratio = *std::max_element(ratio.begin(), ratio.end());
+    double bound = 0, err = 0;
+    auto check = [&](const std::string& unit) {
+        ASSERT_LE(err, bound * (1 + 1e-4) + 1e-30) << what << " " << unit;
+        bound = err = 0;
+    };
+    for (int g = 0; g < G; ++g) {
+        const double half = 0.5 * ((1 << q.group_bits(g)) - 1);
+        const double m = std::max(q.row_scale ? row_ratio : ratio[static_cast<size_t>(g)], std::exp2(-16.0));
+        const double step = q.base[static_cast<size_t>(g)] * m * std::exp2(1.0 / 8) / half;
+        for (int i = 0; i < B; ++i) {
+            const double d = static_cast<double>(z[g * B + i]) - back[g * B + i];
+            err += d * d;
+            bound += 0.25 * step * step;
+        }
+        if (!q.row_scale) check("group " + std::to_string(g) + " bits " + std::to_string(q.group_bits(g)));
+    }
+    if (q.row_scale) check("row");
 }
 
 TEST(LatentQuant, RandomLatentsWithinTheBoundOfEachBitWidth) {
@@ -100,6 +146,72 @@ TEST(LatentQuant, RandomLatentsWithinTheBoundOfEachBitWidth) {
     starkv::quantize_latent(q, z.data(), row.data());
     starkv::dequantize_latent(q, row.data(), back.data());
     for (float v : back) EXPECT_EQ(v, 0.25f);
+}
+
+TEST(LatentQuant, Log8CodesRoundTripAndCoverTheirRange) {
+    EXPECT_EQ(starkv::log8_multiplier(128), 1.0f);
+    for (int e = 0; e < 256; ++e) {
+        EXPECT_EQ(starkv::log8_code_at_least(starkv::log8_multiplier(e)), e) << e;
+        if (e > 0) EXPECT_NEAR(starkv::log8_multiplier(e) / starkv::log8_multiplier(e - 1), std::exp2(1.0 / 8), 1e-6) << e;
+    }
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<double> octave(-15.9, 15.8);
+    for (int i = 0; i < 2000; ++i) {
+        const float m = static_cast<float>(std::exp2(octave(rng)));
+        const int e = starkv::log8_code_at_least(m);
+        ASSERT_GE(starkv::log8_multiplier(e), m);
+        ASSERT_LT(starkv::log8_multiplier(e - 1), m);
+    }
+    EXPECT_EQ(starkv::log8_code_at_least(0.0f), 0);
+    EXPECT_EQ(starkv::log8_code_at_least(1e30f), 255);
+}
+
+TEST(LatentQuant, Log8RandomLatentsWithinTheBound) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> octave(-6.0f, 6.0f);
+    for (int block : {8, 32, 128})
+        for (int bits : {8, 6, 5, 4, 3, 2})
+            for (bool row : {false, true})
+                for (int trial = 0; trial < 12; ++trial) {
+                    const int width = block * (1 + trial % 3), G = width / block;
+                    // Static ranges off by up to 2^6 either way from the token's
+                    // (the per-token code absorbs it), channel offsets of either sign.
+                    std::vector<float> base(static_cast<size_t>(G)), offset(static_cast<size_t>(width));
+                    for (float& b : base) b = std::exp2(octave(rng));
+                    for (float& o : offset) o = trial % 2 ? nd(rng) : 0.0f;
+                    const LatentQuant q = log8_plan(width, block, trial % 4 < 2 ? block : 0, 8, bits, row, base, offset);
+                    ASSERT_NO_THROW(q.validate(width, "test"));
+                    std::vector<float> z(static_cast<size_t>(width)), back(z.size());
+                    for (int c = 0; c < width; ++c) {
+                        const float scale = base[static_cast<size_t>(c / block)] * std::exp2(octave(rng) / 2);
+                        z[static_cast<size_t>(c)] = offset[static_cast<size_t>(c)] + scale * nd(rng);
+                    }
+                    std::vector<uint8_t> row_bytes(q.row_bytes());
+                    ASSERT_EQ(q.row_bytes(), bytes_from_plan(q));
+                    starkv::quantize_latent(q, z.data(), row_bytes.data());
+                    starkv::dequantize_latent(q, row_bytes.data(), back.data());
+                    expect_log8_within_bound(q, z.data(), back.data(), "random block " + std::to_string(block) + " bits " + std::to_string(bits));
+                }
+    // Values far beyond the largest code's range are clipped to it (finite, right sign).
+    {
+        const LatentQuant big = log8_plan(8, 8, 0, 4, 4, true, {1e-3f}, std::vector<float>(8, 0.0f));
+        std::vector<float> z{1e30f, -1e30f, 1.0f, 0.0f, 0.0f, 0.0f, 0.0f, -1.0f}, back(8);
+        std::vector<uint8_t> row(big.row_bytes());
+        starkv::quantize_latent(big, z.data(), row.data());
+        starkv::dequantize_latent(big, row.data(), back.data());
+        const float top = 1e-3f * starkv::log8_multiplier(255);
+        EXPECT_FLOAT_EQ(back[0], top);
+        EXPECT_FLOAT_EQ(back[1], -top);
+        for (float v : back) EXPECT_TRUE(std::isfinite(v));
+    }
+    // Values at the offsets (a zero range) come back within the smallest step.
+    const LatentQuant q = log8_plan(8, 8, 0, 4, 4, true, {1.0f}, std::vector<float>(8, 0.25f));
+    std::vector<float> z(8, 0.25f), back(8);
+    std::vector<uint8_t> row(q.row_bytes());
+    starkv::quantize_latent(q, z.data(), row.data());
+    starkv::dequantize_latent(q, row.data(), back.data());
+    for (float v : back) EXPECT_NEAR(v, 0.25f, 1e-5f);
 }
 
 TEST(LatentQuant, RealLatentsWithinTheBound) {
@@ -133,6 +245,34 @@ TEST(LatentQuant, RealLatentsWithinTheBound) {
             expect_within_bound(q, z.data(), back.data(), "real");
         }
     }
+    // log8: static ranges and offsets from the first half of the tokens (as
+    // the pack calibrates them), checked on all of them.
+    const size_t T = xs.size() / c.n_embd;
+    std::vector<std::vector<float>> zs(T, std::vector<float>(static_cast<size_t>(a.rows)));
+    for (size_t t = 0; t < T; ++t)
+        for (int r = 0; r < a.rows; ++r) {
+            double s = 0;
+            for (int i = 0; i < c.n_embd; ++i) s += static_cast<double>(a.row(r)[i]) * xs[t * c.n_embd + static_cast<size_t>(i)];
+            zs[t][static_cast<size_t>(r)] = static_cast<float>(s);
+        }
+    const int block = 8, G = a.rows / block;
+    std::vector<float> offset(static_cast<size_t>(a.rows), 0.0f), base(static_cast<size_t>(G), 0.0f);
+    for (size_t t = 0; t < T / 2; ++t)
+        for (int r = 0; r < a.rows; ++r) offset[static_cast<size_t>(r)] += zs[t][static_cast<size_t>(r)] / static_cast<float>(T / 2);
+    for (size_t t = 0; t < T / 2; ++t)
+        for (int r = 0; r < a.rows; ++r)
+            base[static_cast<size_t>(r / block)] = std::max(base[static_cast<size_t>(r / block)], std::fabs(zs[t][static_cast<size_t>(r)] - offset[static_cast<size_t>(r)]));
+    for (int bits : {8, 5, 4, 3, 2})
+        for (bool row_scale : {false, true}) {
+            const LatentQuant q = log8_plan(a.rows, block, block, 8, bits, row_scale, base, offset);
+            std::vector<float> back(static_cast<size_t>(a.rows));
+            std::vector<uint8_t> row(q.row_bytes());
+            for (size_t t = 0; t < T; ++t) {
+                starkv::quantize_latent(q, zs[t].data(), row.data());
+                starkv::dequantize_latent(q, row.data(), back.data());
+                expect_log8_within_bound(q, zs[t].data(), back.data(), "real log8 bits " + std::to_string(bits));
+            }
+        }
 }
 
 TEST(LatentQuant, HadamardRotationIsOrthogonalAndFoldingKeepsTheProduct) {
@@ -245,6 +385,65 @@ TEST(LatentQuant, PlanValidationRefusesGarbage) {
     EXPECT_THROW(starkv::bundle::kv_quant_layers_from_json(nlohmann::json::object(), c), starkv::Error);
 }
 
+TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
+    starkv::ModelConfig c;
+    c.n_layer = 1;
+    c.n_head = 2;
+    c.n_head_kv = 1;
+    c.head_dim = 64;
+    std::vector<float> offset(32);
+    for (size_t i = 0; i < offset.size(); ++i) offset[i] = 0.1f * static_cast<float>(i) - 1.3f;
+    std::vector<starkv::LatentQuantLayer> plan(1);
+    plan[0].k = {log8_plan(32, 16, 16, 6, 3, true, {0.75f, 1.0f / 3}, offset)};
+    plan[0].v = log8_plan(16, 8, 0, 4, 4, false, {2.5f, 1e-7f}, std::vector<float>(16, 0.0f));
+    const nlohmann::json ok = starkv::bundle::kv_quant_layers_to_json(plan);
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v2(ok));
+    // Round trip through the bundle's text form keeps every float bit for bit.
+    const auto back = starkv::bundle::kv_quant_layers_from_json(nlohmann::json::parse(ok.dump()), c);
+    ASSERT_EQ(back.size(), 1u);
+    const LatentQuant& k = back[0].k[0];
+    EXPECT_TRUE(k.log8());
+    EXPECT_TRUE(k.row_scale);
+    EXPECT_EQ(k.base, plan[0].k[0].base);
+    EXPECT_EQ(k.offset, plan[0].k[0].offset);
+    EXPECT_EQ(k.row_bytes(), 1u + 16 * 6 / 8 + 16 * 3 / 8);
+    EXPECT_EQ(k.row_bytes(), bytes_from_plan(k));
+    EXPECT_FALSE(back[0].v.row_scale);
+    EXPECT_EQ(back[0].v.row_bytes(), 2u * (1 + 4));
+    auto bad = [&](const std::string& key, const nlohmann::json& value) {
+        nlohmann::json j = ok;
+        if (value.is_null() && key != "base") j[0]["k"][0].erase(key);
+        else j[0]["k"][0][key] = value;
+        try {
+            starkv::bundle::kv_quant_layers_from_json(j, c);
+            ADD_FAILURE() << key << " = " << value.dump() << " accepted";
+        } catch (const starkv::Error& e) {
+            EXPECT_EQ(e.status(), STARKV_ERR_CORRUPT);
+            EXPECT_NE(std::string(e.what()).find("layer 0"), std::string::npos) << e.what();
+        }
+    };
+    bad("scale", "log9");
+    bad("scale", 1);
+    bad("row_scale", nullptr);  // missing
+    bad("row_scale", 1);
+    bad("base", {1.0});                        // one range per group
+    bad("base", {1.0, -2.0});                  // not positive
+    bad("base", {1.0, 0.0});
+    bad("base", {1.0, nullptr});               // NaN is written as null
+    bad("base", "1");
+    bad("offset", std::vector<float>(31, 0.0f));  // one per channel
+    bad("offset", nullptr);
+    bad("lo_bits", 7);
+    bad("lo_bits", 1);
+    bad("hi_bits", 3);
+    bad("hi_bits", 9);
+    bad("scale", "static");
+    nlohmann::json fp16 = ok;
+    for (auto& q : {&fp16[0]["k"][0], &fp16[0]["v"]})
+        for (const char* k2 : {"scale", "row_scale", "base", "offset"}) q->erase(k2);
+    EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v2(fp16));
+}
+
 TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
     EXPECT_EQ(starkv::quant::block_for(2, 8, 0), 8);
     EXPECT_EQ(starkv::quant::block_for(2, 4, 0), 0);  // no block fits: the latent stays fp32
@@ -284,6 +483,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     const auto& layers = d["compression"]["kv_quant"]["layers"];
     uint64_t want = 0;
     double code_bits = 0, channels = 0;
+    int n_log8 = 0;
     for (int l = 0; l < c.n_layer; ++l) {
         ASSERT_FALSE(layers[static_cast<size_t>(l)].is_null());
         if (const auto& L = layers[static_cast<size_t>(l)]; L.contains("plain")) {
@@ -297,6 +497,11 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
         auto add = [&](const nlohmann::json& p) {
             LatentQuant q{p["width"].get<int>(), p["block"].get<int>(), p["split"].get<int>(), p["hi_bits"].get<int>(),
                           p["lo_bits"].get<int>(), p["zero_point"].get<bool>()};
+            if (p.contains("scale")) {
+                q.scale = starkv::QuantScale::Log8;
+                q.row_scale = p["row_scale"].get<bool>();
+                ++n_log8;
+            }
             want += bytes_from_plan(q);
             for (int ch = 0; ch < q.width; ++ch) code_bits += ch < q.split ? q.hi_bits : q.lo_bits;
             channels += q.width;
@@ -305,6 +510,11 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
         add(layers[static_cast<size_t>(l)]["v"]);
     }
     EXPECT_LE(code_bits / channels, 4.0 + 1e-9);  // codes alone stay within the 4-bit budget
+    // The one-byte log8 scales win on stories' 8-channel groups (fp16 scales
+    // cost 2-4 bytes each), so this bundle exercises them, and requires the feature.
+    EXPECT_GT(n_log8, 0);
+    EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v2") != d["required_features"].end(),
+              n_log8 > 0);
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
     // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).

@@ -506,7 +506,7 @@ int cmd_inspect(const std::string& path, const std::string& svg) {
     if (const auto& c = d["compression"]; c.contains("kv_quant")) {
         const auto& q = c["kv_quant"];
         std::printf("KV quantization plan (avg %.2f bits, block %s, hadamard %s, %s); per latent: width/block "
-                    "leading@bits+tail@bits, sym = no zero point\n",
+                    "leading@bits+tail@bits, sym = no zero point, log8 / log8-row = 1-byte scale code per group / per row\n",
                     q["avg_bits"].get<double>(), q["block"].dump().c_str(), q["hadamard"].get<bool>() ? "on" : "off",
                     q["mixed"].get<bool>() ? "mixed" : "uniform");
         auto one = [](const nlohmann::json& p) {
@@ -517,7 +517,8 @@ int cmd_inspect(const std::string& path, const std::string& svg) {
             if (sp > 0) out += std::to_string(sp) + "@" + std::to_string(p["hi_bits"].get<int>());
             if (sp > 0 && sp < w) out += "+";
             if (sp < w) out += std::to_string(w - sp) + "@" + std::to_string(p["lo_bits"].get<int>());
-            if (!p.value("zero_point", true)) out += " sym";
+            if (p.value("scale", std::string()) == "log8") out += p.value("row_scale", false) ? " log8-row" : " log8";
+            else if (!p.value("zero_point", true)) out += " sym";
             return out;
         };
         const auto& layers = q["layers"];
