@@ -793,6 +793,16 @@ __device__ inline void rope_pair_dims(int i, int rope_dims, bool half_split, int
     }
 }
 
+// The table's value at (position row, channel c): c < HD/2 is cos of pair c, else sin of pair c - HD/2;
+// pairs from np on are the unrotated dimensions (angle 0). Computed in double, rounded once to fp16.
+template <int HD>
+__device__ inline float rope_table_value(int row, int c, const double* inv_freq, int np) {
+    const int i = c < HD / 2 ? c : c - HD / 2;
+    double sn = 0.0, co = 1.0;
+    if (i < np) sincos(static_cast<double>(row) * inv_freq[i], &sn, &co);
+    return static_cast<float>(c < HD / 2 ? co : sn);
+}
+
 // Table entry of (16-row slab s, k-step ks, lane): rows 16 s + lane/4 (+8), channels 16 ks + 2 (lane%4)
 // (+1, +8, +9); channel c < HD/2 is cos of pair c, else sin of pair c - HD/2.
 template <int HD>
@@ -808,15 +818,7 @@ __global__ void latent_rope_table_kernel(uint4* tab, const double* inv_freq, int
         for (int f = 0; f < 4; ++f) {
             const int row = slab * 16 + lane / 4 + (f & 1) * 8;
             const int c0 = ks * 16 + 2 * (lane % 4) + (f >> 1) * 8;
-            float v[2];
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int c = c0 + j, i = c < HD / 2 ? c : c - HD / 2;
-                double s = 0.0, co = 1.0;
-                if (i < np) sincos(static_cast<double>(row) * inv_freq[i], &s, &co);
-                v[j] = static_cast<float>(c < HD / 2 ? co : s);
-            }
-            w[f] = pack_half2(v[0], v[1]);
+            w[f] = pack_half2(rope_table_value<HD>(row, c0, inv_freq, np), rope_table_value<HD>(row, c0 + 1, inv_freq, np));
         }
         tab[e] = make_uint4(w[0], w[1], w[2], w[3]);
     }
@@ -836,15 +838,8 @@ __global__ void latent_rope_table_cm_kernel(uint4* tab, const double* inv_freq, 
         uint32_t w[4];
 #pragma unroll
         for (int k2 = 0; k2 < 4; ++k2) {
-            float v[2];
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int c = kb * 8 + 2 * k2 + j, i = c < HD / 2 ? c : c - HD / 2;
-                double sn = 0.0, co = 1.0;
-                if (i < np) sincos(static_cast<double>(row) * inv_freq[i], &sn, &co);
-                v[j] = static_cast<float>(c < HD / 2 ? co : sn);
-            }
-            w[k2] = pack_half2(v[0], v[1]);
+            const int c = kb * 8 + 2 * k2;
+            w[k2] = pack_half2(rope_table_value<HD>(row, c, inv_freq, np), rope_table_value<HD>(row, c + 1, inv_freq, np));
         }
         tab[e] = make_uint4(w[0], w[1], w[2], w[3]);
     }
@@ -911,11 +906,11 @@ struct TableScoreParams {
 // Q4: the stages hold the raw tiles (codes + scales), dequantized into one fp16 tile per KV head.
 __host__ __device__ inline size_t q4_key_raw_bytes(int R) { return static_cast<size_t>(kTile) * (R / 2 + 4); }
 
-__host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int QB, int NKV, size_t elem, bool q4 = false) {
+__host__ __device__ inline size_t score_t_smem_bytes(int hd, int R, int NKV, size_t elem, bool q4 = false) {
     const size_t keys = q4 ? static_cast<size_t>(kStagesT) * NKV * q4_key_raw_bytes(R) +
                                  static_cast<size_t>(NKV) * kTile * (R + kPad) * sizeof(__half)
                            : static_cast<size_t>(kStagesT) * NKV * kTile * (R + kPad) * elem;
-    (void)QB;  // M is laid out for kQbMax heads of R (rounded to the kernel's rank steps) ranks
+    // M is laid out for kQbMax heads of R ranks (rounded to the kernel's rank steps) whatever QB is.
     const size_t rm = (R <= 16 ? 16 : R <= 32 ? 32 : R <= 64 ? 64 : 128);
     return keys + static_cast<size_t>(kStagesT) * kTile * hd * sizeof(__half) +  // table rows
            static_cast<size_t>(kQbMax) * rm * hd * sizeof(__half) + 8 * kQbMax * sizeof(float2);
@@ -1734,7 +1729,7 @@ bool pick_table_heads(const LatentAttnShape& s, int G, int max_r, size_t elem, i
     for (int qb = kQbMax; qb >= 1; --qb) {
         if (s.n_head % qb != 0 || (qb % G != 0 && G % qb != 0)) continue;
         const int nkv = qb >= G ? qb / G : 1;
-        if (score_t_smem_bytes(s.head_dim, max_r, qb, nkv, elem) > kScoreWMaxSmem) continue;
+        if (score_t_smem_bytes(s.head_dim, max_r, nkv, elem) > kScoreWMaxSmem) continue;
         *QB = qb;
         *NKV = nkv;
         return true;
@@ -1862,17 +1857,20 @@ cudaError_t launch_scores_w(const ScoreParams& p, bool half, dim3 grid, int max_
     return launch_scores_w_g<T, HD, 8>(p, half, grid, max_r, st);
 }
 
+// Grid of a table build: one thread per 16-byte entry (keys_pad x hd halves), at most 8192 blocks.
+int table_blocks(int keys_pad, int hd) {
+    const long long entries = static_cast<long long>(keys_pad) * hd / 8;
+    return static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
+}
+
 template <typename T, int HD, bool Q4>
 cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq,
                             cudaStream_t st) {
-    const int n_slab = pl.keys_pad / 16;
-    const long long entries = static_cast<long long>(n_slab) * (HD / 16) * 32;
-    const int tblocks = static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
-    latent_rope_table_cm_kernel<HD><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq,
+    latent_rope_table_cm_kernel<HD><<<table_blocks(pl.keys_pad, HD), 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq,
                                                               tp.sp.rope_dims / 2, pl.keys_pad / kTile);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.QB, tp.NKV, sizeof(T), Q4);
+    const size_t smem = score_t_smem_bytes(HD, pl.max_r, tp.NKV, sizeof(T), Q4);
     const dim3 grid(pl.n_chunk1, tp.sp.n_head / tp.QB, n_seq);
     auto go = [&](auto kernel) {
         const cudaError_t r =
@@ -1890,10 +1888,8 @@ cudaError_t launch_scores_t(const TableScoreParams& tp, const Plan& pl, const do
 template <typename T, bool Q4>
 cudaError_t launch_scores_kt(const TableScoreParams& tp, const Plan& pl, const double* inv_freq, int n_seq, int n_kv,
                              cudaStream_t st) {
-    const int n_slab = pl.keys_pad / 16;
-    const long long entries = static_cast<long long>(n_slab) * 8 * 32;
-    const int tblocks = static_cast<int>(std::min<long long>((entries + 255) / 256, 8192));
-    latent_rope_table_kernel<128><<<tblocks, 256, 0, st>>>(const_cast<uint4*>(tp.tab), inv_freq, 64, n_slab);
+    latent_rope_table_kernel<128><<<table_blocks(pl.keys_pad, 128), 256, 0, st>>>(const_cast<uint4*>(tp.tab),
+                                                                                  inv_freq, 64, pl.keys_pad / 16);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     const int R = pl.max_r <= 16 ? 16 : pl.max_r <= 32 ? 32 : 64;
