@@ -143,6 +143,15 @@ __device__ inline void load_value_tile(T* dst, const T* src, int v_rank, int c0,
     }
 }
 
+// Where a sequence's cache rows live: pages of `rows` positions, page table[b][t / rows] holding
+// position t of sequence b; with no table, one page of ctx_cap rows per sequence (page b), the
+// contiguous layout. rows is a multiple of kTile and chunks start at multiples of kTile, so a
+// tile never straddles two pages.
+struct PageMap {
+    const int* table;
+    int rows, per_seq;
+};
+
 // ---- pass 1: scores ----
 
 struct ScoreParams {
@@ -154,12 +163,40 @@ struct ScoreParams {
     const double* inv_freq;
     float* scores;  // [n_seq][n_head][keys_pad], scaled by scale*log2(e)
     float2* ml;     // [n_seq][n_head][n_chunk1] (max, sum) in base 2
-    int n_head, n_kv, G, rope_dims, ctx_cap, max_keys, keys_pad, chunk, n_chunk;
-    long long seq_stride;  // key-latent elements per sequence (Q4: twice its code bytes)
+    int n_head, n_kv, G, rope_dims, max_keys, keys_pad, chunk, n_chunk;
+    PageMap pm;
+    long long page_elems;  // key-latent elements per page, every KV head (Q4: twice its code bytes)
     float scale_log2;
     int rpad[kLatMaxKvHeads];
     int roff[kLatMaxKvHeads];  // sum of the earlier heads' padded ranks
 };
+
+// A tile's place in the cache: its page and the row of its first key there (looked up once per
+// tile: the page table read and the division are on the path of every load that follows).
+struct TileAt {
+    size_t page;
+    int row;
+};
+__device__ inline TileAt tile_at(const PageMap& pm, int b, int t0) {
+    if (!pm.table) return {static_cast<size_t>(b), t0};  // contiguous: t0 < ctx_cap, no division
+    return {static_cast<size_t>(__ldg(pm.table + static_cast<size_t>(b) * pm.per_seq + t0 / pm.rows)), t0 % pm.rows};
+}
+// Element index of the tile's first row of KV head h's key latents; the rows after it up to the
+// page's end follow at rpad[h] elements each (Q4: half that in code bytes).
+__device__ inline size_t key_row_index(const ScoreParams& p, TileAt at, int h) {
+    return at.page * p.page_elems + static_cast<size_t>(p.pm.rows) * p.roff[h] + static_cast<size_t>(at.row) * p.rpad[h];
+}
+template <typename T>
+__device__ inline const T* key_rows(const ScoreParams& p, TileAt at, int h) {
+    return static_cast<const T*>(p.k_lat) + key_row_index(p, at, h);
+}
+__device__ inline const unsigned char* q4_key_rows(const ScoreParams& p, TileAt at, int h) {
+    return static_cast<const unsigned char*>(p.k_lat) + key_row_index(p, at, h) / 2;
+}
+// Q4: the (scale, min) of the tile's first row of KV head h; the page's next rows follow.
+__device__ inline const uint32_t* q4_key_scales(const ScoreParams& p, TileAt at, int h) {
+    return static_cast<const uint32_t*>(p.k_scale) + (at.page * p.n_kv + h) * p.pm.rows + at.row;
+}
 
 __host__ __device__ constexpr int cs_stride(int hd, bool half) { return hd / 2 + (half ? 8 : 4); }
 
@@ -196,7 +233,6 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     float2* cs = reinterpret_cast<float2*>(qt + 2 * G * HD);           // [kTile][CSS]
     float2* red = cs + kTile * CSS;                                     // [4][kLatMaxGroup]
 
-    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[h];
     const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[h];
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
 
@@ -207,9 +243,10 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
     }
     KeyTileLoader<T> loader;
     loader.init(R);
+    auto load_tile = [&](T* dst, int t0) { loader.load(dst, key_rows<T>(p, tile_at(p.pm, b, t0), h), 0, k_end - t0); };
 #pragma unroll
     for (int s = 0; s < kStagesK - 1; ++s) {
-        if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
+        if (s < n_tiles) load_tile(Zs + s * kTile * RS, k0 + s * kTile);
         cp_async_commit();
     }
 
@@ -289,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) latent_scores_kernel(ScoreParams p) 
         __syncthreads();  // tile t and qt[t & 1] visible; tile t-1 and qt[(t+1) & 1] no longer read
         {
             const int nt = t + kStagesK - 1;
-            if (nt < n_tiles) loader.load(Zs + (nt % kStagesK) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            if (nt < n_tiles) load_tile(Zs + (nt % kStagesK) * kTile * RS, k0 + nt * kTile);
             cp_async_commit();
         }
         if (t + 1 < n_tiles) turn_queries((t + 1) & 1);
@@ -494,15 +531,15 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
     __half* Mt = M0 + G * R * HD;  // [1 or 2][G][R][MS]: M(p0), rank-major
     float2* red = reinterpret_cast<float2*>(Mt + (two_buf ? 2 : 1) * G * R * MS);  // [4][kLatMaxGroup]
 
-    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[h];
     const T* usrc = static_cast<const T*>(p.k_u) + static_cast<size_t>(HD) * p.roff[h];
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
 
     KeyTileLoader<T> loader;
     loader.init(R);
+    auto load_tile = [&](T* dst, int t0) { loader.load(dst, key_rows<T>(p, tile_at(p.pm, b, t0), h), 0, k_end - t0); };
 #pragma unroll
     for (int s = 0; s < kStagesW - 1; ++s) {
-        if (s < n_tiles) loader.load(Zs + s * kTile * RS, zsrc, k0 + s * kTile, k_end);
+        if (s < n_tiles) load_tile(Zs + s * kTile * RS, k0 + s * kTile);
         cp_async_commit();
     }
 
@@ -615,7 +652,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? kBlocksW : 1)
         __syncthreads();  // tile t, M0 and M(p0) of t visible; tile t-1 and its M(p0) no longer read
         {
             const int nt = t + kStagesW - 1;
-            if (nt < n_tiles) loader.load(Zs + (nt % kStagesW) * kTile * RS, zsrc, k0 + nt * kTile, k_end);
+            if (nt < n_tiles) load_tile(Zs + (nt % kStagesW) * kTile * RS, k0 + nt * kTile);
             cp_async_commit();
         }
         if (two_buf) {
@@ -954,7 +991,6 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
     __half* Ms = reinterpret_cast<__half*>(Zs + (Q4 ? 1 : kStagesT) * NKV * ZS);  // core matrices [kQbMax * RM / 8][HD / 8][8][8]
     float2* red = reinterpret_cast<float2*>(Ms + kQbMax * RM * HD);                // [8][kQbMax]
 
-    const T* zbase = static_cast<const T*>(p.k_lat) + b * p.seq_stride;
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
     // Tile t: the table rows (contiguous, fragment order) and every KV head's latents (source rows
     // contiguous, R elements each; shared rows padded for conflict-free reads; rows past k_end zero).
@@ -974,10 +1010,10 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
             const int R = j < NKV ? p.rpad[kv0 + j] : 16, per_row = R / 8;
             const int row = piece_row(tid, per_row), col = tid - row * per_row;
             const bool have = j < NKV && tid < kTile * per_row;
-            zsrc[j] = (j < NKV ? p.ctx_cap * p.roff[kv0 + j] : 0) + k0 * R + tid * 8;
+            zsrc[j] = (j < NKV ? p.pm.rows * p.roff[kv0 + j] : 0) + tid * 8;  // in the page, at its row 0
             zdst[j] = have ? j * ZS + row * (R + kPad) + col * 8 : -1;
-            zrow[j] = k0 + row;
-            zstep[j] = kTile * R;
+            zrow[j] = row;
+            zstep[j] = R;
         }
     }
     const uint4* tab0 = tp.tab + static_cast<size_t>(k0 / 16) * KS * 32 + tid;
@@ -987,37 +1023,35 @@ __global__ void __launch_bounds__(kThreadsT, 2) latent_scores_t_kernel(TableScor
 #pragma unroll
         for (int k = 0; k < kTabU4 / kThreadsT; ++k) cp_async16(tdst + k * kThreadsT, tsrc + k * kThreadsT, true);
         T* dst0 = Zs + (t % kStagesT) * NKV * ZS;
+        const int t0 = k0 + t * kTile;
+        const TileAt at = tile_at(p.pm, b, t0);
         if constexpr (Q4) {
-            const int t0 = k0 + t * kTile;
             for (int j = 0; j < NKV; ++j) {
                 const int kvh = kv0 + j;
-                const unsigned char* codes = static_cast<const unsigned char*>(p.k_lat) + b * (p.seq_stride / 2) +
-                                             static_cast<size_t>(p.ctx_cap) * p.roff[kvh] / 2;
-                const uint32_t* sc = static_cast<const uint32_t*>(p.k_scale) +
-                                     (static_cast<size_t>(b) * p.n_kv + kvh) * p.ctx_cap;
-                load_q4_key_tile(Rw + ((t % kStagesT) * NKV + j) * RAW, codes, sc, p.rpad[kvh], t0, k_end, tid,
-                                 kThreadsT);
+                load_q4_key_tile(Rw + ((t % kStagesT) * NKV + j) * RAW, q4_key_rows(p, at, kvh),
+                                 q4_key_scales(p, at, kvh), p.rpad[kvh], 0, k_end - t0, tid, kThreadsT);
             }
         } else if constexpr (kZIter == 1) {
+            // Every head's offsets from the tile's first row in its page are fixed.
+            const T* page = static_cast<const T*>(p.k_lat) + at.page * p.page_elems;
 #pragma unroll
             for (int j = 0; j < kQbMax; ++j) {
                 if (zdst[j] >= 0) {
-                    const bool ok = zrow[j] + t * kTile < k_end;
-                    cp_async16(dst0 + zdst[j], ok ? zbase + zsrc[j] + t * zstep[j] : zbase, ok);
+                    const bool ok = t0 + zrow[j] < k_end;
+                    cp_async16(dst0 + zdst[j], ok ? page + zsrc[j] + at.row * zstep[j] : page, ok);
                 }
             }
         } else {
-            const int t0 = k0 + t * kTile;
             for (int j = 0; j < NKV; ++j) {
                 const int R = p.rpad[kv0 + j], per_row = R / 8;
-                const T* src = zbase + static_cast<size_t>(p.ctx_cap) * p.roff[kv0 + j] + static_cast<size_t>(t0) * R;
+                const T* src = key_rows<T>(p, at, kv0 + j);
 #pragma unroll
                 for (int k = 0; k < kZIter; ++k) {
                     const int e = tid + k * kThreadsT;
                     if (e < kTile * per_row) {
                         const int row = piece_row(e, per_row), col = e - row * per_row;
                         const bool ok = t0 + row < k_end;
-                        cp_async16(dst0 + j * ZS + row * (R + kPad) + col * 8, ok ? src + e * 8 : zbase, ok);
+                        cp_async16(dst0 + j * ZS + row * (R + kPad) + col * 8, ok ? src + e * 8 : src, ok);
                     }
                 }
             }
@@ -1269,7 +1303,6 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
     __half* Qs = reinterpret_cast<__half*>(Us + HD * RS);        // [8][QS]
     float2* red = reinterpret_cast<float2*>(Qs + 8 * QS);        // [4][8]
 
-    const T* zsrc = static_cast<const T*>(p.k_lat) + b * p.seq_stride + static_cast<size_t>(p.ctx_cap) * p.roff[kvh];
     const uint4* tab0 = tp.tab + static_cast<size_t>(k0 / 16) * KS * 32 + tid;
     const int per_row = Rh / 8;
     const int n_tiles = (k_end - k0 + kTile - 1) / kTile;
@@ -1279,23 +1312,21 @@ __global__ void __launch_bounds__(kThreads, 3) latent_scores_kt_kernel(TableScor
         uint4* tdst = Ts + (t % kStagesKT) * kTabU4 + tid;
 #pragma unroll
         for (int k = 0; k < kTabU4 / kThreads; ++k) cp_async16(tdst + k * kThreads, tsrc + k * kThreads, true);
+        const TileAt at = tile_at(p.pm, b, t0);
         if constexpr (Q4) {
-            const unsigned char* codes = static_cast<const unsigned char*>(p.k_lat) + b * (p.seq_stride / 2) +
-                                         static_cast<size_t>(p.ctx_cap) * p.roff[kvh] / 2;
-            const uint32_t* sc =
-                static_cast<const uint32_t*>(p.k_scale) + (static_cast<size_t>(b) * p.n_kv + kvh) * p.ctx_cap;
-            load_q4_key_tile(Rw + (t % kStagesKT) * RAW, codes, sc, Rh, t0, k_end, tid, kThreads);
+            load_q4_key_tile(Rw + (t % kStagesKT) * RAW, q4_key_rows(p, at, kvh), q4_key_scales(p, at, kvh), Rh, 0,
+                             k_end - t0, tid, kThreads);
             return;
         }
         T* dst = Zs + (t % kStagesKT) * kTile * RS;
-        const T* src = zsrc + static_cast<size_t>(t0) * Rh;
+        const T* src = key_rows<T>(p, at, kvh);
 #pragma unroll
         for (int k = 0; k < kZIter; ++k) {
             const int e = tid + k * kThreads;
             if (e < kTile * per_row) {
                 const int row = e / per_row, col = e - row * per_row;
                 const bool ok = t0 + row < k_end;
-                cp_async16(dst + row * RS + col * 8, ok ? src + e * 8 : zsrc, ok);
+                cp_async16(dst + row * RS + col * 8, ok ? src + e * 8 : src, ok);
             }
         }
     };
@@ -1441,7 +1472,8 @@ struct ValueParams {
     const void* v_scale;  // Q4: (scale, min) per token and 128 channels
     const int* n_keys;
     float* part;  // [n_seq][n_chunk2][n_head][v_rank]
-    int n_head, v_rank, ctx_cap, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
+    int n_head, v_rank, max_keys, keys_pad, chunk, n_chunk, n_chunk1;
+    PageMap pm;
 };
 
 constexpr int kPCols = kTile + kPad;
@@ -1481,30 +1513,29 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kerne
     float* Ms = reinterpret_cast<float*>(Ps + 2 * HP * kPCols);
     float* iL = Ms + kLatMaxHeads;
 
-    const T* vsrc = static_cast<const T*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * p.v_rank;
     const int c0 = slice * kSlice;
     // Tile at t0 into stage st (Q4: 4 x 16 bytes of codes and a 4-byte (scale, min) per row).
     auto load_v = [&](int st, int t0) {
+        const TileAt at = tile_at(p.pm, b, t0);
+        const size_t row0 = at.page * p.pm.rows + at.row;  // cache row of t0
         if constexpr (Q4) {
-            const unsigned char* codes =
-                static_cast<const unsigned char*>(p.v_lat) + static_cast<size_t>(b) * p.ctx_cap * (p.v_rank / 2);
-            const uint32_t* sc =
-                static_cast<const uint32_t*>(p.v_scale) + static_cast<size_t>(b) * p.ctx_cap * (p.v_rank / kSlice);
+            const unsigned char* codes = static_cast<const unsigned char*>(p.v_lat) + row0 * (p.v_rank / 2);
+            const uint32_t* sc = static_cast<const uint32_t*>(p.v_scale) + row0 * (p.v_rank / kSlice);
             unsigned char* raw = Rv + st * kQ4ValueRaw;
             for (int e = tid; e < kTile * 4; e += kThreads) {
                 const int row = e / 4, c = e % 4;
                 const bool ok = t0 + row < k_end;
                 cp_async16(raw + e * 16,
-                           ok ? codes + static_cast<size_t>(t0 + row) * (p.v_rank / 2) + c0 / 2 + c * 16 : codes, ok);
+                           ok ? codes + static_cast<size_t>(row) * (p.v_rank / 2) + c0 / 2 + c * 16 : codes, ok);
             }
             uint32_t* sdst = reinterpret_cast<uint32_t*>(raw + kTile * kSlice / 2);
             for (int e = tid; e < kTile; e += kThreads) {
                 const bool ok = t0 + e < k_end;
-                cp_async_small<4>(sdst + e, ok ? sc + static_cast<size_t>(t0 + e) * (p.v_rank / kSlice) + slice : sc,
-                                  ok);
+                cp_async_small<4>(sdst + e, ok ? sc + static_cast<size_t>(e) * (p.v_rank / kSlice) + slice : sc, ok);
             }
         } else {
-            load_value_tile(Vs + st * kTile * (kSlice + kPad), vsrc, p.v_rank, c0, t0, k_end);
+            load_value_tile(Vs + st * kTile * (kSlice + kPad), static_cast<const T*>(p.v_lat) + row0 * p.v_rank,
+                            p.v_rank, c0, 0, k_end - t0);
         }
     };
 #pragma unroll
@@ -1714,7 +1745,8 @@ struct Plan {
     int max_r = 16;
     LatentScoresKernel kernel = LatentScoresKernel::KeyRotation;  // resolved: never Auto
     int QB = 1, NKV = 1;                                          // RopeTable: query / KV heads per block
-    long long seq_stride = 0;
+    long long page_elems = 0;  // key-latent elements per page (every KV head)
+    int page_rows = 0;         // positions per page (ctx_cap without a page table)
     int roff[kLatMaxKvHeads] = {};
     size_t off_ml = 0, off_part = 0, off_acc = 0, off_tab = 0, total = 0;
 };
@@ -1749,7 +1781,16 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     if (s.head_dim != 64 && s.head_dim != 128) return false;
     if (s.rope_dims < 0 || s.rope_dims > s.head_dim || s.rope_dims % 16 != 0) return false;
     if (s.v_rank <= 0 || s.v_rank % kSlice != 0 || s.v_rank > kMaxVRank) return false;
-    if (s.max_keys < 0 || s.ctx_cap < s.max_keys) return false;
+    if (s.max_keys < 0) return false;
+    if (s.page_rows > 0) {  // paged: whole tiles per page, enough pages per sequence
+        if (s.page_rows % kTile != 0 || s.pages_per_seq <= 0 ||
+            static_cast<long long>(s.pages_per_seq) * s.page_rows < s.max_keys)
+            return false;
+        pl->page_rows = s.page_rows;
+    } else {
+        if (s.ctx_cap < s.max_keys || s.ctx_cap <= 0) return false;
+        pl->page_rows = s.ctx_cap;
+    }
     if (s.format != LatentFormat::F16 && s.format != LatentFormat::BF16 && s.format != LatentFormat::Q4) return false;
     long long sum = 0;
     for (int h = 0; h < s.n_kv; ++h) {
@@ -1757,13 +1798,13 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
         pl->roff[h] = static_cast<int>(sum);
         sum += latent_rank_pad(s.k_rank[h]);
     }
-    pl->seq_stride = sum * s.ctx_cap;
+    pl->page_elems = sum * pl->page_rows;
     for (int h = 0; h < s.n_kv; ++h) pl->max_r = std::max(pl->max_r, latent_rank_pad(s.k_rank[h]));
     // Measured (H100, docs/perf/attention.md): the fold-table kernel wins for MHA at 4K-32K, the
     // key-table kernel for GQA.
     const size_t elem = 2;
     // (The fold-table kernel keeps a sequence's latent offsets in 32-bit integers.)
-    const bool table_ok = pl->seq_stride < (1LL << 31) && pick_table_heads(s, pl->G, pl->max_r, elem, &pl->QB, &pl->NKV);
+    const bool table_ok = pl->page_elems < (1LL << 31) && pick_table_heads(s, pl->G, pl->max_r, elem, &pl->QB, &pl->NKV);
     const bool key_table_ok = s.head_dim == 128 && s.rope_half_split && s.rope_dims == 128 && pl->max_r <= 64;
     const bool fold_ok = score_w_smem_bytes(s.head_dim, pl->max_r, pl->G, elem) <= kScoreWMaxSmem;
     switch (s.scores_kernel) {
@@ -1938,12 +1979,12 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     sp.n_kv = s.n_kv;
     sp.G = pl.G;
     sp.rope_dims = s.rope_dims;
-    sp.ctx_cap = s.ctx_cap;
+    sp.pm = PageMap{a.page_table, pl.page_rows, s.pages_per_seq};
     sp.max_keys = s.max_keys;
     sp.keys_pad = pl.keys_pad;
     sp.chunk = pl.chunk1;
     sp.n_chunk = pl.n_chunk1;
-    sp.seq_stride = pl.seq_stride;
+    sp.page_elems = pl.page_elems;
     sp.scale_log2 = a.scale * kLog2e;
     for (int h = 0; h < s.n_kv; ++h) {
         sp.rpad[h] = latent_rank_pad(s.k_rank[h]);
@@ -1988,7 +2029,7 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     vp.part = part;
     vp.n_head = s.n_head;
     vp.v_rank = s.v_rank;
-    vp.ctx_cap = s.ctx_cap;
+    vp.pm = sp.pm;
     vp.max_keys = s.max_keys;
     vp.keys_pad = pl.keys_pad;
     vp.chunk = pl.chunk2;
@@ -2038,7 +2079,7 @@ cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, siz
                 cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
     Plan pl;
     if (!make_plan(s, &pl) || ws_bytes < pl.total || !ws || !a.q || !a.k_lat || !a.k_u || !a.v_lat || !a.v_u ||
-        !a.n_keys || !a.out || (s.rope_dims > 0 && !a.inv_freq))
+        !a.n_keys || !a.out || (s.rope_dims > 0 && !a.inv_freq) || (s.page_rows > 0) != (a.page_table != nullptr))
         return cudaErrorInvalidValue;
     auto* w = static_cast<unsigned char*>(ws);
     if (s.format == LatentFormat::Q4) {

@@ -60,7 +60,11 @@ struct LatentAttnShape {
     int rope_dims = 0;         // rotated dimensions: multiple of 16, <= head_dim
     bool rope_half_split = false;  // pairs (i, i + rope_dims/2) instead of (2i, 2i+1)
     int v_rank = 0;            // joint value latent rank, multiple of 128, <= 2048
-    int ctx_cap = 0;           // positions per sequence in the cache (row count)
+    int ctx_cap = 0;           // contiguous caches (page_rows 0): positions per sequence (row count)
+    // Paged caches (args.page_table set): positions per page, a multiple of 64, and the page table's
+    // columns per sequence (pages_per_seq * page_rows >= max_keys); 0 = contiguous.
+    int page_rows = 0;
+    int pages_per_seq = 0;
     int max_keys = 0;          // >= every n_keys[b]; sizes the grid and workspace
     int k_rank[kLatMaxKvHeads] = {};  // each KV head's key rank (ragged), <= kLatMaxKeyRank
     LatentFormat format = LatentFormat::BF16;
@@ -85,6 +89,14 @@ inline int latent_rank_pad(int r) { return (r + 15) / 16 * 16; }
 //          (scale, min); v_lat: [n_seq][ctx_cap][v_rank / 2] bytes; v_scale: [n_seq][ctx_cap]
 //          [v_rank / 128] half2 (one per group of 128 channels).
 //  out:    [n_seq][n_head][head_dim] fp32. A sequence with no keys gets zeros.
+//  Paged (shape.page_rows > 0): k_lat, v_lat, k_scale and v_scale are pools of pages of page_rows
+//          positions, laid out as above with page_rows in place of ctx_cap and the page in place of
+//          the sequence (keys: [page][KV head][page_rows][pad(k_rank[h])]; values: [page][page_rows]
+//          [v_rank]; Q4 scales: [page][n_kv][page_rows] and [page][page_rows][v_rank / 128]);
+//          page_table: [n_seq][pages_per_seq] int on the device, the page holding positions
+//          [j * page_rows, (j + 1) * page_rows) of sequence b at [b][j]. Entries past a sequence's
+//          n_keys are not read. A sequence's contiguous cache is the paged layout with one page of
+//          ctx_cap rows (page b).
 struct LatentAttnArgs {
     const float* q = nullptr;
     const void* k_lat = nullptr;
@@ -97,6 +109,7 @@ struct LatentAttnArgs {
     float scale = 0.0f;  // softmax scale, usually 1/sqrt(head_dim)
     const void* k_scale = nullptr;  // Q4 only
     const void* v_scale = nullptr;  // Q4 only
+    const int* page_table = nullptr;  // paged caches only (shape.page_rows > 0)
 };
 
 // Workspace bytes for this shape on the current device (0 when the shape is invalid).

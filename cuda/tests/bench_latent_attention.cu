@@ -18,6 +18,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "latent_attention.cuh"
@@ -112,7 +114,7 @@ struct Model {
 };
 
 template <typename T>
-void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, LatentScoresKernel sk) {
+void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, LatentScoresKernel sk, int page_rows) {
     LatentAttnShape s;
     s.n_seq = 16;
     s.n_head = m.n_head;
@@ -126,6 +128,18 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     s.format = fmt;
     s.scores_kernel = sk;
     for (int h = 0; h < m.n_kv; ++h) s.k_rank[h] = m.k_rank;
+    // Paged: the same bytes as a pool of n_seq * ctx / page_rows pages, handed out in shuffled order
+    // (a fragmented pool); the page table is read per tile.
+    int* dtab = nullptr;
+    if (page_rows > 0) {
+        s.page_rows = page_rows;
+        s.pages_per_seq = ctx / page_rows;
+        std::vector<int> table(static_cast<size_t>(s.n_seq) * s.pages_per_seq);
+        for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int>(i);
+        std::shuffle(table.begin(), table.end(), std::mt19937(ctx));
+        CK(cudaMalloc(&dtab, table.size() * sizeof(int)));
+        CK(cudaMemcpy(dtab, table.data(), table.size() * sizeof(int), cudaMemcpyHostToDevice));
+    }
     const size_t kl = size_t(s.n_seq) * m.n_kv * latent_rank_pad(m.k_rank) * ctx;
     const size_t ku = size_t(m.n_kv) * 128 * latent_rank_pad(m.k_rank);
     const size_t vl = size_t(s.n_seq) * ctx * m.v_rank;
@@ -187,6 +201,7 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     a.inv_freq = dinv;
     a.out = dout;
     a.scale = 1.0f / std::sqrt(128.0f);
+    a.page_table = dtab;
 
     cudaEvent_t ev[5];
     for (auto& e : ev) CK(cudaEventCreate(&e));
@@ -240,6 +255,7 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     CK(cudaFree(dn));
     CK(cudaFree(dks));
     CK(cudaFree(dvs));
+    CK(cudaFree(dtab));
 }
 
 }  // namespace
@@ -249,6 +265,7 @@ int main(int argc, char** argv) {
     const bool q4 = argc > 1 && std::strcmp(argv[1], "q4") == 0;
     const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
     const char* kname = argc > 3 ? argv[3] : "auto";
+    const int page_rows = argc > 4 ? std::atoi(argv[4]) : 0;  // 0: contiguous caches
     const LatentScoresKernel sk = std::strcmp(kname, "key") == 0    ? LatentScoresKernel::KeyRotation
                                   : std::strcmp(kname, "fold") == 0  ? LatentScoresKernel::QueryFold
                                   : std::strcmp(kname, "table") == 0 ? LatentScoresKernel::RopeTable
@@ -257,8 +274,11 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const double bw = copy_bandwidth();
-    std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; scores kernel %s; median of %d\n",
-                prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : q4 ? "q4 (4-bit + scales)" : "fp16", kname, reps);
+    std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; scores kernel %s; "
+                "%s; median of %d\n",
+                prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : q4 ? "q4 (4-bit + scales)" : "fp16", kname,
+                page_rows > 0 ? ("pages of " + std::to_string(page_rows) + " rows, shuffled").c_str() : "contiguous",
+                reps);
     std::printf("%-10s %6s %9s %8s %8s %7s %8s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
                 "floor%", "serial", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
     // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:
@@ -268,11 +288,11 @@ int main(int argc, char** argv) {
     for (const Model& m : models)
         for (int ctx : {4096, 8192, 16384, 32768}) {
             if (bf16)
-                bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw, sk);
+                bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw, sk, page_rows);
             else if (q4)
-                bench<__half>(m, ctx, LatentFormat::Q4, reps, bw, sk);
+                bench<__half>(m, ctx, LatentFormat::Q4, reps, bw, sk, page_rows);
             else
-                bench<__half>(m, ctx, LatentFormat::F16, reps, bw, sk);
+                bench<__half>(m, ctx, LatentFormat::F16, reps, bw, sk, page_rows);
         }
     return 0;
 }

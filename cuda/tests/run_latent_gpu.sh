@@ -10,6 +10,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv 2>&1 | tee "$OUT/device.
 timeout 120 "$here/starkv_cuda_latent_tests" 2>&1 | tail -60 > "$OUT/tests.txt"
 grep -E "OK \]|FAILED|rel err|PASSED" "$OUT/tests.txt"
 for k in ${KERNELS:-auto table ktable fold key}; do timeout 100 "$here/starkv_bench_latent_attention" f16 20 $k 2>&1 | tee "$OUT/bench_$k.txt"; done
+# LATENT_PAGED="64 256": the default kernels over shuffled pages of that many rows (fp16, and q4 with LATENT_BF16).
+for pr in ${LATENT_PAGED:-}; do timeout 100 "$here/starkv_bench_latent_attention" f16 20 auto $pr 2>&1 | tee "$OUT/bench_paged$pr.txt"; done
+[ -n "${LATENT_BF16:-}" ] && [ -n "${LATENT_PAGED:-}" ] && for pr in ${LATENT_PAGED}; do timeout 100 "$here/starkv_bench_latent_attention" q4 10 auto $pr 2>&1 | tee "$OUT/bench_q4_paged$pr.txt"; done
 [ -n "${LATENT_BF16:-}" ] && for f in bf16 q4; do timeout 100 "$here/starkv_bench_latent_attention" $f 10 auto 2>&1 | tee "$OUT/bench_$f.txt"; done
 [ -n "${LATENT_SDPA:-1}" ] && PYTHONUNBUFFERED=1 timeout 120 python3 "$here/sdpa_baseline.py" 20 2>&1 | tee "$OUT/sdpa.txt"
 if [ -n "${LATENT_SANITIZE:-}" ]; then

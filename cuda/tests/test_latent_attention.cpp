@@ -118,7 +118,33 @@ struct Case {
     std::vector<int> ranks, n_keys;
     int ctx_cap;
     LatentScoresKernel scores = LatentScoresKernel::Auto;
+    int page_rows = 0;  // > 0: the caches go to the kernels as a pool of pages in shuffled order
 };
+
+// A contiguous cache [n_seq][parts][ctx_cap rows of width[i] bytes] scattered into a pool of pages
+// [page][parts][page_rows rows of width[i] bytes], page table[b * pps + j] holding rows
+// [j * page_rows, (j + 1) * page_rows) of sequence b. Everything else in the pool is 0xff (NaN in
+// fp16/bf16 and in Q4 scales), so a row read from a wrong page shows in the output.
+std::vector<uint8_t> to_pages(const void* src, int n_seq, int ctx_cap, const std::vector<size_t>& width, int page_rows,
+                              int pps, const std::vector<int>& table, int n_pages) {
+    size_t row_all = 0;
+    for (size_t w : width) row_all += w;
+    std::vector<uint8_t> pool(static_cast<size_t>(n_pages) * page_rows * row_all, 0xff);
+    const uint8_t* in = static_cast<const uint8_t*>(src);
+    for (int b = 0; b < n_seq; ++b)
+        for (int j = 0; j < pps; ++j) {
+            const int r0 = j * page_rows, r1 = std::min(r0 + page_rows, ctx_cap);
+            const size_t page = static_cast<size_t>(table[static_cast<size_t>(b) * pps + j]);
+            size_t before = 0;
+            for (size_t w : width) {
+                std::memcpy(pool.data() + page * page_rows * row_all + page_rows * before + r0 % page_rows * w,
+                            in + static_cast<size_t>(b) * ctx_cap * row_all + ctx_cap * before + r0 * w,
+                            static_cast<size_t>(r1 - r0) * w);
+                before += w;
+            }
+        }
+    return pool;
+}
 
 // Reference: for each sequence b and query head hq (KV head h = hq / G):
 // k_j = RoPE(U_h z_j, j); s_j = scale q . k_j; p = softmax(s);
@@ -204,6 +230,12 @@ double run_case(const Case& c) {
     s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
     s.scores_kernel = c.scores;
     s.format = E::kFormat;
+    const int pps = c.page_rows > 0 ? (c.ctx_cap + c.page_rows - 1) / c.page_rows : 0;
+    if (c.page_rows > 0) {  // ctx_cap says nothing to the kernels then
+        s.ctx_cap = 0;
+        s.page_rows = c.page_rows;
+        s.pages_per_seq = pps;
+    }
     int sum = 0;
     for (int h = 0; h < c.n_kv; ++h) {
         s.k_rank[h] = c.ranks[h];
@@ -239,9 +271,11 @@ double run_case(const Case& c) {
     // Q4: the latents quantized (keys: one group per token and KV head, the padded rank wide;
     // values: groups of 128), the reference reads exactly the dequantized values.
     DevBytes kcodes, kscales, vcodes, vscales;
+    std::vector<uint8_t> all_codes, v_codes;
+    std::vector<uint32_t> all_scales, v_scales;
     if constexpr (E::kFormat == LatentFormat::Q4) {
-        std::vector<uint8_t> codes, all_codes;
-        std::vector<uint32_t> scales, all_scales;
+        std::vector<uint8_t> codes;
+        std::vector<uint32_t> scales;
         // Key latents are [seq][head][ctx][pad]: quantize each head's rows with group = pad.
         size_t off = 0;
         for (int b = 0; b < c.n_seq; ++b)
@@ -257,9 +291,9 @@ double run_case(const Case& c) {
             }
         kcodes.upload(all_codes);
         kscales.upload(all_scales);
-        quantize_q4(vlat.d, 128, codes, scales);
-        vcodes.upload(codes);
-        vscales.upload(scales);
+        quantize_q4(vlat.d, 128, v_codes, v_scales);
+        vcodes.upload(v_codes);
+        vscales.upload(v_scales);
     } else {
         klat.upload();
         vlat.upload();
@@ -296,6 +330,41 @@ double run_case(const Case& c) {
     a.inv_freq = dinv;
     a.out = dout;
     a.scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    // Paged: the same caches scattered over a pool of pages in shuffled order (three spare pages).
+    DevBytes pk, pks, pv, pvs, ptab;
+    if (c.page_rows > 0) {
+        const int n_pages = c.n_seq * pps + 3;
+        std::vector<int> table(static_cast<size_t>(n_pages));
+        for (int i = 0; i < n_pages; ++i) table[static_cast<size_t>(i)] = i;
+        std::shuffle(table.begin(), table.end(), rng);
+        table.resize(static_cast<size_t>(c.n_seq) * pps);
+        const bool q4 = E::kFormat == LatentFormat::Q4;
+        std::vector<size_t> kw;
+        for (int h = 0; h < c.n_kv; ++h)
+            kw.push_back(q4 ? latent_rank_pad(c.ranks[h]) / 2 : latent_rank_pad(c.ranks[h]) * sizeof(typename E::T));
+        auto paged = [&](const void* src, const std::vector<size_t>& w) {
+            return to_pages(src, c.n_seq, c.ctx_cap, w, c.page_rows, pps, table, n_pages);
+        };
+        if (q4) {
+            pk.upload(paged(all_codes.data(), kw));
+            pks.upload(paged(all_scales.data(), std::vector<size_t>(static_cast<size_t>(c.n_kv), 4)));
+            pv.upload(paged(v_codes.data(), {static_cast<size_t>(c.v_rank) / 2}));
+            pvs.upload(paged(v_scales.data(), {static_cast<size_t>(c.v_rank) / 128 * 4}));
+        } else {
+            pk.upload(paged(klat.h.data(), kw));
+            pv.upload(paged(vlat.h.data(), {static_cast<size_t>(c.v_rank) * sizeof(typename E::T)}));
+        }
+        ptab.upload(table);
+        a.k_lat = pk.dev;
+        a.k_scale = pks.dev;
+        a.v_lat = pv.dev;
+        a.v_scale = pvs.dev;
+        a.page_table = static_cast<const int*>(ptab.dev);
+        // A paged shape without its table (and a table with a contiguous shape) is refused.
+        LatentAttnArgs no_table = a;
+        no_table.page_table = nullptr;
+        EXPECT_EQ(starkv::cuda::latent_attention(s, no_table, ws, ws_bytes, nullptr), cudaErrorInvalidValue);
+    }
     EXPECT_EQ(starkv::cuda::latent_attention(s, a, ws, ws_bytes, nullptr), cudaSuccess);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     std::vector<float> got(out_n);
@@ -518,6 +587,52 @@ TEST(LatentAttention, Q4LatentsBothTableKernels) {
     s.format = LatentFormat::Q4;
     EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
     s.scores_kernel = LatentScoresKernel::KeyRotation;
+    EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
+}
+
+// Paged caches: pages of 64 and 192 positions in shuffled order, contexts that end inside a page
+// and on a page boundary, every scores kernel that fits, fp16 / bf16 / Q4; against the same
+// float64 reference as the contiguous caches (the pages hold the same rows).
+TEST(LatentAttention, PagedCachesEveryKernel) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case mha{2, 4, 4, 128, 128, true, 256, {32, 40, 16, 32}, {300, 128}, 320, LatentScoresKernel::Auto, 64};
+    Case gqa{2, 8, 2, 128, 128, true, 256, {32, 40}, {700, 384}, 768, LatentScoresKernel::Auto, 192};
+    Case adj{1, 4, 1, 64, 64, false, 128, {24}, {190}, 256, LatentScoresKernel::Auto, 64};
+    for (LatentScoresKernel k : {LatentScoresKernel::KeyRotation, LatentScoresKernel::QueryFold,
+                                 LatentScoresKernel::RopeTable, LatentScoresKernel::KeyTable}) {
+        for (Case* c : {&mha, &gqa, &adj}) {
+            c->scores = k;
+            const double e16 = run_case<F16>(*c), eb = run_case<Bf16>(*c);
+            EXPECT_LT(e16, 3e-3) << "rel err " << e16;
+            EXPECT_LT(eb, 1e-2) << "rel err " << eb;
+            std::printf("[latent] paged (%d rows), %d heads / %d KV heads (%s): rel err fp16 %.2e, bf16 %.2e\n",
+                        c->page_rows, c->n_head, c->n_kv, kernel_name(k), e16, eb);
+        }
+    }
+    for (Case* c : {&mha, &gqa, &adj}) {
+        c->scores = LatentScoresKernel::Auto;
+        const double e = run_case<Q4>(*c);
+        EXPECT_LT(e, 3e-3) << "rel err " << e;
+        std::printf("[latent] paged (%d rows) Q4, %d heads / %d KV heads: rel err %.2e\n", c->page_rows, c->n_head,
+                    c->n_kv, e);
+    }
+    // Pages must hold whole 64-key tiles, and enough of them.
+    LatentAttnShape s;
+    s.n_seq = 1;
+    s.n_head = s.n_kv = 1;
+    s.head_dim = 128;
+    s.rope_dims = 128;
+    s.v_rank = 128;
+    s.max_keys = 256;
+    s.k_rank[0] = 32;
+    s.format = LatentFormat::F16;
+    s.page_rows = 64;
+    s.pages_per_seq = 4;
+    EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
+    s.pages_per_seq = 3;
+    EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
+    s.pages_per_seq = 8;
+    s.page_rows = 32;
     EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
 }
 
