@@ -204,6 +204,10 @@ typedef struct starkv_pack_params {
     int32_t hadamard_block;   /* 0 = auto (default); 8, 16, 32, 64, 128; -1 = no rotation, auto block */
     int32_t kv_bits_uniform;  /* nonzero: one bit width round(kv_bits) everywhere, no split */
     int32_t kv_bits_plain;    /* with kv_bits: layers kept plain (skip layers) store K/V at 8 or 4 bits; 0 = fp32 */
+    /* With kv_bits: calibration tokens on which each latent's sensitivity is
+     * probed (output KL when only it is quantized), to weigh its error in the
+     * plan; default 512; 0 = plan by squared error alone. */
+    int32_t kv_bits_probe_tokens;
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 

@@ -243,6 +243,7 @@ void starkv_pack_params_default(starkv_pack_params* p) {
     p->struct_size = sizeof(*p);
     p->zstd_level = 3;
     p->calib_tokens = 4096;
+    p->kv_bits_probe_tokens = 512;
 }
 
 // 0.1.0 binaries call the filler on the 0.1.0 struct (up to kv_compress_v):
@@ -310,6 +311,8 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
                 if (p.kv_bits_plain != 0 && p.kv_bits_plain != 8 && p.kv_bits_plain != 4)
                     starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_plain must be 0, 8 or 4");
                 kv.quant.plain_bits = p.kv_bits_plain;
+                if (p.kv_bits_probe_tokens < 0) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "kv_bits_probe_tokens must be >= 0");
+                kv.quant.probe_tokens = p.kv_bits_probe_tokens;
             }
             opt.kv = kv;
             opt.calib_path = p.calib_path;

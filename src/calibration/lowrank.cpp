@@ -12,9 +12,12 @@
 #include "core/log.h"
 #include "model/context.h"
 #include "model/score.h"
+#include "calibration/probe.h"
 
 namespace starkv::lowrank {
 
+using probe::log_probs;
+using probe::mean_kl;
 using json = nlohmann::json;
 using Eigen::MatrixXd;
 
@@ -403,41 +406,6 @@ double perplexity(const Model& m, const std::vector<std::vector<int32_t>>& seqs,
         n += r.n_scored;
     }
     return n ? std::exp(nll / static_cast<double>(n)) : 0.0;
-}
-
-// Log-probabilities of every position of every sequence.
-std::vector<std::vector<float>> log_probs(const Model& m, const std::vector<std::vector<int32_t>>& seqs, int n_ctx, int threads) {
-    Context ctx(borrow(m), ContextOptions{n_ctx, threads});
-    const size_t V = static_cast<size_t>(m.config().n_vocab);
-    std::vector<std::vector<float>> out;
-    for (const auto& s : seqs) {
-        ctx.reset();
-        ctx.eval(s.data(), s.size(), true);
-        std::vector<float> lp(s.size() * V);
-        for (size_t i = 0; i < s.size(); ++i) {
-            const float* lg = ctx.logits(static_cast<int>(i));
-            const float mx = *std::max_element(lg, lg + V);
-            double z = 0;
-            for (size_t j = 0; j < V; ++j) z += std::exp(static_cast<double>(lg[j] - mx));
-            const float lz = mx + static_cast<float>(std::log(z));
-            for (size_t j = 0; j < V; ++j) lp[i * V + j] = lg[j] - lz;
-        }
-        out.push_back(std::move(lp));
-    }
-    return out;
-}
-
-// Mean KL(base || model) per token.
-double mean_kl(const std::vector<std::vector<float>>& base, const std::vector<std::vector<float>>& cur, size_t V) {
-    double kl = 0;
-    size_t n = 0;
-    for (size_t s = 0; s < base.size(); ++s)
-        for (size_t i = 0; i < base[s].size(); i += V, ++n)
-            for (size_t j = 0; j < V; ++j) {
-                const double p = std::exp(static_cast<double>(base[s][i + j]));
-                kl += p * (static_cast<double>(base[s][i + j]) - static_cast<double>(cur[s][i + j]));
-            }
-    return n ? kl / static_cast<double>(n) : 0.0;
 }
 
 using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

@@ -11,6 +11,7 @@
 
 #include "bundle/kv_quant_plan.h"
 #include "calibration/hadamard.h"
+#include "calibration/probe.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/context.h"
@@ -69,6 +70,7 @@ struct Latent {
     int max_width;
     int layer;
     std::vector<Candidate> cands;
+    double weight = 1;  // output cost per unit of relative error (1 = squared error alone)
 };
 
 // The static part of the log8 scales, from the (rotated) calibration latents:
@@ -258,26 +260,97 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         if (!L.cands.empty()) budget += opt.avg_bits * L.a->rows;
     }
 
-    // 3. Least total error within the budget: each latent takes its candidate
-    // minimising error + lambda * bits; lambda is the smallest that fits.
-    auto choose = [&](double lambda, bool apply) {
+    // 3. Least total weighted error within the budget: each latent takes its
+    // candidate minimising weight x error + lambda x bits; lambda is the
+    // smallest that fits.
+    auto choose = [&](double lambda) {
         double bits = 0;
+        std::vector<const Candidate*> pick;
         for (Latent& L : lats) {
-            if (L.cands.empty()) continue;
-            const Candidate* best = &L.cands[0];
+            const Candidate* best = nullptr;
             for (const Candidate& cd : L.cands)
-                if (cd.error + lambda * cd.bits < best->error + lambda * best->bits) best = &cd;
-            bits += best->bits;
-            if (apply) *L.q = best->q;
+                if (!best || L.weight * cd.error + lambda * cd.bits < L.weight * best->error + lambda * best->bits) best = &cd;
+            if (best) bits += best->bits;
+            pick.push_back(best);
         }
-        return bits;
+        return std::make_pair(bits, pick);
     };
-    double lo = -40, hi = 5;  // log lambda
-    for (int it = 0; it < 60; ++it) {
-        const double mid = 0.5 * (lo + hi);
-        (choose(std::exp(mid), false) <= budget ? hi : lo) = mid;
+    auto plan_within_budget = [&] {
+        double lo = -40, hi = 5;  // log lambda
+        for (int it = 0; it < 60; ++it) {
+            const double mid = 0.5 * (lo + hi);
+            (choose(std::exp(mid)).first <= budget ? hi : lo) = mid;
+        }
+        return choose(std::exp(hi)).second;
+    };
+    std::vector<const Candidate*> pick = plan_within_budget();
+
+    // 3b. Sensitivities. Equal relative errors do not cost the output equally
+    // (layers and keys vs values differ by orders of magnitude), so each
+    // latent's weight is the KL of the output, against fp32 latents, when only
+    // it is quantized as the squared-error plan says, per unit of its error;
+    // then the plan is made again with those weights. Of the two plans the one
+    // of lesser KL on the probe text (all latents quantized) is kept.
+    json sensitivity;
+    if (opt.probe_tokens > 0 && !lats.empty()) {
+        std::vector<std::vector<int32_t>> probe_text;
+        size_t got = 0;
+        for (const auto& s : calib) {
+            if (got >= static_cast<size_t>(opt.probe_tokens)) break;
+            probe_text.push_back(s);
+            got += s.size();
+        }
+        const size_t V = static_cast<size_t>(c.n_vocab);
+        // Output of the model with the given latents quantized (null: fp32).
+        auto kl_with = [&](const std::vector<const Candidate*>& use, const std::vector<std::vector<float>>& base) {
+            std::vector<std::pair<Matrix, Matrix>> saved;
+            for (size_t i = 0; i < lats.size(); ++i) {
+                if (!use[i]) continue;
+                saved.emplace_back(*lats[i].a, *lats[i].u);
+                hadamard::fold(*lats[i].a, *lats[i].u, use[i]->q.width, use[i]->q.block, opt.hadamard);
+                *lats[i].q = use[i]->q;
+            }
+            const double kl = probe::mean_kl(base, probe::log_probs(model, probe_text, seq_len, n_threads), V);
+            size_t k = 0;
+            for (size_t i = 0; i < lats.size(); ++i) {
+                if (!use[i]) continue;
+                *lats[i].a = std::move(saved[k].first);
+                *lats[i].u = std::move(saved[k++].second);
+                *lats[i].q = LatentQuant{};
+            }
+            return std::max(kl, 0.0);
+        };
+        const auto base = probe::log_probs(model, probe_text, seq_len, n_threads);
+        std::vector<double> kl_one(lats.size(), 0.0);
+        for (size_t i = 0; i < lats.size(); ++i) {
+            if (!pick[i]) continue;
+            std::vector<const Candidate*> one(lats.size(), nullptr);
+            one[i] = pick[i];
+            kl_one[i] = kl_with(one, base);
+        }
+        std::vector<double> weights;
+        for (size_t i = 0; i < lats.size(); ++i)
+            if (pick[i]) weights.push_back(kl_one[i] / std::max(pick[i]->error, 1e-30));
+        std::vector<double> sorted = weights;
+        std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
+        // A floor at 1% of the median: a latent whose probe KL rounds to zero
+        // must not be left with every bit taken away.
+        const double floor = std::max(sorted[sorted.size() / 2] * 0.01, 1e-30);
+        size_t k = 0;
+        for (size_t i = 0; i < lats.size(); ++i)
+            if (pick[i]) lats[i].weight = std::max(weights[k++], floor);
+        const std::vector<const Candidate*> weighted = plan_within_budget();
+        const double kl_plain = kl_with(pick, base), kl_weighted = kl_with(weighted, base);
+        const bool keep_weighted = kl_weighted <= kl_plain;
+        if (keep_weighted) pick = weighted;
+        sensitivity = {{"probe_tokens", static_cast<int64_t>(got)},
+                       {"probe_kl_squared_error_plan", kl_plain},
+                       {"probe_kl_weighted_plan", kl_weighted},
+                       {"kept", keep_weighted ? "weighted" : "squared_error"},
+                       {"probe_kl_per_latent", kl_one}};
     }
-    choose(std::exp(hi), true);
+    for (size_t i = 0; i < lats.size(); ++i)
+        if (pick[i]) *lats[i].q = pick[i]->q;
 
     // 4. Fold the rotations into the factors.
     double err_total = 0, code_bits = 0, channels = 0, all_bits = 0;
@@ -314,6 +387,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
              {"code_bits_per_channel", channels > 0 ? code_bits / channels : 0.0},
              {"bits_per_channel", channels > 0 ? all_bits / channels : 0.0},
              {"relative_error_sum", err_total},
+             {"sensitivity", sensitivity},
              {"scale_formats", n_format},
              {"layers", bundle::kv_quant_layers_to_json(plan)}};
     log(STARKV_LOG_INFO, "KV quantization plan: " + out.dump());

@@ -2,8 +2,9 @@
 // chooses per latent (each key head, each layer's value latent) the block
 // size and the split between a leading group of channels at more bits and
 // the tail at fewer, minimising the activation error measured on calibration
-// latents at the requested average bits, and folds the Hadamard rotation
-// into the factors. Runs after the low-rank factors are final.
+// latents, each latent's error weighted by its measured sensitivity, at the
+// requested average bits, and folds the Hadamard rotation into the factors.
+// Runs after the low-rank factors are final.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,10 @@ struct Options {
     bool mixed = true;      // leading/tail split; false = one bit width everywhere (round(avg_bits))
     int sample_tokens = 1024;  // calibration tokens whose latents are measured
     int plain_bits = 0;     // layers kept plain (skip layers): K/V rows at 8 or 4 bits; 0 = fp32
+    // Calibration tokens on which each latent's sensitivity is probed (the KL
+    // of the output when only that latent is quantized, per unit of its
+    // squared error); 0 = plan by squared error alone (the ablation).
+    int probe_tokens = 512;
 };
 
 // The choice for one latent among its candidates, given its per-group errors.

@@ -1,8 +1,8 @@
 // Quantized STAR-KV latents: the error bound of each bit width and scale
 // format (fp16, log8; random and real latents), the log8 scale codes, the
-// Hadamard rotation, folded vs unfolded factors, the plan's validation, and a
-// bundle packed with --kv-bits 4 whose cache holds exactly the bytes its plan
-// implies.
+// Hadamard rotation, folded vs unfolded factors, the plan's validation, the
+// sensitivity probes' reported KL against the test's own, and a bundle packed
+// with --kv-bits 4 whose cache holds exactly the bytes its plan implies.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -454,6 +454,67 @@ TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
 }
 
 // Packs stories260K at rate 0.5 with 4-bit latents, layer 0 plain with 8-bit K/V.
+// Mean KL(softmax(a) || softmax(b)) per position, in float64 (the test's own).
+double mean_kl_f64(const std::vector<float>& a, const std::vector<float>& b, size_t V) {
+    double kl = 0;
+    const size_t n = a.size() / V;
+    for (size_t i = 0; i < n; ++i) {
+        const float* x = &a[i * V];
+        const float* y = &b[i * V];
+        const double mx = *std::max_element(x, x + V), my = *std::max_element(y, y + V);
+        double zx = 0, zy = 0;
+        for (size_t j = 0; j < V; ++j) zx += std::exp(x[j] - mx), zy += std::exp(y[j] - my);
+        for (size_t j = 0; j < V; ++j) {
+            const double lp = x[j] - mx - std::log(zx), lq = y[j] - my - std::log(zy);
+            kl += std::exp(lp) * (lp - lq);
+        }
+    }
+    return kl / static_cast<double>(n);
+}
+
+// The sensitivity probes (quant::Options::probe_tokens): the plan kept is the
+// one of lesser output KL, and the KL the planner reports for it is the KL
+// this test measures itself between the planned model and an fp32-latent copy
+// (so every factor the probes folded and restored came back as it was); the
+// plan fits the budget; with no probe the plan is the squared-error one.
+TEST(LatentQuant, SensitivityProbesReportTheKeptPlansOutputKl) {
+    auto plain = load_stories();
+    lr::install_full_rank(*plain, {1, 2, 3});
+    const std::vector<int32_t> t = text_tokens(*plain, 96);
+    const std::vector<float> ref = logits_of(*plain, t);
+    const size_t V = static_cast<size_t>(plain->config().n_vocab);
+
+    starkv::quant::Options o;
+    o.avg_bits = 3;
+    o.sample_tokens = 96;
+    o.probe_tokens = 96;
+    auto m = load_stories();
+    lr::install_full_rank(*m, {1, 2, 3});
+    const nlohmann::json plan = starkv::quant::plan_and_fold(*m, {t}, o, 128, 1);
+    const nlohmann::json& sens = plan["sensitivity"];
+    ASSERT_TRUE(sens.is_object());
+    EXPECT_EQ(sens["probe_tokens"].get<int>(), 96);
+    const auto& per = sens["probe_kl_per_latent"];
+    ASSERT_EQ(per.size(), 3u * (static_cast<size_t>(m->config().n_head_kv) + 1));  // 3 layers x (keys + value)
+    for (const auto& k : per) EXPECT_GE(k.get<double>(), 0.0);
+    const double kl_sq = sens["probe_kl_squared_error_plan"].get<double>(), kl_w = sens["probe_kl_weighted_plan"].get<double>();
+    const std::string kept = sens["kept"].get<std::string>();
+    EXPECT_EQ(kept, kl_w <= kl_sq ? "weighted" : "squared_error");
+    const double want = kept == "weighted" ? kl_w : kl_sq;
+    const double got = mean_kl_f64(ref, logits_of(*m, t), V);
+    EXPECT_GT(got, 0.0);
+    EXPECT_NEAR(got, want, 1e-3 * want + 1e-7) << "planner " << want << ", measured " << got;
+    EXPECT_LE(plan["bits_per_channel"].get<double>(), 3.0 + 1e-9);
+
+    o.probe_tokens = 0;
+    auto m0 = load_stories();
+    lr::install_full_rank(*m0, {1, 2, 3});
+    const nlohmann::json plan0 = starkv::quant::plan_and_fold(*m0, {t}, o, 128, 1);
+    EXPECT_TRUE(plan0["sensitivity"].is_null());
+    // The squared-error plan's KL, as the probing planner measured it.
+    EXPECT_NEAR(mean_kl_f64(ref, logits_of(*m0, t), V), kl_sq, 1e-3 * kl_sq + 1e-7);
+}
+
 TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     const std::string dir = starkv_test::temp_dir();
     const std::string out = dir + "/stories_q4.skv", calib = dir + "/calib.txt";

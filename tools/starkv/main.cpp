@@ -298,6 +298,7 @@ struct KvPackArgs {
     std::string hadamard = "auto";
     bool uniform = false;
     int plain_bits = 0;
+    int probe_tokens = 512;
 };
 
 int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
@@ -316,6 +317,7 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
         pp.kv_bits = kv.bits;
         pp.kv_bits_uniform = kv.uniform ? 1 : 0;
         pp.kv_bits_plain = kv.plain_bits;
+        pp.kv_bits_probe_tokens = kv.probe_tokens;
         if (kv.hadamard == "auto") pp.hadamard_block = 0;
         else if (kv.hadamard == "none") pp.hadamard_block = -1;
         else pp.hadamard_block = std::stoi(kv.hadamard);
@@ -629,6 +631,9 @@ int main(int argc, char** argv) {
     pack->add_option("--kv-bits-plain", kvp.plain_bits, "with --kv-bits: K/V of the layers kept plain at 8 or 4 bits (default fp32)")
         ->check(CLI::IsMember({0, 8, 4}));
     pack->add_flag("--kv-bits-uniform", kvp.uniform, "one bit width everywhere (no leading/tail split; ablation)");
+    pack->add_option("--kv-bits-probe-tokens", kvp.probe_tokens,
+                     "with --kv-bits: tokens to probe each latent's sensitivity on (default 512; 0 = squared error only)")
+        ->check(CLI::Range(0, 1 << 20));
 
     BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "prefill and decode speed beside the memory-bandwidth floor");
