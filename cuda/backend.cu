@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -21,6 +22,7 @@
 #include "backend/backend_api.h"
 #include "elementwise.cuh"
 #include "gemm.cuh"
+#include "latent_attention.cuh"
 #include "latent_ops.cuh"
 #include "starkv/starkv.h"
 
@@ -84,12 +86,22 @@ struct Layer {
     bool latent = false;
     int R = 0, v_off = 0, v_rank = 0;
     DeviceBuffer lat_a, k_u, v_u, k_off, k_rank;
+    // The fused decode kernels' factors (kernels/latent_attention.cuh), when the
+    // layer's shape fits them: U_h and U_v in fp16, U_h padded to the 16-rank
+    // tile, U_v's rank to a multiple of 128 (zero columns), and where each
+    // latent column goes in their caches.
+    bool fused = false;
+    int v_pad = 0;
+    LatentAttnShape shape;  // n_seq, max_keys and paging set per call
+    DeviceBuffer k_u16, v_u16, col_head, col_in, k_roff, k_pad;
 };
 
 // A context's cache of one layer: keys and values, or the latent cache
-// [n_ctx][R] (fp32 whatever kv_dtype says).
+// [n_ctx][R] (fp32 whatever kv_dtype says), or the fused kernels' fp16
+// latent caches (keys [KV head][cap][pad(rank)], values [cap][v_pad]).
 struct LayerCache {
-    DeviceBuffer k_cache, v_cache, lat_cache;
+    DeviceBuffer k_cache, v_cache, lat_cache, k16, v16;
+    bool fused = false;
 };
 
 // A model's weights on one device in one type, uploaded once and shared by its
@@ -155,12 +167,33 @@ public:
         }
         caches_.resize(static_cast<size_t>(d_.n_layer));
         size_t max_r = 0;
+        bool rebuilt_keys = false;  // a latent layer on the reference path (keys rebuilt into keys_)
         const size_t kv_elems = static_cast<size_t>(d_.n_head_kv) * d_.n_ctx * hd;
+        // STARKV_CUDA_FUSED_LATENT=0: every latent layer on the reference path (comparisons).
+        const char* fe = std::getenv("STARKV_CUDA_FUSED_LATENT");
+        const bool want_fused = !(fe && std::strcmp(fe, "0") == 0);
+        cap_ = (d_.n_ctx + 63) / 64 * 64;
         for (int l = 0; l < d_.n_layer; ++l) {
             const Layer& L = w_->layers[static_cast<size_t>(l)];
             LayerCache& C = caches_[static_cast<size_t>(l)];
             if (L.latent) {
                 max_r = std::max(max_r, static_cast<size_t>(L.R));
+                if (want_fused && L.fused) {
+                    size_t k_elems = 0;
+                    for (int h = 0; h < d_.n_head_kv; ++h) k_elems += latent_rank_pad(L.shape.k_rank[h]);
+                    alloc(C.k16, k_elems * cap_ * 2);
+                    alloc(C.v16, static_cast<size_t>(cap_) * L.v_pad * 2);
+                    // Padding columns are read (times zero columns of U): finite, so zero them once.
+                    check(cudaMemset(C.k16.as<void>(), 0, C.k16.bytes()), "cudaMemset");
+                    check(cudaMemset(C.v16.as<void>(), 0, C.v16.bytes()), "cudaMemset");
+                    C.fused = true;
+                    for (int m : {1, kFusedQueries}) {
+                        LatentAttnShape sh = fused_shape(L, std::min(m, d_.max_tokens), cap_);
+                        fused_ws_bytes_ = std::max(fused_ws_bytes_, latent_attention_workspace(sh));
+                    }
+                    continue;
+                }
+                rebuilt_keys = true;
                 alloc(C.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
                 continue;
             }
@@ -168,10 +201,15 @@ public:
             alloc(C.k_cache, kv_bytes);
             alloc(C.v_cache, kv_bytes);
         }
-        // Keys rebuilt from latents, one layer at a time.
-        if (max_r > 0) {
-            alloc(keys_, kv_elems * 4);
-            alloc(lat_, static_cast<size_t>(d_.max_tokens) * max_r * 4);
+        // Keys rebuilt from latents, one layer at a time (reference path only).
+        if (rebuilt_keys) alloc(keys_, kv_elems * 4);
+        if (max_r > 0) alloc(lat_, static_cast<size_t>(d_.max_tokens) * max_r * 4);
+        if (fused_ws_bytes_ > 0) {
+            alloc(fused_ws_, fused_ws_bytes_);
+            alloc(n_keys_, kFusedQueries * sizeof(int32_t));
+            // Every query of a pass reads the one sequence's cache: a page table of one page (0) per query.
+            alloc(page_table_, kFusedQueries * sizeof(int32_t));
+            check(cudaMemset(page_table_.as<void>(), 0, page_table_.bytes()), "cudaMemset");
         }
         const size_t T = static_cast<size_t>(d_.max_tokens);
         alloc(tokens_, T * sizeof(int32_t));
@@ -308,7 +346,10 @@ private:
             matmul(L.wq, xin, q_, qd, E, n, s);
             check(rope(q_.as<float>(), n, d_.n_head, hd, qd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
                   "rope q");
-            if (L.latent) {
+            if (L.latent && C.fused) {
+                matmul(L.lat_a, xin, lat_, L.R, E, n, s);
+                fused_latent_attention(L, C, n, pos0, pos_dev, s);
+            } else if (L.latent) {
                 matmul(L.lat_a, xin, lat_, L.R, E, n, s);
                 check(latent_store(lat_.as<float>(), C.lat_cache.as<float>(), n, L.R, d_.n_ctx, pos0, pos_dev, s),
                       "latent store");
@@ -364,6 +405,104 @@ private:
         matmul(w_->output, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
     }
 
+    // The fused kernels' shape of a layer for m query tokens over a cache of cap
+    // positions (one page; kernels/latent_attention.cuh).
+    static LatentAttnShape fused_shape(const Layer& L, int m, int cap) {
+        LatentAttnShape sh = L.shape;
+        sh.n_seq = m;
+        sh.max_keys = cap;
+        sh.page_rows = cap;
+        sh.pages_per_seq = 1;
+        return sh;
+    }
+
+    // Attention of n tokens at pos0 (or *pos_dev) over a fused layer: their
+    // latents go to the fp16 caches, then each query token is one "sequence"
+    // of the decode kernels (n_keys = its position + 1: causal), all reading
+    // the same cache through a one-page table, kFusedQueries at a time.
+    void fused_latent_attention(const Layer& L, LayerCache& C, int n, int pos0, const int32_t* pos_dev,
+                                cudaStream_t s) {
+        const size_t qd = static_cast<size_t>(d_.n_head) * d_.head_dim;
+        check(latent_store_f16(lat_.as<float>(), n, L.R, L.col_head.as<int32_t>(), L.col_in.as<int32_t>(),
+                               L.k_roff.as<int32_t>(), L.k_pad.as<int32_t>(), L.v_off, L.v_pad, C.k16.as<__half>(),
+                               C.v16.as<__half>(), cap_, pos0, pos_dev, s),
+              "latent store");
+        LatentAttnArgs a;
+        a.k_lat = C.k16.as<void>();
+        a.k_u = L.k_u16.as<void>();
+        a.v_lat = C.v16.as<void>();
+        a.v_u = L.v_u16.as<void>();
+        a.n_keys = n_keys_.as<int32_t>();
+        a.inv_freq = inv_freq_.as<double>();
+        a.page_table = page_table_.as<int32_t>();
+        a.scale = 1.0f / std::sqrt(static_cast<float>(d_.head_dim));
+        for (int q0 = 0; q0 < n; q0 += kFusedQueries) {
+            const int m = std::min(kFusedQueries, n - q0);
+            // A captured decode step does not know the position: it covers the whole cache (blocks
+            // past a query's keys return at once).
+            LatentAttnShape sh = fused_shape(L, m, cap_);
+            if (!pos_dev) sh.max_keys = pos0 + q0 + m;
+            check(causal_key_counts(n_keys_.as<int32_t>(), m, q0, pos0, pos_dev, s), "key counts");
+            a.q = q_.as<float>() + q0 * qd;
+            a.out = attn_.as<float>() + q0 * qd;
+            check(latent_attention(sh, a, fused_ws_.as<void>(), fused_ws_.bytes(), s), "fused latent attention");
+        }
+    }
+
+    // The fused kernels' fp16 factors and column maps of a latent layer whose
+    // shape they take (else L.fused stays false and the reference path runs).
+    void upload_fused(Layer& L, const starkv_backend_layer& s, const std::vector<int32_t>& off,
+                      const std::vector<int32_t>& rank) {
+        const int n_kv = d_.n_head_kv, hd = d_.head_dim;
+        if ((hd != 64 && hd != 128) || n_kv > kLatMaxKvHeads || d_.n_head > kLatMaxHeads || d_.n_head % n_kv != 0)
+            return;
+        LatentAttnShape sh;
+        sh.n_head = d_.n_head;
+        sh.n_kv = n_kv;
+        sh.head_dim = hd;
+        sh.rope_dims = d_.rope_n_dims;
+        sh.rope_half_split = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
+        sh.v_rank = (s.v_rank + 127) / 128 * 128;
+        sh.format = LatentFormat::F16;
+        for (int h = 0; h < n_kv; ++h) {
+            if (rank[h] > kLatMaxKeyRank) return;
+            sh.k_rank[h] = rank[h];
+        }
+        L.shape = sh;
+        if (latent_attention_workspace(fused_shape(L, 1, 64)) == 0) return;  // a limit of the kernels
+        L.v_pad = sh.v_rank;
+        std::vector<int32_t> roff(n_kv), pad(n_kv), col_head(L.R, -1), col_in(L.R, 0);
+        int sum = 0;
+        for (int h = 0; h < n_kv; ++h) {
+            roff[h] = sum;
+            pad[h] = latent_rank_pad(rank[h]);
+            sum += pad[h];
+            for (int c = 0; c < rank[h]; ++c) col_head[off[h] + c] = h, col_in[off[h] + c] = c;
+        }
+        std::vector<__half> ku(static_cast<size_t>(sum) * hd, __float2half_rn(0.0f));
+        for (int h = 0; h < n_kv; ++h)
+            for (int d = 0; d < hd; ++d)
+                for (int c = 0; c < rank[h]; ++c)
+                    ku[static_cast<size_t>(hd) * roff[h] + static_cast<size_t>(d) * pad[h] + c] =
+                        __float2half_rn(s.k_u[h][static_cast<size_t>(d) * rank[h] + c]);
+        const size_t vrows = static_cast<size_t>(n_kv) * hd;
+        std::vector<__half> vu(vrows * L.v_pad, __float2half_rn(0.0f));
+        for (size_t r = 0; r < vrows; ++r)
+            for (int c = 0; c < s.v_rank; ++c)
+                vu[r * L.v_pad + c] = __float2half_rn(s.v_u[r * s.v_rank + c]);
+        auto upload = [&](DeviceBuffer& b, const void* src, size_t bytes) {
+            alloc(b, bytes);
+            check(cudaMemcpy(b.as<void>(), src, bytes, cudaMemcpyHostToDevice), "upload");
+        };
+        upload(L.k_u16, ku.data(), ku.size() * 2);
+        upload(L.v_u16, vu.data(), vu.size() * 2);
+        upload(L.col_head, col_head.data(), col_head.size() * 4);
+        upload(L.col_in, col_in.data(), col_in.size() * 4);
+        upload(L.k_roff, roff.data(), roff.size() * 4);
+        upload(L.k_pad, pad.data(), pad.size() * 4);
+        L.fused = true;
+    }
+
     // A STAR-KV layer's factors: A's stacked so one GEMM gives every latent.
     void upload_latent(Layer& L, const starkv_backend_layer& s) {
         const int n_kv = d_.n_head_kv, hd = d_.head_dim;
@@ -394,6 +533,7 @@ private:
         check(cudaMemcpy(L.k_off.as<void>(), off.data(), off.size() * 4, cudaMemcpyHostToDevice), "upload");
         alloc(L.k_rank, rank.size() * 4);
         check(cudaMemcpy(L.k_rank.as<void>(), rank.data(), rank.size() * 4, cudaMemcpyHostToDevice), "upload");
+        upload_fused(L, s, off, rank);
     }
 
     void alloc(DeviceBuffer& b, size_t bytes) {
@@ -431,7 +571,12 @@ private:
             throw Fail{STARKV_ERR_INTERNAL, why};
     }
 
+    static constexpr int kFusedQueries = 16;  // query tokens per fused attention call (a prefill's chunk)
+
     starkv_backend_model d_;
+    int cap_ = 0;                 // positions of the fused caches: n_ctx rounded up to the 64-key tile
+    size_t fused_ws_bytes_ = 0;   // the fused kernels' workspace (0: no fused layer)
+    DeviceBuffer fused_ws_, n_keys_, page_table_;
     int input_ = kGemmF32;  // weights' and GEMM activations' type
     bool kv_bf16_ = false, use_graph_ = true;
     cudaStream_t stream_ = nullptr;  // one per context: contexts on one device overlap

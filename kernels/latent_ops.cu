@@ -17,6 +17,27 @@ __global__ void latent_store_kernel(const float* lat, float* cache, int n, int R
     cache[p0 * R + idx] = lat[idx];
 }
 
+__global__ void latent_store_f16_kernel(const float* lat, int n, int R, const int32_t* col_head,
+                                        const int32_t* col_in, const int32_t* k_roff, const int32_t* k_pad, int v_off,
+                                        int v_pad, __half* k16, __half* v16, int cap, int pos0,
+                                        const int32_t* pos0_dev) {
+    const size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+    if (idx >= static_cast<size_t>(n) * R) return;
+    const int t = static_cast<int>(idx / R), c = static_cast<int>(idx % R);
+    const size_t pos = static_cast<size_t>(read_pos0(pos0, pos0_dev) + t);
+    const __half x = __float2half_rn(lat[idx]);
+    const int h = col_head[c];
+    if (h >= 0)
+        k16[static_cast<size_t>(k_roff[h]) * cap + pos * k_pad[h] + col_in[c]] = x;
+    else
+        v16[pos * v_pad + (c - v_off)] = x;
+}
+
+__global__ void causal_key_counts_kernel(int32_t* n_keys, int n, int first, int pos0, const int32_t* pos0_dev) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) n_keys[i] = read_pos0(pos0, pos0_dev) + first + i + 1;
+}
+
 // One block per position (grid-stride, so a fixed grid serves any length):
 // first every (head, dim) of the rebuilt keys, then the rotation of each pair,
 // angle and its cos/sin in double as on the CPU.
@@ -129,6 +150,22 @@ __global__ void latent_attention_kernel(const float* q, const float* keys, const
 }
 
 }  // namespace
+
+cudaError_t latent_store_f16(const float* lat, int n, int R, const int32_t* col_head, const int32_t* col_in,
+                             const int32_t* k_roff, const int32_t* k_pad, int v_off, int v_pad, __half* k16,
+                             __half* v16, int cap, int pos0, const int32_t* pos0_dev, cudaStream_t s) {
+    if (n <= 0 || R <= 0 || cap <= 0) return cudaErrorInvalidValue;
+    const size_t total = static_cast<size_t>(n) * R;
+    latent_store_f16_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        lat, n, R, col_head, col_in, k_roff, k_pad, v_off, v_pad, k16, v16, cap, pos0, pos0_dev);
+    return cudaGetLastError();
+}
+
+cudaError_t causal_key_counts(int32_t* n_keys, int n, int first, int pos0, const int32_t* pos0_dev, cudaStream_t s) {
+    if (n <= 0) return cudaErrorInvalidValue;
+    causal_key_counts_kernel<<<(n + kThreads - 1) / kThreads, kThreads, 0, s>>>(n_keys, n, first, pos0, pos0_dev);
+    return cudaGetLastError();
+}
 
 cudaError_t latent_store(const float* lat, float* cache, int n, int R, int n_ctx, int pos0, const int32_t* pos0_dev,
                          cudaStream_t s) {

@@ -10,6 +10,7 @@
 // CUDA graph is reusable across steps) and the host pos0 is ignored.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
 
@@ -33,5 +34,19 @@ cudaError_t latent_keys(const float* cache, int R, const float* k_u, const int32
 cudaError_t latent_attention_ref(const float* q, const float* keys, const float* cache, int R, int v_off, int v_rank,
                                  const float* v_u, float* out, int n, int n_head, int n_kv, int hd, int n_ctx,
                                  int pos0, const int32_t* pos0_dev, cudaStream_t s);
+
+// The fused kernels' caches (kernels/latent_attention.cuh, fp16, one sequence):
+// lat [n][R] (as latent_store takes it) written at positions pos0.. into
+// k16 (KV head h at cap * k_roff[h], rows of k_pad[h] halves, [cap][k_pad[h]])
+// and v16 ([cap][v_pad]). col_head[c]: the KV head of latent column c, -1 for
+// the value columns (at v_off); col_in[c]: its column within that head.
+// Padding columns are not written (the caller zeroes them once).
+cudaError_t latent_store_f16(const float* lat, int n, int R, const int32_t* col_head, const int32_t* col_in,
+                             const int32_t* k_roff, const int32_t* k_pad, int v_off, int v_pad, __half* k16,
+                             __half* v16, int cap, int pos0, const int32_t* pos0_dev, cudaStream_t s);
+
+// n_keys[i] = pos0 + first + i + 1 for i < n: query token first + i of a pass
+// at pos0 attends to the positions before it and itself (causal).
+cudaError_t causal_key_counts(int32_t* n_keys, int n, int first, int pos0, const int32_t* pos0_dev, cudaStream_t s);
 
 }  // namespace starkv::cuda
