@@ -498,6 +498,20 @@ TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
     EXPECT_LT(worst / scale, 1e-12);
 }
 
+// One sequence, one head of 128 (full RoPE), key rank 32, value rank 128: for the limit checks.
+LatentAttnShape one_head_shape(LatentFormat f, int max_keys) {
+    LatentAttnShape s;
+    s.n_seq = 1;
+    s.n_head = s.n_kv = 1;
+    s.head_dim = 128;
+    s.rope_dims = 128;
+    s.v_rank = 128;
+    s.max_keys = max_keys;
+    s.k_rank[0] = 32;
+    s.format = f;
+    return s;
+}
+
 const char* kernel_name(LatentScoresKernel k) {
     return k == LatentScoresKernel::QueryFold   ? "query fold"
            : k == LatentScoresKernel::RopeTable ? "angle table"
@@ -576,15 +590,8 @@ TEST(LatentAttention, Q4LatentsBothTableKernels) {
                     c->hd, e);
     }
     // Q4 only with the table kernels: a forced key-rotation kernel is refused.
-    LatentAttnShape s;
-    s.n_seq = 1;
-    s.n_head = s.n_kv = 1;
-    s.head_dim = 128;
-    s.rope_dims = 128;
-    s.v_rank = 128;
-    s.ctx_cap = s.max_keys = 64;
-    s.k_rank[0] = 32;
-    s.format = LatentFormat::Q4;
+    LatentAttnShape s = one_head_shape(LatentFormat::Q4, 64);
+    s.ctx_cap = 64;
     EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
     s.scores_kernel = LatentScoresKernel::KeyRotation;
     EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
@@ -617,15 +624,7 @@ TEST(LatentAttention, PagedCachesEveryKernel) {
                     c->n_kv, e);
     }
     // Pages must hold whole 64-key tiles, and enough of them.
-    LatentAttnShape s;
-    s.n_seq = 1;
-    s.n_head = s.n_kv = 1;
-    s.head_dim = 128;
-    s.rope_dims = 128;
-    s.v_rank = 128;
-    s.max_keys = 256;
-    s.k_rank[0] = 32;
-    s.format = LatentFormat::F16;
+    LatentAttnShape s = one_head_shape(LatentFormat::F16, 256);
     s.page_rows = 64;
     s.pages_per_seq = 4;
     EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
