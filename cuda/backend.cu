@@ -201,6 +201,12 @@ public:
             alloc(C.k_cache, kv_bytes);
             alloc(C.v_cache, kv_bytes);
         }
+        // The split-K decode kernel's partial sums (plain layers, one token).
+        const int group = d_.n_head_kv > 0 ? d_.n_head / d_.n_head_kv : 0;
+        if ((hd == 64 || hd == 128) && d_.n_head_kv > 0 && d_.n_head % d_.n_head_kv == 0 && group <= 8) {
+            decode_ws_bytes_ = attention_decode_workspace(d_.n_head, static_cast<int>(hd), d_.n_ctx);
+            alloc(decode_ws_, decode_ws_bytes_);
+        }
         // Keys rebuilt from latents, one layer at a time (reference path only).
         if (rebuilt_keys) alloc(keys_, kv_elems * 4);
         if (max_r > 0) alloc(lat_, static_cast<size_t>(d_.max_tokens) * max_r * 4);
@@ -366,26 +372,10 @@ private:
                 matmul(L.wv, xin, v_, kvd, E, n, s);
                 check(rope(k_.as<float>(), n, d_.n_head_kv, hd, kvd, d_.rope_n_dims, inv_freq, half, pos0, s, pos_dev),
                       "rope k");
-                if (kv_bf16_) {
-                    using B = __nv_bfloat16;
-                    check(kv_store(k_.as<float>(), C.k_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
-                          "kv k");
-                    check(kv_store(v_.as<float>(), C.v_cache.as<B>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
-                          "kv v");
-                    check(attention(q_.as<float>(), C.k_cache.as<B>(), C.v_cache.as<B>(), attn_.as<float>(), n,
-                                    d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
-                          "attention");
-                } else {
-                    check(kv_store(k_.as<float>(), C.k_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
-                                   pos_dev),
-                          "kv k");
-                    check(kv_store(v_.as<float>(), C.v_cache.as<float>(), n, d_.n_head_kv, hd, d_.n_ctx, pos0, s,
-                                   pos_dev),
-                          "kv v");
-                    check(attention(q_.as<float>(), C.k_cache.as<float>(), C.v_cache.as<float>(), attn_.as<float>(),
-                                    n, d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev),
-                          "attention");
-                }
+                if (kv_bf16_)
+                    plain_attention(C.k_cache.as<__nv_bfloat16>(), C.v_cache.as<__nv_bfloat16>(), n, pos0, pos_dev, s);
+                else
+                    plain_attention(C.k_cache.as<float>(), C.v_cache.as<float>(), n, pos0, pos_dev, s);
             }
             matmul(L.wo, gemm_input(attn_, static_cast<size_t>(n) * qd, s), proj_, E, qd, n, s);
             check(add_inplace(x_.as<float>(), proj_.as<float>(), static_cast<size_t>(n) * E, s), "residual");
@@ -403,6 +393,24 @@ private:
         const float* xlast = x_.as<float>() + static_cast<size_t>(first) * E;
         check(rms_norm(xlast, w_->output_norm.as<float>(), xn_.as<float>(), n_out, E, d_.rms_eps, s), "rms_norm");
         matmul(w_->output, gemm_input(xn_, static_cast<size_t>(n_out) * E, s), logits_, d_.n_vocab, E, n_out, s);
+    }
+
+    // The tokens' keys and values (k_, v_) into the layer's cache, then their
+    // attention: one token (a decode step) by the split-K decode kernel where
+    // it takes the shape, else the kernel for any pass.
+    template <typename T>
+    void plain_attention(T* kc, T* vc, int n, int pos0, const int32_t* pos_dev, cudaStream_t s) {
+        const int hd = d_.head_dim;
+        check(kv_store(k_.as<float>(), kc, n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev), "kv k");
+        check(kv_store(v_.as<float>(), vc, n, d_.n_head_kv, hd, d_.n_ctx, pos0, s, pos_dev), "kv v");
+        if (n == 1 && decode_ws_bytes_ > 0)
+            check(attention_decode(q_.as<float>(), kc, vc, attn_.as<float>(), d_.n_head, d_.n_head_kv, hd, d_.n_ctx,
+                                   pos0, pos_dev, decode_ws_.as<void>(), decode_ws_bytes_, s),
+                  "attention");
+        else
+            check(attention(q_.as<float>(), kc, vc, attn_.as<float>(), n, d_.n_head, d_.n_head_kv, hd, d_.n_ctx, pos0,
+                            s, pos_dev),
+                  "attention");
     }
 
     // The fused kernels' shape of a layer for m query tokens over a cache of cap
@@ -576,6 +584,8 @@ private:
     starkv_backend_model d_;
     int cap_ = 0;                 // positions of the fused caches: n_ctx rounded up to the 64-key tile
     size_t fused_ws_bytes_ = 0;   // the fused kernels' workspace (0: no fused layer)
+    size_t decode_ws_bytes_ = 0;  // the split-K decode kernel's (0: the shape is not one it takes)
+    DeviceBuffer decode_ws_;
     DeviceBuffer fused_ws_, n_keys_, page_table_;
     int input_ = kGemmF32;  // weights' and GEMM activations' type
     bool kv_bf16_ = false, use_graph_ = true;

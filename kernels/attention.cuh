@@ -1,5 +1,8 @@
-// Causal grouped-query attention over the device KV cache, straightforward
-// version (correctness first; the next issue makes it fast).
+// Causal grouped-query attention over the device KV cache: a straightforward
+// kernel for any pass (one block per token and query head), and a split-K
+// decode kernel for one token (flash-decoding: blocks over chunks of the
+// cache, each reading its keys and values once for the whole query group,
+// then a combine step), which is what a decode step runs.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,5 +20,18 @@ constexpr int kMaxHeadDim = 256;
 template <typename T>
 cudaError_t attention(const float* q, const T* k_cache, const T* v_cache, float* out, int n, int n_head, int n_kv,
                       int hd, int n_ctx, int pos0, cudaStream_t s, const int32_t* pos0_dev = nullptr);
+
+// One query token (decode): the same result as attention() with n = 1, split
+// over chunks of kDecodeChunk keys so a long cache is read by many blocks.
+// Takes head_dim 64 or 128 and groups of up to 8 query heads per KV head
+// (else cudaErrorInvalidValue: use attention()). The grid covers n_ctx
+// positions (blocks past pos0 + 1 keys return at once), so a captured graph
+// serves every position. ws: attention_decode_workspace() bytes.
+constexpr int kDecodeChunk = 256;
+size_t attention_decode_workspace(int n_head, int hd, int n_ctx);
+template <typename T>
+cudaError_t attention_decode(const float* q, const T* k_cache, const T* v_cache, float* out, int n_head, int n_kv,
+                             int hd, int n_ctx, int pos0, const int32_t* pos0_dev, void* ws, size_t ws_bytes,
+                             cudaStream_t s);
 
 }  // namespace starkv::cuda

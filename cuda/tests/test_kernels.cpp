@@ -150,9 +150,10 @@ TEST(CudaKernels, SwigluAndResidual) {
 }
 
 // Attention for n tokens at pos0.. against cpu::attention_group; the cache is
-// filled on the device by kv_store (fp32 or bf16).
+// filled on the device by kv_store (fp32 or bf16). split: the split-K decode
+// kernel (n = 1), its position read from device memory.
 template <typename T>
-void check_attention(int n_head, int n_kv, int hd, int n, int pos0, double tol) {
+void check_attention(int n_head, int n_kv, int hd, int n, int pos0, double tol, bool split = false) {
     const int n_ctx = pos0 + n + 3;
     const int kvd = n_kv * hd, qd = n_head * hd, total = pos0 + n;
     auto k = randn(static_cast<size_t>(total) * kvd), v = randn(static_cast<size_t>(total) * kvd);
@@ -162,7 +163,23 @@ void check_attention(int n_head, int n_kv, int hd, int n, int pos0, double tol) 
     ASSERT_EQ(cuda::kv_store<T>(dk.p, kc.p, total, n_kv, hd, n_ctx, 0, nullptr), cudaSuccess);
     ASSERT_EQ(cuda::kv_store<T>(dv.p, vc.p, total, n_kv, hd, n_ctx, 0, nullptr), cudaSuccess);
     out.poison();
-    ASSERT_EQ(cuda::attention<T>(dq.p, kc.p, vc.p, out.p, n, n_head, n_kv, hd, n_ctx, pos0, nullptr), cudaSuccess);
+    if (split) {
+        ASSERT_EQ(n, 1);
+        const size_t ws_bytes = cuda::attention_decode_workspace(n_head, hd, n_ctx);
+        Dev<float> ws((ws_bytes + 3) / 4);
+        ws.poison();  // every partial the combine step reads is written first
+        const std::vector<int32_t> p0{pos0};
+        Dev<int32_t> dpos(p0);
+        ASSERT_EQ(cuda::attention_decode<T>(dq.p, kc.p, vc.p, out.p, n_head, n_kv, hd, n_ctx, 0, dpos.p, ws.p, ws_bytes,
+                                            nullptr),
+                  cudaSuccess);
+        // A workspace one byte short is refused.
+        EXPECT_EQ(cuda::attention_decode<T>(dq.p, kc.p, vc.p, out.p, n_head, n_kv, hd, n_ctx, 0, dpos.p, ws.p,
+                                            ws_bytes - 1, nullptr),
+                  cudaErrorInvalidValue);
+    } else {
+        ASSERT_EQ(cuda::attention<T>(dq.p, kc.p, vc.p, out.p, n, n_head, n_kv, hd, n_ctx, pos0, nullptr), cudaSuccess);
+    }
     // CPU: per-KV-head contiguous caches.
     const int group = n_head / n_kv;
     std::vector<float> want(static_cast<size_t>(n) * qd), scores(static_cast<size_t>(group) * total);
@@ -193,6 +210,23 @@ TEST(CudaKernels, AttentionBf16Cache) {
     REQUIRE_DEVICE();
     check_attention<__nv_bfloat16>(32, 8, 128, 2, 700, 1e-2);
     check_attention<__nv_bfloat16>(8, 4, 8, 5, 37, 1e-2);
+}
+
+// The split-K decode kernel: MHA, GQA groups 3, 4 and 8, head_dim 64 and 128, contexts that end
+// inside the first chunk, on a chunk boundary (256, 512 keys) and a key past it, fp32 and bf16.
+TEST(CudaKernels, AttentionDecodeSplitK) {
+    REQUIRE_DEVICE();
+    for (int pos0 : {0, 100, 255, 256, 511, 700}) {
+        check_attention<float>(32, 8, 128, 1, pos0, 1e-5, true);
+        check_attention<float>(32, 32, 128, 1, pos0, 1e-5, true);
+        check_attention<float>(9, 3, 64, 1, pos0, 1e-5, true);
+        check_attention<float>(16, 2, 64, 1, pos0, 1e-5, true);
+        check_attention<__nv_bfloat16>(32, 8, 128, 1, pos0, 1e-2, true);
+    }
+    // Shapes it does not take are refused (attention() serves them).
+    EXPECT_EQ(cuda::attention_decode<float>(nullptr, nullptr, nullptr, nullptr, 8, 4, 8, 64, 0, nullptr, nullptr, 0,
+                                            nullptr),
+              cudaErrorInvalidValue);
 }
 
 TEST(CudaKernels, GemmF32Bf16AndF16) {
