@@ -1842,8 +1842,10 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     split(static_cast<long long>(s.n_seq) * score_blocks_per_chunk, max_chunks, &pl->chunk1, &pl->n_chunk1,
           pl->kernel == LatentScoresKernel::RopeTable ? 8LL * sms : 0);
     pl->n_slice = s.v_rank / kSlice;
-    // Each value chunk writes n_head * v_rank fp32 partials; keep them a few % of the latents read.
-    split(static_cast<long long>(s.n_seq) * pl->n_slice, std::max(1, keys / (24 * s.n_head)), &pl->chunk2,
+    // Each value chunk writes n_head * v_rank fp32 partials; keep them a few % of the latents read,
+    // but give a small batch at least two blocks per SM (at batch 1 the pass is latency-bound).
+    const long long value_pairs = static_cast<long long>(s.n_seq) * pl->n_slice;
+    split(value_pairs, std::max({1, keys / (24 * s.n_head), ceil_div(2LL * sms, value_pairs)}), &pl->chunk2,
           &pl->n_chunk2);
     pl->HP = (s.n_head + 15) / 16 * 16;
     pl->keys_pad = ceil_div(keys, kTile) * kTile;

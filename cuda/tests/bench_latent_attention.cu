@@ -114,9 +114,10 @@ struct Model {
 };
 
 template <typename T>
-void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, LatentScoresKernel sk, int page_rows) {
+void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, LatentScoresKernel sk, int page_rows,
+           int batch) {
     LatentAttnShape s;
-    s.n_seq = 16;
+    s.n_seq = batch;
     s.n_head = m.n_head;
     s.n_kv = m.n_kv;
     s.head_dim = 128;
@@ -266,6 +267,7 @@ int main(int argc, char** argv) {
     const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
     const char* kname = argc > 3 ? argv[3] : "auto";
     const int page_rows = argc > 4 ? std::atoi(argv[4]) : 0;  // 0: contiguous caches
+    const int batch = argc > 5 ? std::max(1, std::atoi(argv[5])) : 16;
     const LatentScoresKernel sk = std::strcmp(kname, "key") == 0    ? LatentScoresKernel::KeyRotation
                                   : std::strcmp(kname, "fold") == 0  ? LatentScoresKernel::QueryFold
                                   : std::strcmp(kname, "table") == 0 ? LatentScoresKernel::RopeTable
@@ -275,10 +277,10 @@ int main(int argc, char** argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     const double bw = copy_bandwidth();
     std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; scores kernel %s; "
-                "%s; median of %d\n",
+                "%s; batch %d; median of %d\n",
                 prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : q4 ? "q4 (4-bit + scales)" : "fp16", kname,
                 page_rows > 0 ? ("pages of " + std::to_string(page_rows) + " rows, shuffled").c_str() : "contiguous",
-                reps);
+                batch, reps);
     std::printf("%-10s %6s %9s %8s %8s %7s %8s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
                 "floor%", "serial", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
     // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:
@@ -288,11 +290,11 @@ int main(int argc, char** argv) {
     for (const Model& m : models)
         for (int ctx : {4096, 8192, 16384, 32768}) {
             if (bf16)
-                bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw, sk, page_rows);
+                bench<__nv_bfloat16>(m, ctx, LatentFormat::BF16, reps, bw, sk, page_rows, batch);
             else if (q4)
-                bench<__half>(m, ctx, LatentFormat::Q4, reps, bw, sk, page_rows);
+                bench<__half>(m, ctx, LatentFormat::Q4, reps, bw, sk, page_rows, batch);
             else
-                bench<__half>(m, ctx, LatentFormat::F16, reps, bw, sk, page_rows);
+                bench<__half>(m, ctx, LatentFormat::F16, reps, bw, sk, page_rows, batch);
         }
     return 0;
 }
