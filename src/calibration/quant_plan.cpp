@@ -292,7 +292,8 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     // then the plan is made again with those weights. Of the two plans the one
     // of lesser KL on the probe text (all latents quantized) is kept.
     json sensitivity;
-    if (opt.probe_tokens > 0 && !lats.empty()) {
+    const bool any = std::any_of(pick.begin(), pick.end(), [](const Candidate* c) { return c != nullptr; });
+    if (opt.probe_tokens > 0 && any) {
         std::vector<std::vector<int32_t>> probe_text;
         size_t got = 0;
         for (const auto& s : calib) {
