@@ -322,32 +322,39 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
             return std::max(kl, 0.0);
         };
         const auto base = probe::log_probs(model, probe_text, seq_len, n_threads);
-        std::vector<double> kl_one(lats.size(), 0.0);
-        for (size_t i = 0; i < lats.size(); ++i) {
-            if (!pick[i]) continue;
-            std::vector<const Candidate*> one(lats.size(), nullptr);
-            one[i] = pick[i];
-            kl_one[i] = kl_with(one, base);
+        // Round r probes every latent at the plan of round r - 1 (round 0: the squared-error plan).
+        std::vector<const Candidate*> at = pick;
+        const double kl_plain = kl_with(pick, base);
+        double best_kl = kl_plain;
+        int best_round = -1;
+        std::vector<double> kl_one(lats.size(), 0.0), round_kl;
+        for (int round = 0; round < std::max(opt.probe_rounds, 1); ++round) {
+            for (size_t i = 0; i < lats.size(); ++i) {
+                if (!at[i]) continue;
+                std::vector<const Candidate*> one(lats.size(), nullptr);
+                one[i] = at[i];
+                kl_one[i] = kl_with(one, base);
+            }
+            std::vector<double> weights;
+            for (size_t i = 0; i < lats.size(); ++i)
+                if (at[i]) weights.push_back(kl_one[i] / std::max(at[i]->error, 1e-30));
+            std::vector<double> sorted = weights;
+            std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
+            // A floor at 1% of the median: a latent whose probe KL rounds to zero
+            // must not be left with every bit taken away.
+            const double floor = std::max(sorted[sorted.size() / 2] * 0.01, 1e-30);
+            size_t k = 0;
+            for (size_t i = 0; i < lats.size(); ++i)
+                if (at[i]) lats[i].weight = std::max(weights[k++], floor);
+            at = plan_within_budget();
+            round_kl.push_back(kl_with(at, base));
+            if (round_kl.back() <= best_kl) best_kl = round_kl.back(), best_round = round, pick = at;
         }
-        std::vector<double> weights;
-        for (size_t i = 0; i < lats.size(); ++i)
-            if (pick[i]) weights.push_back(kl_one[i] / std::max(pick[i]->error, 1e-30));
-        std::vector<double> sorted = weights;
-        std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
-        // A floor at 1% of the median: a latent whose probe KL rounds to zero
-        // must not be left with every bit taken away.
-        const double floor = std::max(sorted[sorted.size() / 2] * 0.01, 1e-30);
-        size_t k = 0;
-        for (size_t i = 0; i < lats.size(); ++i)
-            if (pick[i]) lats[i].weight = std::max(weights[k++], floor);
-        const std::vector<const Candidate*> weighted = plan_within_budget();
-        const double kl_plain = kl_with(pick, base), kl_weighted = kl_with(weighted, base);
-        const bool keep_weighted = kl_weighted <= kl_plain;
-        if (keep_weighted) pick = weighted;
         sensitivity = {{"probe_tokens", static_cast<int64_t>(got)},
                        {"probe_kl_squared_error_plan", kl_plain},
-                       {"probe_kl_weighted_plan", kl_weighted},
-                       {"kept", keep_weighted ? "weighted" : "squared_error"},
+                       {"probe_kl_weighted_plan", round_kl},
+                       {"kept", best_round < 0 ? "squared_error" : "weighted"},
+                       {"kept_round", best_round},
                        {"probe_kl_per_latent", kl_one}};
     }
     for (size_t i = 0; i < lats.size(); ++i)

@@ -27,6 +27,10 @@ struct Options {
     // of the output when only that latent is quantized, per unit of its
     // squared error); 0 = plan by squared error alone (the ablation).
     int probe_tokens = 512;
+    // Probe rounds: each re-measures the sensitivities at the previous round's
+    // plan (the KL is not linear in the error) and plans again; the plan of
+    // least probe KL over all rounds (and the squared-error plan) is kept.
+    int probe_rounds = 1;
 };
 
 // The choice for one latent among its candidates, given its per-group errors.
