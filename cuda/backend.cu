@@ -187,10 +187,9 @@ public:
                     check(cudaMemset(C.k16.as<void>(), 0, C.k16.bytes()), "cudaMemset");
                     check(cudaMemset(C.v16.as<void>(), 0, C.v16.bytes()), "cudaMemset");
                     C.fused = true;
-                    for (int m : {1, kFusedQueries}) {
-                        LatentAttnShape sh = fused_shape(L, std::min(m, d_.max_tokens), cap_);
-                        fused_ws_bytes_ = std::max(fused_ws_bytes_, latent_attention_workspace(sh));
-                    }
+                    // Every call of a pass: up to kFusedQueries queries, up to cap_ keys.
+                    const LatentAttnShape sh = fused_shape(L, std::min(kFusedQueries, d_.max_tokens), cap_);
+                    fused_ws_bytes_ = std::max(fused_ws_bytes_, latent_attention_workspace_bound(sh));
                     continue;
                 }
                 rebuilt_keys = true;

@@ -1772,6 +1772,8 @@ bool pick_table_heads(const LatentAttnShape& s, int G, int max_r, size_t elem, i
 size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
+void lay_out(const LatentAttnShape& s, Plan* pl);
+
 bool make_plan(const LatentAttnShape& s, Plan* pl) {
     if (s.n_seq <= 0 || s.n_kv <= 0 || s.n_kv > kLatMaxKvHeads || s.n_head <= 0 || s.n_head > kLatMaxHeads ||
         s.n_head % s.n_kv != 0)
@@ -1849,6 +1851,14 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
           &pl->n_chunk2);
     pl->HP = (s.n_head + 15) / 16 * 16;
     pl->keys_pad = ceil_div(keys, kTile) * kTile;
+    const bool uses_table = pl->kernel == LatentScoresKernel::RopeTable || pl->kernel == LatentScoresKernel::KeyTable;
+    if (s.format == LatentFormat::Q4 && !uses_table) return false;  // Q4: the table kernels only
+    lay_out(s, pl);
+    return true;
+}
+
+// The workspace's parts for the plan's chunk counts.
+void lay_out(const LatentAttnShape& s, Plan* pl) {
     const size_t scores = static_cast<size_t>(s.n_seq) * s.n_head * pl->keys_pad * sizeof(float);
     pl->off_ml = align256(scores);
     pl->off_part = pl->off_ml + align256(static_cast<size_t>(s.n_seq) * s.n_head * pl->n_chunk1 * sizeof(float2));
@@ -1856,10 +1866,8 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
         pl->off_part + align256(static_cast<size_t>(s.n_seq) * pl->n_chunk2 * s.n_head * s.v_rank * sizeof(float));
     pl->off_tab = pl->off_acc + align256(static_cast<size_t>(s.n_seq) * s.n_head * s.v_rank * sizeof(float));
     const bool uses_table = pl->kernel == LatentScoresKernel::RopeTable || pl->kernel == LatentScoresKernel::KeyTable;
-    if (s.format == LatentFormat::Q4 && !uses_table) return false;  // Q4: the table kernels only
     const size_t tab = uses_table ? static_cast<size_t>(pl->keys_pad) * s.head_dim * sizeof(__half) : 0;
     pl->total = pl->off_tab + align256(tab);
-    return true;
 }
 
 template <typename T, int HD, bool HALF, int GM>
@@ -2097,6 +2105,15 @@ cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, siz
 size_t latent_attention_workspace(const LatentAttnShape& shape) {
     Plan pl;
     return make_plan(shape, &pl) ? pl.total : 0;
+}
+
+size_t latent_attention_workspace_bound(const LatentAttnShape& shape) {
+    Plan pl;
+    if (!make_plan(shape, &pl)) return 0;
+    // Every chunk one tile: no plan of a smaller call has more chunks.
+    pl.n_chunk1 = pl.n_chunk2 = ceil_div(std::max(shape.max_keys, 1), kTile);
+    lay_out(shape, &pl);
+    return pl.total;
 }
 
 cudaError_t latent_attention(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,

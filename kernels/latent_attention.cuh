@@ -114,6 +114,10 @@ struct LatentAttnArgs {
 
 // Workspace bytes for this shape on the current device (0 when the shape is invalid).
 size_t latent_attention_workspace(const LatentAttnShape& shape);
+// Enough workspace for every call with this shape but n_seq and max_keys at
+// most the shape's (the chunking, and so the workspace, of a call is not
+// monotonic in them): what a caller that sizes one workspace up front needs.
+size_t latent_attention_workspace_bound(const LatentAttnShape& shape);
 
 // Enqueues the attention on stream s. Returns cudaErrorInvalidValue for a
 // shape the kernels do not take (see the limits above) or a short workspace,

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "latent_attention.cuh"
@@ -432,6 +433,39 @@ TEST(LatentAttentionShape, InvalidShapesAreRefused) {
 
 // The reference's latent-space value sum equals ordinary attention over the
 // expanded cache (V_j = U_v^h v_j), computed here the long way. Runs without a GPU.
+// A caller that sizes one workspace up front (the CUDA backend: up to 16 queries over up to its
+// cache) needs the bound to cover every smaller call: the chunking is not monotonic in n_seq or
+// max_keys (a prefill chunk of 6 queries over 150 keys takes more value chunks than 16 over 256).
+TEST(LatentAttentionShape, WorkspaceBoundCoversEverySmallerCall) {
+    for (int cap : {256, 1000, 4096}) {
+        for (const auto& [n_head, n_kv, v_rank] : {std::tuple{32, 32, 1024}, std::tuple{32, 8, 256}}) {
+            LatentAttnShape big;
+            big.n_seq = 16;
+            big.n_head = n_head;
+            big.n_kv = n_kv;
+            big.head_dim = 128;
+            big.rope_dims = 128;
+            big.rope_half_split = true;
+            big.v_rank = v_rank;
+            big.max_keys = cap;
+            big.page_rows = (cap + 63) / 64 * 64;
+            big.pages_per_seq = 1;
+            big.format = LatentFormat::F16;
+            for (int h = 0; h < n_kv; ++h) big.k_rank[h] = 32;
+            const size_t bound = starkv::cuda::latent_attention_workspace_bound(big);
+            ASSERT_GT(bound, 0u);
+            for (int n = 1; n <= 16; ++n)
+                for (int k = 1; k <= cap; k += 7) {
+                    LatentAttnShape s = big;
+                    s.n_seq = n;
+                    s.max_keys = k;
+                    ASSERT_LE(starkv::cuda::latent_attention_workspace(s), bound)
+                        << "cap " << cap << " heads " << n_head << "/" << n_kv << " n_seq " << n << " keys " << k;
+                }
+        }
+    }
+}
+
 TEST(LatentAttentionShape, ReferenceMatchesAttentionOverExpandedCache) {
     Case c{2, 6, 3, 64, 48, false, 128, {16, 24, 40}, {5, 37}, 40};
     const int G = c.n_head / c.n_kv, hd = c.hd, half = c.rope_dims / 2;
