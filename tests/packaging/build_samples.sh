@@ -46,9 +46,13 @@ build_and_run_samples() {
 
   local exe out fail=0
   for exe in "$work/c/build/generate" "$work/cpp/build/generate_cpp" "$work/c/generate_pc" "$work/cpp/generate_pc"; do
-    # The library must come from the prefix, not from the build tree.
-    if ! ldd "$exe" | grep -q "libstarkv.so.0 => $(readlink -f "$libdir")\|libstarkv.so.0 => $libdir"; then
-      echo "FAIL: $exe does not load libstarkv from $libdir:"; ldd "$exe" | grep starkv; fail=1; continue
+    # The library must come from the prefix, not from the build tree. (ldd's output is
+    # captured first: `ldd | grep -q` under pipefail fails when grep exits before ldd
+    # has written everything, and ldd dies of SIGPIPE.)
+    local libs
+    libs=$(ldd "$exe")
+    if ! grep -q "libstarkv.so.0 => $(readlink -f "$libdir")\|libstarkv.so.0 => $libdir" <<<"$libs"; then
+      echo "FAIL: $exe does not load libstarkv from $libdir:"; grep starkv <<<"$libs"; fail=1; continue
     fi
     out=$("$exe" "$model" "$prompt" $n 2>/dev/null) || { echo "FAIL: $exe exited $?"; fail=1; continue; }
     if [ "$out" != "$expected" ]; then
