@@ -167,7 +167,8 @@ public:
         }
         caches_.resize(static_cast<size_t>(d_.n_layer));
         size_t max_r = 0;
-        bool rebuilt_keys = false;  // a latent layer on the reference path (keys rebuilt into keys_)
+        bool rebuilt_keys = false;     // a latent layer on the reference path (keys rebuilt into keys_)
+        bool has_plain_layer = false;  // a layer with a plain K/V cache
         const size_t kv_elems = static_cast<size_t>(d_.n_head_kv) * d_.n_ctx * hd;
         // STARKV_CUDA_FUSED_LATENT=0: every latent layer on the reference path (comparisons).
         const char* fe = std::getenv("STARKV_CUDA_FUSED_LATENT");
@@ -196,15 +197,15 @@ public:
                 alloc(C.lat_cache, static_cast<size_t>(d_.n_ctx) * L.R * 4);
                 continue;
             }
+            has_plain_layer = true;
             const size_t kv_bytes = kv_elems * (kv_bf16_ ? 2 : 4);
             alloc(C.k_cache, kv_bytes);
             alloc(C.v_cache, kv_bytes);
         }
-        // The split-K decode kernel's partial sums (plain layers, one token).
-        const int group = d_.n_head_kv > 0 ? d_.n_head / d_.n_head_kv : 0;
-        if ((hd == 64 || hd == 128) && d_.n_head_kv > 0 && d_.n_head % d_.n_head_kv == 0 && group <= 8) {
-            decode_ws_bytes_ = attention_decode_workspace(d_.n_head, static_cast<int>(hd), d_.n_ctx);
-            alloc(decode_ws_, decode_ws_bytes_);
+        // The split-K decode kernel's partial sums (plain layers, one token), where it takes the shape.
+        if (has_plain_layer) {
+            decode_ws_bytes_ = attention_decode_workspace(d_.n_head, d_.n_head_kv, static_cast<int>(hd), d_.n_ctx);
+            if (decode_ws_bytes_ > 0) alloc(decode_ws_, decode_ws_bytes_);
         }
         // Keys rebuilt from latents, one layer at a time (reference path only).
         if (rebuilt_keys) alloc(keys_, kv_elems * 4);
@@ -461,8 +462,7 @@ private:
     void upload_fused(Layer& L, const starkv_backend_layer& s, const std::vector<int32_t>& off,
                       const std::vector<int32_t>& rank) {
         const int n_kv = d_.n_head_kv, hd = d_.head_dim;
-        if ((hd != 64 && hd != 128) || n_kv > kLatMaxKvHeads || d_.n_head > kLatMaxHeads || d_.n_head % n_kv != 0)
-            return;
+        if (n_kv > kLatMaxKvHeads) return;  // LatentAttnShape::k_rank's size; the rest is the kernels' check below
         LatentAttnShape sh;
         sh.n_head = d_.n_head;
         sh.n_kv = n_kv;
@@ -471,10 +471,7 @@ private:
         sh.rope_half_split = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
         sh.v_rank = (s.v_rank + 127) / 128 * 128;
         sh.format = LatentFormat::F16;
-        for (int h = 0; h < n_kv; ++h) {
-            if (rank[h] > kLatMaxKeyRank) return;
-            sh.k_rank[h] = rank[h];
-        }
+        for (int h = 0; h < n_kv; ++h) sh.k_rank[h] = rank[h];
         L.shape = sh;
         if (latent_attention_workspace(fused_shape(L, 1, 64)) == 0) return;  // a limit of the kernels
         L.v_pad = sh.v_rank;

@@ -261,9 +261,14 @@ cudaError_t launch_decode(const float* q, const T* kc, const T* vc, float* part,
     }
 }
 
+bool decode_shape_ok(int n_head, int n_kv, int hd, int n_ctx) {
+    return (hd == 64 || hd == 128) && n_kv > 0 && n_head % n_kv == 0 && n_head / n_kv <= kMaxGroup && n_ctx > 0;
+}
+
 }  // namespace
 
-size_t attention_decode_workspace(int n_head, int hd, int n_ctx) {
+size_t attention_decode_workspace(int n_head, int n_kv, int hd, int n_ctx) {
+    if (!decode_shape_ok(n_head, n_kv, hd, n_ctx)) return 0;
     const size_t n_chunk = (static_cast<size_t>(n_ctx) + kDecodeChunk - 1) / kDecodeChunk;
     return static_cast<size_t>(n_head) * n_chunk * (static_cast<size_t>(hd) * sizeof(float) + sizeof(float2));
 }
@@ -272,8 +277,8 @@ template <typename T>
 cudaError_t attention_decode(const float* q, const T* k_cache, const T* v_cache, float* out, int n_head, int n_kv,
                              int hd, int n_ctx, int pos0, const int32_t* pos0_dev, void* ws, size_t ws_bytes,
                              cudaStream_t s) {
-    if ((hd != 64 && hd != 128) || n_kv <= 0 || n_head % n_kv != 0 || n_head / n_kv > kMaxGroup || n_ctx <= 0 ||
-        !ws || ws_bytes < attention_decode_workspace(n_head, hd, n_ctx) || (!pos0_dev && (pos0 < 0 || pos0 >= n_ctx)))
+    if (!decode_shape_ok(n_head, n_kv, hd, n_ctx) || !ws || ws_bytes < attention_decode_workspace(n_head, n_kv, hd, n_ctx) ||
+        (!pos0_dev && (pos0 < 0 || pos0 >= n_ctx)))
         return cudaErrorInvalidValue;
     const int n_chunk = (n_ctx + kDecodeChunk - 1) / kDecodeChunk;
     float* part = static_cast<float*>(ws);

@@ -26,9 +26,10 @@ cudaError_t attention(const float* q, const T* k_cache, const T* v_cache, float*
 // Takes head_dim 64 or 128 and groups of up to 8 query heads per KV head
 // (else cudaErrorInvalidValue: use attention()). The grid covers n_ctx
 // positions (blocks past pos0 + 1 keys return at once), so a captured graph
-// serves every position. ws: attention_decode_workspace() bytes.
+// serves every position. ws: attention_decode_workspace() bytes, 0 for a shape
+// it does not take.
 constexpr int kDecodeChunk = 256;
-size_t attention_decode_workspace(int n_head, int hd, int n_ctx);
+size_t attention_decode_workspace(int n_head, int n_kv, int hd, int n_ctx);
 template <typename T>
 cudaError_t attention_decode(const float* q, const T* k_cache, const T* v_cache, float* out, int n_head, int n_kv,
                              int hd, int n_ctx, int pos0, const int32_t* pos0_dev, void* ws, size_t ws_bytes,

@@ -25,12 +25,13 @@ const std::string kModel = kShared + "/models/stories260K.gguf";
 
 int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
-starkv_context* make_ctx(starkv_model* m, int backend, starkv_status* st) {
+starkv_context* make_ctx(starkv_model* m, int backend, starkv_status* st, int n_ctx = 512,
+                         int32_t type = STARKV_DEVICE_TYPE_F32) {
     starkv_context_params p;
     starkv_context_params_default(&p);
-    p.n_ctx = 512;
+    p.n_ctx = n_ctx;
     p.backend = backend;
-    p.device_type = STARKV_DEVICE_TYPE_F32;  // the comparisons below are fp32 unless $STARKV_CUDA_DTYPE says
+    p.device_type = type;  // the comparisons below are fp32 unless $STARKV_CUDA_DTYPE says
     starkv_context* c = nullptr;
     *st = starkv_context_create(m, &p, &c);
     return c;
@@ -321,12 +322,9 @@ TEST_F(Fixture, WeightsSharedPerModelAndDefaultBf16) {
     starkv_model* big = nullptr;
     ASSERT_EQ(starkv_model_load(path.c_str(), nullptr, &big), STARKV_OK) << starkv_last_error();
     auto create = [&](int32_t type, starkv_context** out) {
-        starkv_context_params p;
-        starkv_context_params_default(&p);
-        p.n_ctx = 256;
-        p.backend = STARKV_BACKEND_CUDA;
-        p.device_type = type;
-        return starkv_context_create(big, &p, out);
+        starkv_status st;
+        *out = make_ctx(big, STARKV_BACKEND_CUDA, &st, 256, type);
+        return st;
     };
     size_t free0 = 0, free1 = 0, free2 = 0, total = 0;
     starkv_context *a = nullptr, *b = nullptr, *f = nullptr;
@@ -389,12 +387,9 @@ TEST(FusedLatent, SyntheticShapesAgreeWithCpu) {
         info.struct_size = sizeof info;
         ASSERT_EQ(starkv_model_get_info(m, &info), STARKV_OK);
         auto create = [&](int backend, starkv_context** out) {
-            starkv_context_params p;
-            starkv_context_params_default(&p);
-            p.n_ctx = 200;
-            p.backend = backend;
-            p.device_type = STARKV_DEVICE_TYPE_F32;
-            return starkv_context_create(m, &p, out);
+            starkv_status st;
+            *out = make_ctx(m, backend, &st, 200);
+            return st;
         };
         starkv_context *cpu = nullptr, *gpu = nullptr, *ref = nullptr;
         const starkv_status st = create(STARKV_BACKEND_CUDA, &gpu);

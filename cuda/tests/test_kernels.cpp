@@ -165,7 +165,7 @@ void check_attention(int n_head, int n_kv, int hd, int n, int pos0, double tol, 
     out.poison();
     if (split) {
         ASSERT_EQ(n, 1);
-        const size_t ws_bytes = cuda::attention_decode_workspace(n_head, hd, n_ctx);
+        const size_t ws_bytes = cuda::attention_decode_workspace(n_head, n_kv, hd, n_ctx);
         Dev<float> ws((ws_bytes + 3) / 4);
         ws.poison();  // every partial the combine step reads is written first
         const std::vector<int32_t> p0{pos0};

@@ -18,6 +18,7 @@ namespace starkv::lowrank {
 
 using probe::log_probs;
 using probe::mean_kl;
+using probe::take;
 using json = nlohmann::json;
 using Eigen::MatrixXd;
 
@@ -378,17 +379,6 @@ std::vector<std::vector<int32_t>> documents(const Model& m, const std::string& t
         cur += line;
     }
     flush();
-    return out;
-}
-
-// The first sequences holding up to n tokens, from index *next on.
-std::vector<std::vector<int32_t>> take(const std::vector<std::vector<int32_t>>& docs, size_t* next, int n) {
-    std::vector<std::vector<int32_t>> out;
-    size_t got = 0;
-    while (*next < docs.size() && got < static_cast<size_t>(n)) {
-        out.push_back(docs[*next]);
-        got += docs[(*next)++].size();
-    }
     return out;
 }
 

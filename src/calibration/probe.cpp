@@ -8,6 +8,16 @@
 
 namespace starkv::probe {
 
+std::vector<std::vector<int32_t>> take(const std::vector<std::vector<int32_t>>& docs, size_t* next, int n) {
+    std::vector<std::vector<int32_t>> out;
+    size_t got = 0;
+    while (*next < docs.size() && got < static_cast<size_t>(n)) {
+        out.push_back(docs[*next]);
+        got += docs[(*next)++].size();
+    }
+    return out;
+}
+
 std::vector<std::vector<float>> log_probs(const Model& m, const std::vector<std::vector<int32_t>>& seqs, int n_ctx,
                                           int threads) {
     Context ctx(std::shared_ptr<const Model>(&m, [](const Model*) {}), ContextOptions{n_ctx, threads});

@@ -12,6 +12,10 @@
 
 namespace starkv::probe {
 
+// The first sequences of docs holding up to n tokens, from index *next on
+// (advanced past them): consecutive calls cut consecutive, disjoint texts.
+std::vector<std::vector<int32_t>> take(const std::vector<std::vector<int32_t>>& docs, size_t* next, int n);
+
 // Log-probabilities (n_vocab per position) of every position of every sequence.
 std::vector<std::vector<float>> log_probs(const Model& m, const std::vector<std::vector<int32_t>>& seqs, int n_ctx,
                                           int threads);

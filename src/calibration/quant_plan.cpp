@@ -294,13 +294,9 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     json sensitivity;
     const bool any = std::any_of(pick.begin(), pick.end(), [](const Candidate* c) { return c != nullptr; });
     if (opt.probe_tokens > 0 && any) {
-        std::vector<std::vector<int32_t>> probe_text;
-        size_t got = 0;
-        for (const auto& s : calib) {
-            if (got >= static_cast<size_t>(opt.probe_tokens)) break;
-            probe_text.push_back(s);
-            got += s.size();
-        }
+        size_t next = 0, got = 0;
+        const auto probe_text = probe::take(calib, &next, opt.probe_tokens);
+        for (const auto& s : probe_text) got += s.size();
         const size_t V = static_cast<size_t>(c.n_vocab);
         // Output of the model with the given latents quantized (null: fp32).
         auto kl_with = [&](const std::vector<const Candidate*>& use, const std::vector<std::vector<float>>& base) {
