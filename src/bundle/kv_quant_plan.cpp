@@ -14,6 +14,7 @@ json to_json(const LatentQuant& q) {
     if (q.log8()) {
         j["scale"] = "log8";
         j["row_scale"] = q.row_scale;
+        if (q.shared_code) j["shared_code"] = true;  // (absent in kv-quant-v2 bundles)
         j["base"] = q.base;
         j["offset"] = q.offset;
     }
@@ -62,6 +63,10 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
         q.base = floats(j, "base", where);
         q.offset = floats(j, "offset", where);
     }
+    if (auto sh = j.find("shared_code"); sh != j.end()) {  // (validate refuses it without log8 row scales)
+        if (!sh->is_boolean()) corrupt(where + ": KV quantization plan 'shared_code' is not a boolean");
+        q.shared_code = sh->get<bool>();
+    }
     q.validate(max_width, where);
     return q;
 }
@@ -79,6 +84,15 @@ bool kv_quant_layers_need_v2(const json& layers) {
             for (const json& q : L["k"])
                 if (is_v2(q)) return true;
     }
+    return false;
+}
+
+bool kv_quant_layers_need_shared(const json& layers) {
+    if (!layers.is_array()) return false;
+    for (const json& L : layers)
+        if (L.is_object() && L.contains("k") && L["k"].is_array())
+            for (const json& q : L["k"])
+                if (q.is_object() && q.value("shared_code", false)) return true;
     return false;
 }
 
@@ -110,6 +124,7 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
         const std::string where = "bundle: layer " + std::to_string(l);
         if (L.is_object() && L.contains("plain")) {
             out[l].plain = from_json(L["plain"], c.head_dim, where + " plain K/V");
+            if (out[l].plain.shared_code) corrupt(where + ": plain K/V rows cannot share a log8 code");
             if (out[l].plain.active() && out[l].plain.width != c.head_dim)
                 corrupt(where + ": plain K/V quantization width must be head_dim " + std::to_string(c.head_dim));
             continue;
@@ -119,6 +134,12 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
             corrupt(where + ": KV quantization plan needs 'k' (one per KV head) and 'v'");
         for (const json& k : L["k"]) out[l].k.push_back(from_json(k, c.head_dim, where + " keys"));
         out[l].v = from_json(L["v"], c.n_head_kv * c.head_dim, where + " values");
+        // Shared-code keys read their token's code from the value row: it must carry one.
+        const LatentQuant& v = out[l].v;
+        if (v.shared_code) corrupt(where + ": the value latent carries the shared log8 code, it cannot share one");
+        for (const LatentQuant& k : out[l].k)
+            if (k.shared_code && !(v.active() && v.log8() && v.row_scale))
+                corrupt(where + ": shared-code keys need a log8 row-scale value latent");
     }
     return out;
 }

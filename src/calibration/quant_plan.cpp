@@ -40,6 +40,9 @@ struct Format {
     bool zero_point;  // fp16 only
     bool row_scale;   // log8 only
     int bits;
+    // log8 row scale coded with the layer's shared per-token code (keys: no
+    // code byte of their own; the value latent carries the code).
+    bool shared = false;
 };
 
 std::vector<Format> formats() {
@@ -48,11 +51,12 @@ std::vector<Format> formats() {
         for (int b : {4, 3, 2}) f.push_back({QuantScale::Fp16, zp, false, b});
     for (bool row : {false, true})
         for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
+    for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, true, b, true});
     return f;
 }
 
 bool same_family(const Format& a, const Format& b) {
-    return a.scale == b.scale && a.row_scale == b.row_scale && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
+    return a.scale == b.scale && a.row_scale == b.row_scale && a.shared == b.shared && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
 }
 
 int bits_index(int b) {
@@ -68,6 +72,7 @@ struct Latent {
     LatentQuant* q;
     int max_width;
     int layer;
+    bool key;
     std::vector<Candidate> cands;
 };
 
@@ -110,8 +115,10 @@ struct BlockErrors {
     std::vector<std::vector<double>> err;
 };
 
+// codes: the layer's shared log8 code per sample token (empty: shared
+// formats are not measured); key: whether shared rows drop their code byte.
 BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
-                         const std::vector<Format>& fmts) {
+                         const std::vector<Format>& fmts, const std::vector<uint8_t>& codes, bool key) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
     const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols), U(u.data.data(), u.rows, u.cols);
@@ -127,18 +134,21 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
     RowMatrixF D(Z.rows(), width);
     std::vector<float> back(static_cast<size_t>(width));
     for (size_t f = 0; f < fmts.size(); ++f) {
+        if (fmts[f].shared && codes.empty()) continue;
         LatentQuant q{width, block, 0, fmts[f].bits, fmts[f].bits, fmts[f].zero_point};
         if (fmts[f].scale == QuantScale::Log8) {
             q.scale = QuantScale::Log8;
             q.row_scale = fmts[f].row_scale;
+            q.shared_code = fmts[f].shared && key;
             q.base = out.base;
             q.offset = out.offset;
         }
         std::vector<uint8_t> row(q.row_bytes());
         for (Eigen::Index t = 0; t < Z.rows(); ++t) {
             const float* z = Z.row(t).data();
-            quantize_latent(q, z, row.data());
-            dequantize_latent(q, row.data(), back.data());
+            const int code = fmts[f].shared ? codes[static_cast<size_t>(t)] : -1;
+            quantize_latent(q, z, row.data(), code);
+            dequantize_latent(q, row.data(), back.data(), code);
             for (int c = 0; c < width; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
         }
         for (int g = 0; g < G; ++g) {
@@ -150,7 +160,49 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
     return out;
 }
 
-void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
+// The rotated calibration latents of L at its largest block, as a 4-bit
+// log8 row-scale plan (for the layer's reference shared codes).
+struct RefLatent {
+    LatentQuant q;
+    RowMatrixF Z;
+};
+
+RefLatent reference_latent(const Latent& L, const RowMatrixF& X, const Options& opt) {
+    const int r = L.a->rows;
+    const int b = block_for(r, L.max_width, opt.block);
+    RefLatent out;
+    if (b == 0) return out;
+    const int width = ((r + b - 1) / b) * b;
+    Matrix a = *L.a, u = *L.u;
+    hadamard::fold(a, u, width, b, opt.hadamard);
+    const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols);
+    out.Z = X * A.transpose();
+    out.q = LatentQuant{width, b, 0, 4, 4, false};
+    out.q.scale = QuantScale::Log8;
+    out.q.row_scale = true;
+    calibrate_log8(out.Z, b, out.q.base, out.q.offset);
+    return out;
+}
+
+// The shared code of every sample token of a layer whose latents are refs.
+std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs) {
+    std::vector<const LatentQuant*> qs;
+    Eigen::Index T = 0;
+    for (const RefLatent& r : refs)
+        if (r.q.active()) qs.push_back(&r.q), T = r.Z.rows();
+    if (qs.empty() || !refs.back().q.active()) return {};  // (the value latent carries the code)
+    std::vector<uint8_t> out(static_cast<size_t>(T));
+    std::vector<const float*> zs;
+    for (Eigen::Index t = 0; t < T; ++t) {
+        zs.clear();
+        for (const RefLatent& r : refs)
+            if (r.q.active()) zs.push_back(r.Z.row(t).data());
+        out[static_cast<size_t>(t)] = static_cast<uint8_t>(log8_layer_code(qs.data(), zs.data(), static_cast<int>(qs.size())));
+    }
+    return out;
+}
+
+void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const std::vector<uint8_t>& codes) {
     const int r = L.a->rows;
     std::vector<int> blocks;
     if (opt.block > 0) {
@@ -162,7 +214,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
     const int uniform = static_cast<int>(std::lround(opt.avg_bits));
     for (int b : blocks) {
         const int width = ((r + b - 1) / b) * b;
-        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts);
+        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts, codes, L.key);
         const int G = width / b;
         // Leading split_groups groups in format hi, the rest in lo (same family).
         auto push = [&](int split_groups, size_t hi, size_t lo) {
@@ -173,6 +225,8 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
                 c.q.zero_point = false;
                 c.q.scale = QuantScale::Log8;
                 c.q.row_scale = fmts[lo].row_scale;
+                c.q.shared_code = fmts[lo].shared && L.key;
+                c.layer_code = fmts[lo].shared;
                 c.q.base = E.base;
                 c.q.offset = E.offset;
             }
@@ -181,7 +235,8 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
             L.cands.push_back(std::move(c));
         };
         for (size_t lo = 0; lo < fmts.size(); ++lo) {
-            if (fmts[lo].row_scale && G == 1) continue;  // the same as one code per group
+            if (fmts[lo].shared && codes.empty()) continue;
+            if (fmts[lo].row_scale && !fmts[lo].shared && G == 1) continue;  // the same as one code per group
             const bool old = fmts[lo].scale == QuantScale::Fp16;
             if (!opt.mixed) {
                 if (fmts[lo].bits == uniform && (!old || bits_index(uniform) >= 0)) push(0, lo, lo);
@@ -200,7 +255,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
 
 bool same_plan(const LatentQuant& a, const LatentQuant& b) {
     return a.width == b.width && a.block == b.block && a.split == b.split && a.hi_bits == b.hi_bits && a.lo_bits == b.lo_bits &&
-           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale;
+           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale && a.shared_code == b.shared_code;
 }
 
 std::shared_ptr<const Model> borrow(const Model& m) {
@@ -247,28 +302,66 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         if (!F.active()) continue;
         F.k_q.assign(F.k_a.size(), LatentQuant{});
         F.v_q = LatentQuant{};
-        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, {}});
-        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, {}});
+        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, true, {}});
+        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, false, {}});
     }
     double budget = 0;
-    for (Latent& L : lats) {
-        const std::vector<float>& x = xs[static_cast<size_t>(L.layer)];
+    // Latents of one layer are consecutive (keys, then the value).
+    for (size_t i0 = 0; i0 < lats.size();) {
+        size_t i1 = i0;
+        while (i1 < lats.size() && lats[i1].layer == lats[i0].layer) ++i1;
+        const std::vector<float>& x = xs[static_cast<size_t>(lats[i0].layer)];
         const Eigen::Map<const RowMatrixF> X(x.data(), static_cast<Eigen::Index>(x.size() / E), E);
-        add_candidates(L, X, opt);
-        if (!L.cands.empty()) budget += opt.avg_bits * L.a->rows;
+        // Reference per-token codes of the layer, shared by its keys and value.
+        std::vector<uint8_t> codes;
+        {
+            std::vector<RefLatent> refs;
+            for (size_t i = i0; i < i1; ++i) refs.push_back(reference_latent(lats[i], X, opt));
+            codes = layer_codes(refs);
+        }
+        for (size_t i = i0; i < i1; ++i) {
+            add_candidates(lats[i], X, opt, codes);
+            if (!lats[i].cands.empty()) budget += opt.avg_bits * lats[i].a->rows;
+        }
+        i0 = i1;
     }
 
     // 3. Least total error within the budget: each latent takes its candidate
     // minimising error + lambda * bits; lambda is the smallest that fits.
+    // Per layer, two modes: no shared code (every latent's own candidates), or
+    // the layer's code shared (the value codes with it; keys may drop their
+    // code byte); the layer takes the mode of least error + lambda * bits.
+    auto best_of = [](const Latent& L, double lambda, bool shared_mode) {
+        const Candidate* best = nullptr;
+        for (const Candidate& cd : L.cands) {
+            if (cd.layer_code && !shared_mode) continue;
+            if (shared_mode && !L.key && !cd.layer_code) continue;
+            if (!best || cd.error + lambda * cd.bits < best->error + lambda * best->bits) best = &cd;
+        }
+        return best;
+    };
     auto choose = [&](double lambda, bool apply) {
         double bits = 0;
-        for (Latent& L : lats) {
-            if (L.cands.empty()) continue;
-            const Candidate* best = &L.cands[0];
-            for (const Candidate& cd : L.cands)
-                if (cd.error + lambda * cd.bits < best->error + lambda * best->bits) best = &cd;
-            bits += best->bits;
-            if (apply) *L.q = best->q;
+        for (size_t i0 = 0; i0 < lats.size();) {
+            size_t i1 = i0;
+            while (i1 < lats.size() && lats[i1].layer == lats[i0].layer) ++i1;
+            std::vector<const Candidate*> pick[2];
+            double cost[2] = {0, 0};
+            for (int m = 0; m < 2; ++m)
+                for (size_t i = i0; i < i1; ++i) {
+                    const Candidate* b = lats[i].cands.empty() ? nullptr : best_of(lats[i], lambda, m == 1);
+                    if (!lats[i].cands.empty() && !b) cost[m] = std::numeric_limits<double>::infinity();
+                    pick[m].push_back(b);
+                    if (b) cost[m] += b->error + lambda * b->bits;
+                }
+            if (lats[i1 - 1].cands.empty()) cost[1] = std::numeric_limits<double>::infinity();  // no value row to carry it
+            const int m = cost[1] < cost[0] ? 1 : 0;
+            for (size_t i = i0; i < i1; ++i)
+                if (const Candidate* b = pick[m][i - i0]) {
+                    bits += b->bits;
+                    if (apply) *lats[i].q = b->q;
+                }
+            i0 = i1;
         }
         return bits;
     };
@@ -290,7 +383,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
                 err_total += cd.error, all_bits += cd.bits;
                 break;
             }
-        ++n_format[L.q->log8() ? (L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
+        ++n_format[L.q->log8() ? (L.q->shared_code ? "log8_shared" : L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);

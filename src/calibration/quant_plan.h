@@ -29,6 +29,7 @@ struct Candidate {
     LatentQuant q;
     double error = 0;  // relative activation error ||U (z - z^)||^2 / ||U z||^2 on the sample
     double bits = 0;   // bits per token, scales and padding included
+    bool layer_code = false;  // coded with the layer's shared log8 code (a layer-wide mode)
 };
 
 // Plans, folds and installs the quantization of every latent of the model's

@@ -176,7 +176,7 @@ double code_group(const float* y, int n, int bits, float range, uint32_t* q) {
     return err;
 }
 
-void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
+void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row, int shared) {
     const int G = q.n_groups(), B = q.block;
     thread_local std::vector<float> ybuf;
     thread_local std::vector<uint32_t> qbuf;
@@ -188,6 +188,11 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
         float amax = 0;
         for (int i = 0; i < B; ++i) amax = std::max(amax, std::fabs(y[g * B + i]));
         return amax / q.base[static_cast<size_t>(g)];
+    };
+    auto max_ratio = [&] {
+        float r = 0;
+        for (int g = 0; g < G; ++g) r = std::max(r, ratio(g));
+        return r;
     };
     const auto& T = log8_table();
     // The best code among the smallest covering one and the few below it.
@@ -209,10 +214,12 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
         pack_codes64(codes + g * B, B, bits, row);
         row += static_cast<size_t>(B) * static_cast<size_t>(bits) / 8;
     };
+    if (q.shared_code) {
+        for (int g = 0; g < G; ++g) write_group(g, shared);
+        return;
+    }
     if (q.row_scale) {
-        float r = 0;
-        for (int g = 0; g < G; ++g) r = std::max(r, ratio(g));
-        const int e = best_code(r, 0, G);
+        const int e = shared >= 0 ? shared : best_code(max_ratio(), 0, G);
         *row++ = static_cast<uint8_t>(e);
         for (int g = 0; g < G; ++g) write_group(g, e);
         return;
@@ -224,10 +231,10 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
     }
 }
 
-void dequantize_log8(const LatentQuant& q, const uint8_t* row, float* z) {
+void dequantize_log8(const LatentQuant& q, const uint8_t* row, float* z, int shared) {
     const int G = q.n_groups(), B = q.block;
     const auto& T = log8_table();
-    float mult = q.row_scale ? T[*row++] : 0.0f;
+    float mult = q.shared_code ? T[static_cast<size_t>(shared & 255)] : q.row_scale ? T[*row++] : 0.0f;
     for (int g = 0; g < G; ++g) {
         if (!q.row_scale) mult = T[*row++];
         const int bits = q.group_bits(g);
@@ -277,7 +284,7 @@ size_t quant_group_bytes(int bits, int block, bool zero_point) {
 size_t LatentQuant::row_bytes() const {
     if (!active()) return 0;
     if (log8()) {
-        size_t n = row_scale ? 1 : static_cast<size_t>(n_groups());
+        size_t n = shared_code ? 0 : row_scale ? 1 : static_cast<size_t>(n_groups());
         for (int g = 0; g < n_groups(); ++g) n += static_cast<size_t>(block) * static_cast<size_t>(group_bits(g)) / 8;
         return n;
     }
@@ -309,15 +316,18 @@ void LatentQuant::validate(int max_width, const std::string& where) const {
         if (offset.size() != static_cast<size_t>(width)) bad("log8 needs one offset per channel");
         for (float o : offset)
             if (!std::isfinite(o)) bad("log8 offset is not finite");
+        if (shared_code && !row_scale) bad("a shared log8 code needs a row-scale plan");
         return;
     }
+    if (shared_code) bad("a shared code needs log8 scales");
     if (split > 0 && hi_bits != 8 && hi_bits != 4) bad("leading bits " + std::to_string(hi_bits) + " not in {8, 4}");
     if (split < width && lo_bits != 4 && lo_bits != 3 && lo_bits != 2 && lo_bits != 8)
         bad("tail bits " + std::to_string(lo_bits) + " not in {8, 4, 3, 2}");
 }
 
-void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
-    if (q.log8()) return quantize_log8(q, z, row);
+void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int code) {
+    if (q.shared_code && (code < 0 || code > 255)) fail(STARKV_ERR_INTERNAL, "shared log8 code missing");
+    if (q.log8()) return quantize_log8(q, z, row, q.row_scale ? code : -1);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         quantize_group(z + static_cast<size_t>(g) * q.block, q.block, bits, q.zero_point, row);
@@ -325,13 +335,47 @@ void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
     }
 }
 
-void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z) {
-    if (q.log8()) return dequantize_log8(q, row, z);
+void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z, int code) {
+    if (q.log8()) return dequantize_log8(q, row, z, code);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         dequantize_group(row, q.block, bits, q.zero_point, z + static_cast<size_t>(g) * q.block);
         row += quant_group_bytes(bits, q.block, q.zero_point);
     }
+}
+
+int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n) {
+    float r = 0;
+    thread_local std::vector<float> y;
+    thread_local std::vector<uint32_t> codes;
+    for (int k = 0; k < n; ++k) {
+        const LatentQuant& q = *qs[k];
+        for (int g = 0; g < q.n_groups(); ++g) {
+            float amax = 0;
+            for (int i = 0; i < q.block; ++i) {
+                const int c = g * q.block + i;
+                amax = std::max(amax, std::fabs(zs[k][c] - q.offset[static_cast<size_t>(c)]));
+            }
+            r = std::max(r, amax / q.base[static_cast<size_t>(g)]);
+        }
+    }
+    const auto& T = log8_table();
+    const int up = log8_code_at_least(r);
+    int best = up;
+    double best_err = -1;
+    for (int e = up; e >= std::max(0, up - kLog8Search); --e) {
+        double err = 0;
+        for (int k = 0; k < n; ++k) {
+            const LatentQuant& q = *qs[k];
+            if (y.size() < static_cast<size_t>(q.width)) y.resize(static_cast<size_t>(q.width)), codes.resize(static_cast<size_t>(q.width));
+            for (int c = 0; c < q.width; ++c) y[static_cast<size_t>(c)] = zs[k][c] - q.offset[static_cast<size_t>(c)];
+            for (int g = 0; g < q.n_groups(); ++g)
+                err += code_group(y.data() + g * q.block, q.block, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)],
+                                  codes.data() + g * q.block);
+        }
+        if (best_err < 0 || err < best_err) best_err = err, best = e;
+    }
+    return best;
 }
 
 }  // namespace starkv

@@ -38,6 +38,7 @@ struct LatentQuant {
     // Log8 only (zero_point is then unused):
     QuantScale scale = QuantScale::Fp16;
     bool row_scale = false;     // one code per token for the whole row (else one per group)
+    bool shared_code = false;   // row_scale without its code byte: the code is the layer value row's first byte
     std::vector<float> base{};    // per group: the static range (max |x - offset|) at code 128
     std::vector<float> offset{};  // per channel: static centre subtracted before coding
 
@@ -62,10 +63,17 @@ size_t quant_group_bytes(int bits, int block, bool zero_point = true);
 float log8_multiplier(int code);
 int log8_code_at_least(float m);
 
-// z: q.width floats -> row: q.row_bytes() bytes.
-void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row);
-// row -> z (q.width floats).
-void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z);
+// z: q.width floats -> row: q.row_bytes() bytes. code: the token's shared
+// log8 code (needed, and only used, when q.shared_code).
+void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int code = -1);
+// row -> z (q.width floats); code as above.
+void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z, int code = -1);
+
+// The one log8 code of a token for n row-scale log8 latents coded together
+// (a layer's shared-code keys and its value latent): among the smallest code
+// covering every latent and the few below it, the one with the least squared
+// error summed over the latents.
+int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n);
 
 }  // namespace starkv
 

@@ -69,8 +69,9 @@ void expect_within_bound(const LatentQuant& q, const float* z, const float* back
 size_t bytes_from_plan(const LatentQuant& q) {
     // Independent count: per group a header (fp16 scales: 8 bits or
     // symmetric: fp16 scale, else fp16 scale + fp16 min; log8: one code byte
-    // per group, or one per row) and b bits per channel.
-    size_t n = q.log8() && q.row_scale ? 1 : 0;
+    // per group, or one per row, or none for a key sharing its layer's code)
+    // and b bits per channel.
+    size_t n = q.log8() && q.row_scale && !q.shared_code ? 1 : 0;
     for (int c = 0; c < q.width; c += q.block) {
         const int bits = c < q.split ? q.hi_bits : q.lo_bits;
         const size_t header = q.log8() ? (q.row_scale ? 0 : 1) : (bits == 8 || !q.zero_point ? 2 : 4);
@@ -444,6 +445,129 @@ TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
     EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v2(fp16));
 }
 
+// A layer's keys sharing one code with its value latent: no code byte in the
+// key rows, the code is the value row's first byte, and the error of all the
+// latents together stays within the bound of the joint code (the smallest
+// covering every latent, at most 2^(1/8) above the largest ratio).
+TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> octave(-4.0f, 4.0f);
+    for (int trial = 0; trial < 40; ++trial) {
+        const int bits = 2 + trial % 5, n_keys = 1 + trial % 3;
+        std::vector<LatentQuant> qs;
+        for (int k = 0; k <= n_keys; ++k) {
+            const int block = k < n_keys ? 8 << (trial % 2) : 16, width = block * (1 + (trial + k) % 3), G = width / block;
+            std::vector<float> base(static_cast<size_t>(G)), offset(static_cast<size_t>(width));
+            for (float& b : base) b = std::exp2(octave(rng));
+            for (float& o : offset) o = nd(rng);
+            qs.push_back(log8_plan(width, block, trial % 4 < 2 ? block : 0, 8, bits, true, base, offset));
+            qs.back().shared_code = k < n_keys;  // the last one (the value) carries the code
+            ASSERT_NO_THROW(qs.back().validate(width, "test"));
+            ASSERT_EQ(qs.back().row_bytes(), bytes_from_plan(qs.back()));
+        }
+        // Tokens one octave-ish away from the static ranges, the same factor for every latent.
+        const float token_scale = std::exp2(octave(rng) / 2);
+        std::vector<std::vector<float>> z(qs.size());
+        std::vector<const float*> zs;
+        std::vector<const LatentQuant*> qp;
+        for (size_t k = 0; k < qs.size(); ++k) {
+            for (int c = 0; c < qs[k].width; ++c)
+                z[k].push_back(qs[k].offset[static_cast<size_t>(c)] + qs[k].base[static_cast<size_t>(c / qs[k].block)] * token_scale * nd(rng) / 2);
+            zs.push_back(z[k].data());
+            qp.push_back(&qs[k]);
+        }
+        const int code = starkv::log8_layer_code(qp.data(), zs.data(), static_cast<int>(qs.size()));
+        ASSERT_GE(code, 0);
+        ASSERT_LE(code, 255);
+        double ratio = 0, err = 0, bound = 0;
+        for (size_t k = 0; k < qs.size(); ++k)
+            for (int c = 0; c < qs[k].width; ++c)
+                ratio = std::max(ratio, std::fabs(static_cast<double>(z[k][static_cast<size_t>(c)]) - qs[k].offset[static_cast<size_t>(c)]) /
+                                            qs[k].base[static_cast<size_t>(c / qs[k].block)]);
+        std::vector<std::vector<uint8_t>> rows(qs.size());
+        rows.back().resize(qs.back().row_bytes());
+        starkv::quantize_latent(qs.back(), z.back().data(), rows.back().data(), code);
+        EXPECT_EQ(rows.back()[0], code);  // the value row carries the code
+        for (size_t k = 0; k < qs.size(); ++k) {
+            if (k + 1 < qs.size()) {
+                rows[k].resize(qs[k].row_bytes());
+                starkv::quantize_latent(qs[k], z[k].data(), rows[k].data(), code);
+            }
+            std::vector<float> back(z[k].size());
+            starkv::dequantize_latent(qs[k], rows[k].data(), back.data(), rows.back()[0]);  // a reader's view
+            for (int c = 0; c < qs[k].width; ++c) {
+                const int g = c / qs[k].block;
+                const double half = 0.5 * ((1 << qs[k].group_bits(g)) - 1);
+                const double step = qs[k].base[static_cast<size_t>(g)] * std::max(ratio, std::exp2(-16.0)) * std::exp2(1.0 / 8) / half;
+                const double d = static_cast<double>(z[k][static_cast<size_t>(c)]) - back[static_cast<size_t>(c)];
+                err += d * d;
+                bound += 0.25 * step * step;
+            }
+        }
+        ASSERT_LE(err, bound * (1 + 1e-4) + 1e-30) << "trial " << trial;
+    }
+    // A shared-code row without its code is an internal error, not garbage output.
+    LatentQuant k = log8_plan(8, 8, 0, 4, 4, true, {1.0f}, std::vector<float>(8, 0.0f));
+    k.shared_code = true;
+    std::vector<float> z(8, 0.5f);
+    std::vector<uint8_t> row(k.row_bytes());
+    EXPECT_EQ(row.size(), 4u);
+    EXPECT_THROW(starkv::quantize_latent(k, z.data(), row.data()), starkv::Error);
+}
+
+TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
+    starkv::ModelConfig c;
+    c.n_layer = 1;
+    c.n_head = 4;
+    c.n_head_kv = 2;
+    c.head_dim = 64;
+    std::vector<starkv::LatentQuantLayer> plan(1);
+    for (int h = 0; h < 2; ++h) {
+        plan[0].k.push_back(log8_plan(16, 8, 8, 4, 3, true, {0.5f, 0.25f}, std::vector<float>(16, 0.125f)));
+        plan[0].k.back().shared_code = h == 0;  // head 1 keeps its own code
+    }
+    plan[0].v = log8_plan(48, 16, 16, 5, 4, true, {2.0f, 1.0f, 0.5f}, std::vector<float>(48, -0.5f));
+    const nlohmann::json ok = starkv::bundle::kv_quant_layers_to_json(plan);
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v2(ok));
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_shared(ok));
+    const auto back = starkv::bundle::kv_quant_layers_from_json(nlohmann::json::parse(ok.dump()), c);
+    EXPECT_TRUE(back[0].k[0].shared_code);
+    EXPECT_FALSE(back[0].k[1].shared_code);
+    EXPECT_EQ(back[0].k[0].row_bytes(), 8u * 4 / 8 + 8u * 3 / 8);  // codes only
+    EXPECT_EQ(back[0].k[1].row_bytes(), 1u + 8 * 4 / 8 + 8 * 3 / 8);
+    EXPECT_EQ(back[0].v.row_bytes(), 1u + 16 * 5 / 8 + 32 * 4 / 8);
+    auto refused = [&](nlohmann::json j, const std::string& what) {
+        try {
+            starkv::bundle::kv_quant_layers_from_json(j, c);
+            ADD_FAILURE() << what << " accepted";
+        } catch (const starkv::Error& e) {
+            EXPECT_EQ(e.status(), STARKV_ERR_CORRUPT) << what;
+        }
+    };
+    nlohmann::json j = ok;
+    j[0]["k"][0]["shared_code"] = 1;
+    refused(j, "non-boolean shared_code");
+    j = ok;
+    j[0]["k"][0]["row_scale"] = false;
+    refused(j, "shared code on a per-group plan");
+    j = ok;
+    j[0]["v"]["row_scale"] = false;
+    refused(j, "value row without a code to share");
+    j = ok;
+    j[0]["v"] = {{"width", 0}};
+    refused(j, "fp32 value latent");
+    j = ok;
+    j[0]["v"]["shared_code"] = true;
+    refused(j, "value sharing the code it carries");
+    j = ok;
+    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][0].erase(k2);
+    refused(j, "shared code with fp16 scales");
+    j = ok;
+    j[0]["k"][0].erase("shared_code");
+    EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_shared(j));
+}
+
 TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
     EXPECT_EQ(starkv::quant::block_for(2, 8, 0), 8);
     EXPECT_EQ(starkv::quant::block_for(2, 4, 0), 0);  // no block fits: the latent stays fp32
@@ -483,7 +607,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     const auto& layers = d["compression"]["kv_quant"]["layers"];
     uint64_t want = 0;
     double code_bits = 0, channels = 0;
-    int n_log8 = 0;
+    int n_log8 = 0, n_shared = 0;
     for (int l = 0; l < c.n_layer; ++l) {
         ASSERT_FALSE(layers[static_cast<size_t>(l)].is_null());
         if (const auto& L = layers[static_cast<size_t>(l)]; L.contains("plain")) {
@@ -500,6 +624,8 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
             if (p.contains("scale")) {
                 q.scale = starkv::QuantScale::Log8;
                 q.row_scale = p["row_scale"].get<bool>();
+                q.shared_code = p.value("shared_code", false);
+                n_shared += q.shared_code;
                 ++n_log8;
             }
             want += bytes_from_plan(q);
@@ -515,6 +641,12 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     EXPECT_GT(n_log8, 0);
     EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v2") != d["required_features"].end(),
               n_log8 > 0);
+    // ... and its layers' keys share the value row's code (rank-2 keys padded
+    // to 8 channels would otherwise pay a byte each), so the prefill/decode
+    // comparison below reads keys through the value rows' codes.
+    EXPECT_GT(n_shared, 0);
+    EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-shared") != d["required_features"].end(),
+              n_shared > 0);
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
     // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).
