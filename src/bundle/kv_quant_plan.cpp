@@ -14,7 +14,8 @@ json to_json(const LatentQuant& q) {
     if (q.log8()) {
         j["scale"] = "log8";
         j["row_scale"] = q.row_scale;
-        if (q.shared_code) j["shared_code"] = true;  // (absent in kv-quant-v2 bundles)
+        if (q.shared_code) j["shared_code"] = true;  // (both absent in kv-quant-v2 bundles)
+        if (q.gauss) j["levels"] = "gauss";
         j["base"] = q.base;
         j["offset"] = q.offset;
     }
@@ -67,6 +68,11 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
         if (!sh->is_boolean()) corrupt(where + ": KV quantization plan 'shared_code' is not a boolean");
         q.shared_code = sh->get<bool>();
     }
+    if (auto lv = j.find("levels"); lv != j.end()) {  // (validate refuses it without log8 scales)
+        if (!lv->is_string() || (lv->get<std::string>() != "gauss" && lv->get<std::string>() != "uniform"))
+            corrupt(where + ": KV quantization plan 'levels' is not \"gauss\" or \"uniform\"");
+        q.gauss = lv->get<std::string>() == "gauss";
+    }
     q.validate(max_width, where);
     return q;
 }
@@ -87,12 +93,17 @@ bool kv_quant_layers_need_v2(const json& layers) {
     return false;
 }
 
-bool kv_quant_layers_need_shared(const json& layers) {
+bool kv_quant_layers_need_v3(const json& layers) {
+    auto is_v3 = [](const json& q) { return q.is_object() && (q.contains("shared_code") || q.contains("levels")); };
     if (!layers.is_array()) return false;
-    for (const json& L : layers)
-        if (L.is_object() && L.contains("k") && L["k"].is_array())
+    for (const json& L : layers) {
+        if (!L.is_object()) continue;
+        for (const char* k : {"v", "plain"})
+            if (L.contains(k) && is_v3(L[k])) return true;
+        if (L.contains("k") && L["k"].is_array())
             for (const json& q : L["k"])
-                if (q.is_object() && q.value("shared_code", false)) return true;
+                if (is_v3(q)) return true;
+    }
     return false;
 }
 

@@ -43,6 +43,7 @@ struct Format {
     // log8 row scale coded with the layer's shared per-token code (keys: no
     // code byte of their own; the value latent carries the code).
     bool shared = false;
+    bool gauss = false;  // log8, 2-4 bits: Gaussian (Lloyd-Max) levels
 };
 
 std::vector<Format> formats() {
@@ -52,10 +53,14 @@ std::vector<Format> formats() {
     for (bool row : {false, true})
         for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
     for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, true, b, true});
+    for (int fam = 0; fam < 3; ++fam)
+        for (int b : {4, 3, 2}) f.push_back({QuantScale::Log8, false, fam > 0, b, fam == 2, true});
     return f;
 }
 
 bool same_family(const Format& a, const Format& b) {
+    // (Gaussian levels apply to groups of 2-4 bits only, so a wider group pairs with either.)
+    if (a.gauss != b.gauss && (a.gauss ? b.bits : a.bits) < 5) return false;
     return a.scale == b.scale && a.row_scale == b.row_scale && a.shared == b.shared && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
 }
 
@@ -140,6 +145,7 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
             q.scale = QuantScale::Log8;
             q.row_scale = fmts[f].row_scale;
             q.shared_code = fmts[f].shared && key;
+            q.gauss = fmts[f].gauss;
             q.base = out.base;
             q.offset = out.offset;
         }
@@ -226,6 +232,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const st
                 c.q.scale = QuantScale::Log8;
                 c.q.row_scale = fmts[lo].row_scale;
                 c.q.shared_code = fmts[lo].shared && L.key;
+                c.q.gauss = fmts[lo].gauss || fmts[hi].gauss;
                 c.layer_code = fmts[lo].shared;
                 c.q.base = E.base;
                 c.q.offset = E.offset;
@@ -255,7 +262,8 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const st
 
 bool same_plan(const LatentQuant& a, const LatentQuant& b) {
     return a.width == b.width && a.block == b.block && a.split == b.split && a.hi_bits == b.hi_bits && a.lo_bits == b.lo_bits &&
-           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale && a.shared_code == b.shared_code;
+           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale && a.shared_code == b.shared_code &&
+           a.gauss == b.gauss;
 }
 
 std::shared_ptr<const Model> borrow(const Model& m) {
@@ -383,7 +391,9 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
                 err_total += cd.error, all_bits += cd.bits;
                 break;
             }
-        ++n_format[L.q->log8() ? (L.q->shared_code ? "log8_shared" : L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
+        ++n_format[L.q->log8() ? std::string(L.q->shared_code ? "log8_shared" : L.q->row_scale ? "log8_row" : "log8_group") +
+                                     (L.q->gauss ? "_gauss" : "")
+                               : std::string("fp16")];
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);

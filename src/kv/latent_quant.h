@@ -39,6 +39,9 @@ struct LatentQuant {
     QuantScale scale = QuantScale::Fp16;
     bool row_scale = false;     // one code per token for the whole row (else one per group)
     bool shared_code = false;   // row_scale without its code byte: the code is the layer value row's first byte
+    // Groups of 2-4 bits use the Lloyd-Max levels of a Gaussian of deviation
+    // range / 2.5 instead of uniform steps (feature kv-quant-v3).
+    bool gauss = false;
     std::vector<float> base{};    // per group: the static range (max |x - offset|) at code 128
     std::vector<float> offset{};  // per channel: static centre subtracted before coding
 

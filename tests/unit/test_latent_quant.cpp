@@ -516,6 +516,59 @@ TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
     EXPECT_THROW(starkv::quantize_latent(k, z.data(), row.data()), starkv::Error);
 }
 
+// Gaussian levels: every value comes back as the nearest of the Lloyd-Max
+// levels (Max 1960, recomputed here in double) at the row's code, the code
+// does no worse than the smallest covering one, and on normal data the
+// levels beat uniform steps at the same bytes.
+TEST(LatentQuant, GaussLevelsCodeToTheNearestLevel) {
+    const std::vector<std::vector<double>> half{{}, {}, {0.4528, 1.5104}, {0.2451, 0.7560, 1.3440, 2.1520},
+                                                {0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326}};
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    double err_gauss = 0, err_uniform = 0;
+    for (int trial = 0; trial < 60; ++trial) {
+        const int bits = 2 + trial % 3, block = 8 << (trial % 3), width = block * 2;
+        LatentQuant q = log8_plan(width, block, 0, 4, bits, true, {1.5f, 0.5f}, std::vector<float>(static_cast<size_t>(width), 0.25f));
+        q.gauss = true;
+        LatentQuant u = q;
+        u.gauss = false;
+        ASSERT_NO_THROW(q.validate(width, "test"));
+        std::vector<float> z(static_cast<size_t>(width)), back(z.size()), back_u(z.size());
+        const float token = std::exp2(nd(rng));
+        for (int c = 0; c < width; ++c) z[static_cast<size_t>(c)] = 0.25f + q.base[static_cast<size_t>(c / block)] * token * nd(rng) / 2.5f;
+        std::vector<uint8_t> row(q.row_bytes()), row_u(u.row_bytes());
+        ASSERT_EQ(row.size(), bytes_from_plan(q));
+        starkv::quantize_latent(q, z.data(), row.data());
+        starkv::dequantize_latent(q, row.data(), back.data());
+        starkv::quantize_latent(u, z.data(), row_u.data());
+        starkv::dequantize_latent(u, row_u.data(), back_u.data());
+        // The error at code e, every value at its nearest level (double reference).
+        auto err_at = [&](int e, bool check) {
+            double err = 0;
+            for (int c = 0; c < width; ++c) {
+                const double s = q.base[static_cast<size_t>(c / block)] * std::exp2((e - 128) / 8.0) / 2.5;
+                const double y = static_cast<double>(z[static_cast<size_t>(c)]) - 0.25;
+                double best = 1e300, level = 0;
+                for (double h : half[static_cast<size_t>(bits)])
+                    for (double l : {h, -h})
+                        if (std::fabs(y - l * s) < best) best = std::fabs(y - l * s), level = l * s;
+                if (check) EXPECT_NEAR(back[static_cast<size_t>(c)] - 0.25, level, 1e-5 * (1 + std::fabs(level))) << "trial " << trial << " channel " << c;
+                err += best * best;
+            }
+            return err;
+        };
+        const double got = err_at(row[0], true);
+        double ratio = 0;
+        for (int c = 0; c < width; ++c) ratio = std::max(ratio, std::fabs(z[static_cast<size_t>(c)] - 0.25) / q.base[static_cast<size_t>(c / block)]);
+        EXPECT_LE(got, err_at(starkv::log8_code_at_least(static_cast<float>(ratio)), false) * (1 + 1e-4) + 1e-12) << "trial " << trial;
+        for (int c = 0; c < width; ++c) {
+            err_gauss += std::pow(z[static_cast<size_t>(c)] - back[static_cast<size_t>(c)], 2);
+            err_uniform += std::pow(z[static_cast<size_t>(c)] - back_u[static_cast<size_t>(c)], 2);
+        }
+    }
+    EXPECT_LT(err_gauss, err_uniform);
+}
+
 TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
     starkv::ModelConfig c;
     c.n_layer = 1;
@@ -530,7 +583,7 @@ TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
     plan[0].v = log8_plan(48, 16, 16, 5, 4, true, {2.0f, 1.0f, 0.5f}, std::vector<float>(48, -0.5f));
     const nlohmann::json ok = starkv::bundle::kv_quant_layers_to_json(plan);
     EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v2(ok));
-    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_shared(ok));
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(ok));
     const auto back = starkv::bundle::kv_quant_layers_from_json(nlohmann::json::parse(ok.dump()), c);
     EXPECT_TRUE(back[0].k[0].shared_code);
     EXPECT_FALSE(back[0].k[1].shared_code);
@@ -564,8 +617,24 @@ TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
     for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][0].erase(k2);
     refused(j, "shared code with fp16 scales");
     j = ok;
+    j[0]["k"][0]["levels"] = "lloyd";
+    refused(j, "unknown levels");
+    j = ok;
+    j[0]["k"][0]["levels"] = 4;
+    refused(j, "non-string levels");
+    j = ok;
+    for (const char* k2 : {"scale", "row_scale", "base", "offset", "shared_code"}) j[0]["k"][1].erase(k2);
+    j[0]["k"][1]["levels"] = "gauss";
+    refused(j, "Gaussian levels with fp16 scales");
+    j = ok;
     j[0]["k"][0].erase("shared_code");
-    EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_shared(j));
+    EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v3(j));
+    j[0]["v"]["levels"] = "gauss";
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(j));
+    const auto g = starkv::bundle::kv_quant_layers_from_json(j, c);
+    EXPECT_TRUE(g[0].v.gauss);
+    EXPECT_FALSE(g[0].k[0].gauss);
+    EXPECT_TRUE(starkv::bundle::kv_quant_layers_to_json(g) == j);
 }
 
 TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
@@ -645,7 +714,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     // to 8 channels would otherwise pay a byte each), so the prefill/decode
     // comparison below reads keys through the value rows' codes.
     EXPECT_GT(n_shared, 0);
-    EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-shared") != d["required_features"].end(),
+    EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v3") != d["required_features"].end(),
               n_shared > 0);
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
