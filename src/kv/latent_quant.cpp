@@ -138,6 +138,7 @@ constexpr int kLog8PerOctave = 8;
 // Codes below the smallest covering one that quantize_latent also tries
 // (clipping the largest values for a finer step when that lowers the error).
 constexpr int kLog8Search = 3;
+constexpr int kLog8LayerSearch = 8;  // (log8_layer_code: one octave below the joint covering code)
 
 const std::array<float, 256>& log8_table() {
     static const std::array<float, 256> t = [] {
@@ -435,16 +436,21 @@ int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n)
     const int up = log8_code_at_least(r);
     int best = up;
     double best_err = -1;
-    const int top = search_top(*qs[0], up), bottom = search_bottom(*qs[0], up);
-    for (int e = top; e >= bottom; --e) {
+    // The largest ratio of several latents overshoots each one's, so the
+    // window reaches further down; each latent's error is weighed by its
+    // static energy (block x sum of base^2), so no latent's scale dominates.
+    for (int e = std::min(255, up + 2); e >= std::max(0, up - kLog8LayerSearch); --e) {
         double err = 0;
         for (int k = 0; k < n; ++k) {
             const LatentQuant& q = *qs[k];
+            double energy = 0;
+            for (float b : q.base) energy += static_cast<double>(b) * b;
+            const double w = 1.0 / std::max(energy * q.block, 1e-30);
             if (y.size() < static_cast<size_t>(q.width)) y.resize(static_cast<size_t>(q.width)), codes.resize(static_cast<size_t>(q.width));
             for (int c = 0; c < q.width; ++c) y[static_cast<size_t>(c)] = zs[k][c] - q.offset[static_cast<size_t>(c)];
             for (int g = 0; g < q.n_groups(); ++g)
-                err += code_group(q, y.data() + g * q.block, q.block, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)],
-                                  codes.data() + g * q.block);
+                err += w * code_group(q, y.data() + g * q.block, q.block, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)],
+                                      codes.data() + g * q.block);
         }
         if (best_err < 0 || err < best_err) best_err = err, best = e;
     }

@@ -73,9 +73,10 @@ void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int cod
 void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z, int code = -1);
 
 // The one log8 code of a token for n row-scale log8 latents coded together
-// (a layer's shared-code keys and its value latent): among the smallest code
-// covering every latent and the few below it, the one with the least squared
-// error summed over the latents.
+// (a layer's shared-code keys and its value latent): among the codes from two
+// above the smallest covering every latent to eight below it, the one with the
+// least squared error summed over the latents, each latent's weighed by
+// 1 / (block x sum of its base^2) (its static energy).
 int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n);
 
 }  // namespace starkv

@@ -447,8 +447,9 @@ TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
 
 // A layer's keys sharing one code with its value latent: no code byte in the
 // key rows, the code is the value row's first byte, and the error of all the
-// latents together stays within the bound of the joint code (the smallest
-// covering every latent, at most 2^(1/8) above the largest ratio).
+// latents together, each weighed by 1 / (block x sum of base^2), stays within
+// the bound of the joint code (the smallest covering every latent, at most
+// 2^(1/8) above the largest ratio).
 TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
     std::mt19937 rng(5);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -496,13 +497,16 @@ TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
             }
             std::vector<float> back(z[k].size());
             starkv::dequantize_latent(qs[k], rows[k].data(), back.data(), rows.back()[0]);  // a reader's view
+            double energy = 0;
+            for (float b : qs[k].base) energy += static_cast<double>(b) * b;
+            const double w = 1.0 / (energy * qs[k].block);
             for (int c = 0; c < qs[k].width; ++c) {
                 const int g = c / qs[k].block;
                 const double half = 0.5 * ((1 << qs[k].group_bits(g)) - 1);
                 const double step = qs[k].base[static_cast<size_t>(g)] * std::max(ratio, std::exp2(-16.0)) * std::exp2(1.0 / 8) / half;
                 const double d = static_cast<double>(z[k][static_cast<size_t>(c)]) - back[static_cast<size_t>(c)];
-                err += d * d;
-                bound += 0.25 * step * step;
+                err += w * d * d;
+                bound += w * 0.25 * step * step;
             }
         }
         ASSERT_LE(err, bound * (1 + 1e-4) + 1e-30) << "trial " << trial;
