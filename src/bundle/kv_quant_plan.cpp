@@ -145,12 +145,13 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
             corrupt(where + ": KV quantization plan needs 'k' (one per KV head) and 'v'");
         for (const json& k : L["k"]) out[l].k.push_back(from_json(k, c.head_dim, where + " keys"));
         out[l].v = from_json(L["v"], c.n_head_kv * c.head_dim, where + " values");
-        // Shared-code keys read their token's code from the value row: it must carry one.
-        const LatentQuant& v = out[l].v;
-        if (v.shared_code) corrupt(where + ": the value latent carries the shared log8 code, it cannot share one");
+        // Shared-code keys read their token's code from key head 0's row: it must carry one.
+        if (out[l].v.shared_code) corrupt(where + ": the value latent cannot share a log8 code");
+        const LatentQuant& k0 = out[l].k[0];
+        if (k0.shared_code) corrupt(where + ": key head 0 carries the shared log8 code, it cannot share one");
         for (const LatentQuant& k : out[l].k)
-            if (k.shared_code && !(v.active() && v.log8() && v.row_scale))
-                corrupt(where + ": shared-code keys need a log8 row-scale value latent");
+            if (k.shared_code && !(k0.active() && k0.log8() && k0.row_scale))
+                corrupt(where + ": shared-code keys need a log8 row-scale plan for key head 0");
     }
     return out;
 }

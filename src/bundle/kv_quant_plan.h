@@ -7,7 +7,7 @@
 // fp32 latent), plus for the log8 scale format (feature kv-quant-v2)
 // {"scale": "log8", "row_scale", "base": [per group], "offset": [per channel]},
 // and (feature kv-quant-v3) "shared_code": true for a key row without a code
-// byte (the layer's value plan is then a log8 row-scale plan) and "levels":
+// byte (its code is key head 0's: that plan is then a log8 row-scale plan) and "levels":
 // "gauss" for Gaussian (Lloyd-Max) levels in groups of 2-4 bits.
 #pragma once
 

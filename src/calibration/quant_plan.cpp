@@ -40,8 +40,8 @@ struct Format {
     bool zero_point;  // fp16 only
     bool row_scale;   // log8 only
     int bits;
-    // log8 row scale coded with the layer's shared per-token code (keys: no
-    // code byte of their own; the value latent carries the code).
+    // log8 row scale coded with the layer's shared per-token code (keys
+    // other than head 0: no code byte of their own; key head 0 carries it).
     bool shared = false;
     bool gauss = false;  // log8, 2-4 bits: Gaussian (Lloyd-Max) levels
 };
@@ -78,6 +78,7 @@ struct Latent {
     int max_width;
     int layer;
     bool key;
+    bool carrier;  // key head 0: its row carries the layer's shared code
     std::vector<Candidate> cands;
 };
 
@@ -121,9 +122,9 @@ struct BlockErrors {
 };
 
 // codes: the layer's shared log8 code per sample token (empty: shared
-// formats are not measured); key: whether shared rows drop their code byte.
+// formats are not measured); drop: whether shared rows drop their code byte.
 BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
-                         const std::vector<Format>& fmts, const std::vector<uint8_t>& codes, bool key) {
+                         const std::vector<Format>& fmts, const std::vector<uint8_t>& codes, bool drop) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
     const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols), U(u.data.data(), u.rows, u.cols);
@@ -144,7 +145,7 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
         if (fmts[f].scale == QuantScale::Log8) {
             q.scale = QuantScale::Log8;
             q.row_scale = fmts[f].row_scale;
-            q.shared_code = fmts[f].shared && key;
+            q.shared_code = fmts[f].shared && drop;
             q.gauss = fmts[f].gauss;
             q.base = out.base;
             q.offset = out.offset;
@@ -196,7 +197,7 @@ std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs) {
     Eigen::Index T = 0;
     for (const RefLatent& r : refs)
         if (r.q.active()) qs.push_back(&r.q), T = r.Z.rows();
-    if (qs.empty() || !refs.back().q.active()) return {};  // (the value latent carries the code)
+    if (qs.size() < 2 || !refs.front().q.active()) return {};  // (key head 0 carries the code)
     std::vector<uint8_t> out(static_cast<size_t>(T));
     std::vector<const float*> zs;
     for (Eigen::Index t = 0; t < T; ++t) {
@@ -220,7 +221,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const st
     const int uniform = static_cast<int>(std::lround(opt.avg_bits));
     for (int b : blocks) {
         const int width = ((r + b - 1) / b) * b;
-        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts, codes, L.key);
+        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts, codes, !L.carrier);
         const int G = width / b;
         // Leading split_groups groups in format hi, the rest in lo (same family).
         auto push = [&](int split_groups, size_t hi, size_t lo) {
@@ -231,7 +232,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const st
                 c.q.zero_point = false;
                 c.q.scale = QuantScale::Log8;
                 c.q.row_scale = fmts[lo].row_scale;
-                c.q.shared_code = fmts[lo].shared && L.key;
+                c.q.shared_code = fmts[lo].shared && !L.carrier;
                 c.q.gauss = fmts[lo].gauss || fmts[hi].gauss;
                 c.layer_code = fmts[lo].shared;
                 c.q.base = E.base;
@@ -310,8 +311,8 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         if (!F.active()) continue;
         F.k_q.assign(F.k_a.size(), LatentQuant{});
         F.v_q = LatentQuant{};
-        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, true, {}});
-        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, false, {}});
+        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, true, h == 0, {}});
+        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, false, false, {}});
     }
     double budget = 0;
     // Latents of one layer are consecutive (keys, then the value).
@@ -320,15 +321,15 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         while (i1 < lats.size() && lats[i1].layer == lats[i0].layer) ++i1;
         const std::vector<float>& x = xs[static_cast<size_t>(lats[i0].layer)];
         const Eigen::Map<const RowMatrixF> X(x.data(), static_cast<Eigen::Index>(x.size() / E), E);
-        // Reference per-token codes of the layer, shared by its keys and value.
+        // Reference per-token codes of the layer's keys (head 0 carries them).
         std::vector<uint8_t> codes;
-        {
+        if (i1 - i0 > 2) {
             std::vector<RefLatent> refs;
-            for (size_t i = i0; i < i1; ++i) refs.push_back(reference_latent(lats[i], X, opt));
+            for (size_t i = i0; i + 1 < i1; ++i) refs.push_back(reference_latent(lats[i], X, opt));
             codes = layer_codes(refs);
         }
         for (size_t i = i0; i < i1; ++i) {
-            add_candidates(lats[i], X, opt, codes);
+            add_candidates(lats[i], X, opt, lats[i].key ? codes : std::vector<uint8_t>{});
             if (!lats[i].cands.empty()) budget += opt.avg_bits * lats[i].a->rows;
         }
         i0 = i1;
@@ -337,13 +338,14 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     // 3. Least total error within the budget: each latent takes its candidate
     // minimising error + lambda * bits; lambda is the smallest that fits.
     // Per layer, two modes: no shared code (every latent's own candidates), or
-    // the layer's code shared (the value codes with it; keys may drop their
-    // code byte); the layer takes the mode of least error + lambda * bits.
+    // the layer's code shared (key head 0 codes with it and carries it, the
+    // other keys may drop their code byte); the layer takes the mode of least
+    // error + lambda * bits.
     auto best_of = [](const Latent& L, double lambda, bool shared_mode) {
         const Candidate* best = nullptr;
         for (const Candidate& cd : L.cands) {
             if (cd.layer_code && !shared_mode) continue;
-            if (shared_mode && !L.key && !cd.layer_code) continue;
+            if (shared_mode && L.carrier && !cd.layer_code) continue;
             if (!best || cd.error + lambda * cd.bits < best->error + lambda * best->bits) best = &cd;
         }
         return best;
@@ -362,7 +364,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
                     pick[m].push_back(b);
                     if (b) cost[m] += b->error + lambda * b->bits;
                 }
-            if (lats[i1 - 1].cands.empty()) cost[1] = std::numeric_limits<double>::infinity();  // no value row to carry it
+            if (lats[i0].cands.empty()) cost[1] = std::numeric_limits<double>::infinity();  // no key head 0 row to carry it
             const int m = cost[1] < cost[0] ? 1 : 0;
             for (size_t i = i0; i < i1; ++i)
                 if (const Candidate* b = pick[m][i - i0]) {

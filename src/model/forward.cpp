@@ -110,7 +110,7 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
     size_t max_r = rv;
     for (const Matrix& a : F.k_a) max_r = std::max(max_r, static_cast<size_t>(a.rows));
     // All latents of the micro-batch first (head h's at lat_off[h], the value's
-    // last), so a token's shared log8 code is chosen over all of them.
+    // last), so a token's shared log8 code is chosen over the keys sharing it.
     std::vector<size_t> lat_off(static_cast<size_t>(n_kv) + 2, 0);
     for (int h = 0; h <= n_kv; ++h)
         lat_off[static_cast<size_t>(h) + 1] = lat_off[static_cast<size_t>(h)] +
@@ -119,29 +119,30 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
     for (int h = 0; h < n_kv; ++h) cpu::matmul(F.k_a[static_cast<size_t>(h)], s.xn.data(), n, &s.lat[lat_off[static_cast<size_t>(h)]], pool);
     const size_t v_off = lat_off[static_cast<size_t>(n_kv)];
     cpu::matmul(F.v_a, s.xn.data(), n, &s.lat[v_off], pool);
-    std::vector<const LatentQuant*> sq_q;  // shared-code keys, then the value latent
-    std::vector<int> sq_h;
-    for (int h = 0; h < n_kv; ++h)
-        if (const LatentQuant* kq = fmt.k_quant(l, h); kq && kq->shared_code) sq_q.push_back(kq), sq_h.push_back(h);
-    const bool shared = !sq_q.empty();
-    if (shared) sq_q.push_back(vq);
+    // Key head 0 (the carrier of the code), then the keys sharing it.
+    std::vector<int> sq_h{0};
+    for (int h = 1; h < n_kv; ++h)
+        if (const LatentQuant* kq = fmt.k_quant(l, h); kq && kq->shared_code) sq_h.push_back(h);
+    const bool shared = sq_h.size() > 1;
+    std::vector<const LatentQuant*> sq_q;
+    for (int h : sq_h) sq_q.push_back(fmt.k_quant(l, h));
     std::vector<const float*> sq_z(sq_q.size());
     for (int t = 0; t < n; ++t) {
         int code = -1;
         if (shared) {
-            for (size_t i = 0; i + 1 < sq_q.size(); ++i)
+            for (size_t i = 0; i < sq_q.size(); ++i)
                 sq_z[i] = &s.lat[lat_off[static_cast<size_t>(sq_h[i])] + static_cast<size_t>(t) * static_cast<size_t>(sq_q[i]->width)];
-            sq_z.back() = &s.lat[v_off + static_cast<size_t>(t) * rv];
             code = log8_layer_code(sq_q.data(), sq_z.data(), static_cast<int>(sq_q.size()));
         }
         for (int h = 0; h < n_kv; ++h) {
             const size_t r = static_cast<size_t>(F.k_a[static_cast<size_t>(h)].rows);
             const LatentQuant* kq = fmt.k_quant(l, h);
             store_latent(kq, &s.lat[lat_off[static_cast<size_t>(h)] + static_cast<size_t>(t) * r], r,
-                         kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]), kq && kq->shared_code ? code : -1);
+                         kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]), h == 0 || (kq && kq->shared_code) ? code : -1);
         }
-        store_latent(vq, &s.lat[v_off + static_cast<size_t>(t) * rv], rv, kv.row(rows.seq[t], v_stream, rows.pos[t]), code);
+        store_latent(vq, &s.lat[v_off + static_cast<size_t>(t) * rv], rv, kv.row(rows.seq[t], v_stream, rows.pos[t]));
     }
+    const size_t k0_stream = kv.stream(l, 0, KvKind::K);  // (shared codes: the first byte of key head 0's row)
 
     // Keys rebuilt once per layer: only for a pass over one sequence (a prompt);
     // a batch of several sequences' decode steps rebuilds them tile by tile.
@@ -174,7 +175,7 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
                 reconstruct_key(model, s, &s.u_t[ut_off[static_cast<size_t>(h)]], F.k_u[static_cast<size_t>(h)].cols,
                                 c.head_dim, kv.row(rows.seq[0], kv.stream(l, h, KvKind::K), p), kq, p,
                                 zbufs + chunk * max_r, &s.keys[i * hd],
-                                kq && kq->shared_code ? *kv.row(rows.seq[0], v_stream, p) : -1);
+                                kq && kq->shared_code ? *kv.row(rows.seq[0], k0_stream, p) : -1);
             }
         });
     }
@@ -213,7 +214,7 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
                     for (size_t jj = 0; jj < jn; ++jj)
                         reconstruct_key(model, s, ut, r, c.head_dim, kv.row(sq, k_stream, static_cast<int>(j0 + jj)), kq,
                                         static_cast<int>(j0 + jj), zbuf, tile + jj * hd,
-                                        kq && kq->shared_code ? *kv.row(sq, v_stream, static_cast<int>(j0 + jj)) : -1);
+                                        kq && kq->shared_code ? *kv.row(sq, k0_stream, static_cast<int>(j0 + jj)) : -1);
                 for (int g = 0; g < group; ++g) {
                     float* sc = scores + static_cast<size_t>(g) * kKeyTile;
                     float m = mx[g];

@@ -445,8 +445,8 @@ TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
     EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v2(fp16));
 }
 
-// A layer's keys sharing one code with its value latent: no code byte in the
-// key rows, the code is the value row's first byte, and the error of all the
+// Keys sharing one code with a carrier (key head 0 in a layer): no code byte
+// in their rows, the code is the carrier row's first byte, and the error of all the
 // latents together, each weighed by 1 / (block x sum of base^2), stays within
 // the bound of the joint code (the smallest covering every latent, at most
 // 2^(1/8) above the largest ratio).
@@ -463,7 +463,7 @@ TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
             for (float& b : base) b = std::exp2(octave(rng));
             for (float& o : offset) o = nd(rng);
             qs.push_back(log8_plan(width, block, trial % 4 < 2 ? block : 0, 8, bits, true, base, offset));
-            qs.back().shared_code = k < n_keys;  // the last one (the value) carries the code
+            qs.back().shared_code = k < n_keys;  // the last one carries the code
             ASSERT_NO_THROW(qs.back().validate(width, "test"));
             ASSERT_EQ(qs.back().row_bytes(), bytes_from_plan(qs.back()));
         }
@@ -489,7 +489,7 @@ TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
         std::vector<std::vector<uint8_t>> rows(qs.size());
         rows.back().resize(qs.back().row_bytes());
         starkv::quantize_latent(qs.back(), z.back().data(), rows.back().data(), code);
-        EXPECT_EQ(rows.back()[0], code);  // the value row carries the code
+        EXPECT_EQ(rows.back()[0], code);  // the carrier's row holds the code
         for (size_t k = 0; k < qs.size(); ++k) {
             if (k + 1 < qs.size()) {
                 rows[k].resize(qs[k].row_bytes());
@@ -582,18 +582,18 @@ TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
     std::vector<starkv::LatentQuantLayer> plan(1);
     for (int h = 0; h < 2; ++h) {
         plan[0].k.push_back(log8_plan(16, 8, 8, 4, 3, true, {0.5f, 0.25f}, std::vector<float>(16, 0.125f)));
-        plan[0].k.back().shared_code = h == 0;  // head 1 keeps its own code
+        plan[0].k.back().shared_code = h == 1;  // head 0 carries the code
     }
-    plan[0].v = log8_plan(48, 16, 16, 5, 4, true, {2.0f, 1.0f, 0.5f}, std::vector<float>(48, -0.5f));
+    plan[0].v = log8_plan(48, 16, 16, 5, 4, false, {2.0f, 1.0f, 0.5f}, std::vector<float>(48, -0.5f));
     const nlohmann::json ok = starkv::bundle::kv_quant_layers_to_json(plan);
     EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v2(ok));
     EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(ok));
     const auto back = starkv::bundle::kv_quant_layers_from_json(nlohmann::json::parse(ok.dump()), c);
-    EXPECT_TRUE(back[0].k[0].shared_code);
-    EXPECT_FALSE(back[0].k[1].shared_code);
-    EXPECT_EQ(back[0].k[0].row_bytes(), 8u * 4 / 8 + 8u * 3 / 8);  // codes only
-    EXPECT_EQ(back[0].k[1].row_bytes(), 1u + 8 * 4 / 8 + 8 * 3 / 8);
-    EXPECT_EQ(back[0].v.row_bytes(), 1u + 16 * 5 / 8 + 32 * 4 / 8);
+    EXPECT_FALSE(back[0].k[0].shared_code);
+    EXPECT_TRUE(back[0].k[1].shared_code);
+    EXPECT_EQ(back[0].k[1].row_bytes(), 8u * 4 / 8 + 8u * 3 / 8);  // codes only
+    EXPECT_EQ(back[0].k[0].row_bytes(), 1u + 8 * 4 / 8 + 8 * 3 / 8);
+    EXPECT_EQ(back[0].v.row_bytes(), 3u + 16 * 5 / 8 + 32 * 4 / 8);
     auto refused = [&](nlohmann::json j, const std::string& what) {
         try {
             starkv::bundle::kv_quant_layers_from_json(j, c);
@@ -603,22 +603,26 @@ TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
         }
     };
     nlohmann::json j = ok;
-    j[0]["k"][0]["shared_code"] = 1;
+    j[0]["k"][1]["shared_code"] = 1;
     refused(j, "non-boolean shared_code");
     j = ok;
-    j[0]["k"][0]["row_scale"] = false;
+    j[0]["k"][1]["row_scale"] = false;
     refused(j, "shared code on a per-group plan");
     j = ok;
-    j[0]["v"]["row_scale"] = false;
-    refused(j, "value row without a code to share");
+    j[0]["k"][0]["row_scale"] = false;
+    refused(j, "key head 0 without a code to share");
     j = ok;
-    j[0]["v"] = {{"width", 0}};
-    refused(j, "fp32 value latent");
+    j[0]["k"][0] = {{"width", 0}};
+    refused(j, "fp32 key head 0");
     j = ok;
+    j[0]["k"][0]["shared_code"] = true;
+    refused(j, "key head 0 sharing the code it carries");
+    j = ok;
+    j[0]["v"]["row_scale"] = true;
     j[0]["v"]["shared_code"] = true;
-    refused(j, "value sharing the code it carries");
+    refused(j, "value latent sharing a code");
     j = ok;
-    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][0].erase(k2);
+    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][1].erase(k2);
     refused(j, "shared code with fp16 scales");
     j = ok;
     j[0]["k"][0]["levels"] = "lloyd";
@@ -627,17 +631,18 @@ TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
     j[0]["k"][0]["levels"] = 4;
     refused(j, "non-string levels");
     j = ok;
-    for (const char* k2 : {"scale", "row_scale", "base", "offset", "shared_code"}) j[0]["k"][1].erase(k2);
-    j[0]["k"][1]["levels"] = "gauss";
+    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][0].erase(k2);
+    j[0]["k"][1].erase("shared_code");
+    j[0]["k"][0]["levels"] = "gauss";
     refused(j, "Gaussian levels with fp16 scales");
     j = ok;
-    j[0]["k"][0].erase("shared_code");
+    j[0]["k"][1].erase("shared_code");
     EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v3(j));
     j[0]["v"]["levels"] = "gauss";
     EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(j));
     const auto g = starkv::bundle::kv_quant_layers_from_json(j, c);
     EXPECT_TRUE(g[0].v.gauss);
-    EXPECT_FALSE(g[0].k[0].gauss);
+    EXPECT_FALSE(g[0].k[1].gauss);
     EXPECT_TRUE(starkv::bundle::kv_quant_layers_to_json(g) == j);
 }
 
@@ -714,9 +719,9 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     EXPECT_GT(n_log8, 0);
     EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v2") != d["required_features"].end(),
               n_log8 > 0);
-    // ... and its layers' keys share the value row's code (rank-2 keys padded
+    // ... and its layers' keys share key head 0's code (rank-2 keys padded
     // to 8 channels would otherwise pay a byte each), so the prefill/decode
-    // comparison below reads keys through the value rows' codes.
+    // comparison below reads keys through key head 0's codes.
     EXPECT_GT(n_shared, 0);
     EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v3") != d["required_features"].end(),
               n_shared > 0);
