@@ -121,10 +121,18 @@ struct BlockErrors {
     std::vector<std::vector<double>> err;
 };
 
-// codes: the layer's shared log8 code per sample token (empty: shared
-// formats are not measured); drop: whether shared rows drop their code byte.
+// The reference shared log8 code of a layer per sample token, as its keys
+// would choose it with uniform and with Gaussian levels (empty: the layer
+// shares no code).
+struct LayerCodes {
+    std::vector<uint8_t> uniform, gauss;
+    bool empty() const { return uniform.empty(); }
+};
+
+// codes: the layer's reference codes (empty: shared formats are not
+// measured); drop: whether shared rows drop their code byte.
 BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
-                         const std::vector<Format>& fmts, const std::vector<uint8_t>& codes, bool drop) {
+                         const std::vector<Format>& fmts, const LayerCodes& codes, bool drop) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
     const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols), U(u.data.data(), u.rows, u.cols);
@@ -153,7 +161,7 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
         std::vector<uint8_t> row(q.row_bytes());
         for (Eigen::Index t = 0; t < Z.rows(); ++t) {
             const float* z = Z.row(t).data();
-            const int code = fmts[f].shared ? codes[static_cast<size_t>(t)] : -1;
+            const int code = fmts[f].shared ? (fmts[f].gauss ? codes.gauss : codes.uniform)[static_cast<size_t>(t)] : -1;
             quantize_latent(q, z, row.data(), code);
             dequantize_latent(q, row.data(), back.data(), code);
             for (int c = 0; c < width; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
@@ -192,11 +200,13 @@ RefLatent reference_latent(const Latent& L, const RowMatrixF& X, const Options& 
 }
 
 // The shared code of every sample token of a layer whose latents are refs.
-std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs) {
+std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs, bool gauss) {
+    std::vector<LatentQuant> plans;
+    for (const RefLatent& r : refs) plans.push_back(r.q), plans.back().gauss = gauss;
     std::vector<const LatentQuant*> qs;
     Eigen::Index T = 0;
-    for (const RefLatent& r : refs)
-        if (r.q.active()) qs.push_back(&r.q), T = r.Z.rows();
+    for (size_t i = 0; i < refs.size(); ++i)
+        if (refs[i].q.active()) qs.push_back(&plans[i]), T = refs[i].Z.rows();
     if (qs.size() < 2 || !refs.front().q.active()) return {};  // (key head 0 carries the code)
     std::vector<uint8_t> out(static_cast<size_t>(T));
     std::vector<const float*> zs;
@@ -209,7 +219,7 @@ std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs) {
     return out;
 }
 
-void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const std::vector<uint8_t>& codes) {
+void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const LayerCodes& codes) {
     const int r = L.a->rows;
     std::vector<int> blocks;
     if (opt.block > 0) {
@@ -322,14 +332,15 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         const std::vector<float>& x = xs[static_cast<size_t>(lats[i0].layer)];
         const Eigen::Map<const RowMatrixF> X(x.data(), static_cast<Eigen::Index>(x.size() / E), E);
         // Reference per-token codes of the layer's keys (head 0 carries them).
-        std::vector<uint8_t> codes;
-        if (i1 - i0 > 2) {
+        LayerCodes codes;
+        if (opt.shared_code && i1 - i0 > 2) {
             std::vector<RefLatent> refs;
             for (size_t i = i0; i + 1 < i1; ++i) refs.push_back(reference_latent(lats[i], X, opt));
-            codes = layer_codes(refs);
+            codes.uniform = layer_codes(refs, false);
+            if (!codes.uniform.empty()) codes.gauss = layer_codes(refs, true);
         }
         for (size_t i = i0; i < i1; ++i) {
-            add_candidates(lats[i], X, opt, lats[i].key ? codes : std::vector<uint8_t>{});
+            add_candidates(lats[i], X, opt, lats[i].key ? codes : LayerCodes{});
             if (!lats[i].cands.empty()) budget += opt.avg_bits * lats[i].a->rows;
         }
         i0 = i1;

@@ -674,6 +674,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     o.quant.avg_bits = 4;
     o.quant.sample_tokens = 256;
     o.quant.plain_bits = 8;  // layer 0 (kept plain) at 8 bits
+    o.quant.shared_code = true;
     po.kv = o;
     po.calib_path = calib;
     starkv::pack_bundle(starkv_test::stories_model(), out, po);
