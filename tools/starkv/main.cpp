@@ -163,9 +163,12 @@ int cmd_run(const RunArgs& a) {
     // The reference of the papers: every layer's K and V in fp16 (the plain
     // cache here holds fp32, half of bytes_per_token_uncompressed would be fp16).
     const double fp16 = static_cast<double>(kv.bytes_per_token_uncompressed) / 2.0;
-    std::fprintf(stderr, "kv bytes per token (codes, scales, padding): %llu; fp16 uncompressed %.0f; reduction %.2fx\n",
-                 static_cast<unsigned long long>(kv.bytes_per_token), fp16,
-                 kv.bytes_per_token ? fp16 / static_cast<double>(kv.bytes_per_token) : 0.0);
+    // Below 1x the cache keeps fp32 rows (fp32 latents compete with fp16 K/V):
+    // say so, rather than let a compressed bundle look larger.
+    const double vs_fp16 = kv.bytes_per_token ? fp16 / static_cast<double>(kv.bytes_per_token) : 0.0;
+    std::fprintf(stderr, "kv bytes per token (codes, scales, padding): %llu; fp16 uncompressed %.0f; reduction %.2fx%s\n",
+                 static_cast<unsigned long long>(kv.bytes_per_token), fp16, vs_fp16,
+                 vs_fp16 > 0 && vs_fp16 < 1 ? " (this cache holds fp32 rows; pack --kv-bits quantizes the latents)" : "");
     if (kv.device_bytes) std::fprintf(stderr, "device memory: %llu bytes\n", static_cast<unsigned long long>(kv.device_bytes));
     return 0;
 }
