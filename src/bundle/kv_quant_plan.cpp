@@ -14,8 +14,6 @@ json to_json(const LatentQuant& q) {
     if (q.log8()) {
         j["scale"] = "log8";
         j["row_scale"] = q.row_scale;
-        if (q.shared_code) j["shared_code"] = true;  // (both absent in kv-quant-v2 bundles)
-        if (q.gauss) j["levels"] = "gauss";
         j["base"] = q.base;
         j["offset"] = q.offset;
     }
@@ -64,15 +62,6 @@ LatentQuant from_json(const json& j, int max_width, const std::string& where) {
         q.base = floats(j, "base", where);
         q.offset = floats(j, "offset", where);
     }
-    if (auto sh = j.find("shared_code"); sh != j.end()) {  // (validate refuses it without log8 row scales)
-        if (!sh->is_boolean()) corrupt(where + ": KV quantization plan 'shared_code' is not a boolean");
-        q.shared_code = sh->get<bool>();
-    }
-    if (auto lv = j.find("levels"); lv != j.end()) {  // (validate refuses it without log8 scales)
-        if (!lv->is_string() || (lv->get<std::string>() != "gauss" && lv->get<std::string>() != "uniform"))
-            corrupt(where + ": KV quantization plan 'levels' is not \"gauss\" or \"uniform\"");
-        q.gauss = lv->get<std::string>() == "gauss";
-    }
     q.validate(max_width, where);
     return q;
 }
@@ -89,20 +78,6 @@ bool kv_quant_layers_need_v2(const json& layers) {
         if (L.contains("k") && L["k"].is_array())
             for (const json& q : L["k"])
                 if (is_v2(q)) return true;
-    }
-    return false;
-}
-
-bool kv_quant_layers_need_v3(const json& layers) {
-    auto is_v3 = [](const json& q) { return q.is_object() && (q.contains("shared_code") || q.contains("levels")); };
-    if (!layers.is_array()) return false;
-    for (const json& L : layers) {
-        if (!L.is_object()) continue;
-        for (const char* k : {"v", "plain"})
-            if (L.contains(k) && is_v3(L[k])) return true;
-        if (L.contains("k") && L["k"].is_array())
-            for (const json& q : L["k"])
-                if (is_v3(q)) return true;
     }
     return false;
 }
@@ -135,7 +110,6 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
         const std::string where = "bundle: layer " + std::to_string(l);
         if (L.is_object() && L.contains("plain")) {
             out[l].plain = from_json(L["plain"], c.head_dim, where + " plain K/V");
-            if (out[l].plain.shared_code) corrupt(where + ": plain K/V rows cannot share a log8 code");
             if (out[l].plain.active() && out[l].plain.width != c.head_dim)
                 corrupt(where + ": plain K/V quantization width must be head_dim " + std::to_string(c.head_dim));
             continue;
@@ -145,13 +119,6 @@ std::vector<LatentQuantLayer> kv_quant_layers_from_json(const json& layers, cons
             corrupt(where + ": KV quantization plan needs 'k' (one per KV head) and 'v'");
         for (const json& k : L["k"]) out[l].k.push_back(from_json(k, c.head_dim, where + " keys"));
         out[l].v = from_json(L["v"], c.n_head_kv * c.head_dim, where + " values");
-        // Shared-code keys read their token's code from key head 0's row: it must carry one.
-        if (out[l].v.shared_code) corrupt(where + ": the value latent cannot share a log8 code");
-        const LatentQuant& k0 = out[l].k[0];
-        if (k0.shared_code) corrupt(where + ": key head 0 carries the shared log8 code, it cannot share one");
-        for (const LatentQuant& k : out[l].k)
-            if (k.shared_code && !(k0.active() && k0.log8() && k0.row_scale))
-                corrupt(where + ": shared-code keys need a log8 row-scale plan for key head 0");
     }
     return out;
 }

@@ -5,10 +5,7 @@
 // for a plain layer whose K/V rows are quantized, a plan being
 // {"width", "block", "split", "hi_bits", "lo_bits", "zero_point"} (width 0 =
 // fp32 latent), plus for the log8 scale format (feature kv-quant-v2)
-// {"scale": "log8", "row_scale", "base": [per group], "offset": [per channel]},
-// and (feature kv-quant-v3) "shared_code": true for a key row without a code
-// byte (its code is key head 0's: that plan is then a log8 row-scale plan) and "levels":
-// "gauss" for Gaussian (Lloyd-Max) levels in groups of 2-4 bits.
+// {"scale": "log8", "row_scale", "base": [per group], "offset": [per channel]}.
 #pragma once
 
 #include <vector>
@@ -25,9 +22,6 @@ nlohmann::json kv_quant_layers_to_json(const std::vector<LatentQuantLayer>& plan
 // the fp16 default (the writer then requires feature kv-quant-v2, which
 // older readers refuse).
 bool kv_quant_layers_need_v2(const nlohmann::json& layers);
-// Whether any plan shares its layer's log8 code or has "levels" (feature
-// kv-quant-v3: rows older readers would misread, so they must refuse it).
-bool kv_quant_layers_need_v3(const nlohmann::json& layers);
 // Validates shape and values (bits, block, split, width <= head_dim for keys,
 // <= n_head_kv * head_dim for values); Error(STARKV_ERR_CORRUPT) with a
 // one-line message on garbage.

@@ -29,7 +29,7 @@ struct Layout {
 
 // Optional-feature evolution: a key this reader does not know is ignored, a
 // feature listed in required_features that it does not know is refused.
-bool feature_known(const std::string& f) { return f == "kv-lowrank" || f == "kv-quant" || f == "kv-quant-v2" || f == "kv-quant-v3"; }
+bool feature_known(const std::string& f) { return f == "kv-lowrank" || f == "kv-quant" || f == "kv-quant-v2"; }
 
 void check_metadata(const json& md) {
     if (!md.is_object()) corrupt("bundle: metadata is not a JSON object");

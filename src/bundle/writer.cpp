@@ -204,8 +204,6 @@ PackStats write_bundle(const ModelSource& src, const std::vector<SourceTensor>& 
         md["required_features"].push_back("kv-quant");
         if (const json& q = kv_meta["kv_quant"]; q.is_object() && q.contains("layers") && b::kv_quant_layers_need_v2(q["layers"]))
             md["required_features"].push_back("kv-quant-v2");
-        if (const json& q = kv_meta["kv_quant"]; q.is_object() && q.contains("layers") && b::kv_quant_layers_need_v3(q["layers"]))
-            md["required_features"].push_back("kv-quant-v3");
     }
     md["model"] = b::config_to_json(src.config);
     md["tokenizer"] = b::vocab_to_json(src.vocab);

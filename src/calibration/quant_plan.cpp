@@ -41,10 +41,6 @@ struct Format {
     bool zero_point;  // fp16 only
     bool row_scale;   // log8 only
     int bits;
-    // log8 row scale coded with the layer's shared per-token code (keys
-    // other than head 0: no code byte of their own; key head 0 carries it).
-    bool shared = false;
-    bool gauss = false;  // log8, 2-4 bits: Gaussian (Lloyd-Max) levels
 };
 
 std::vector<Format> formats() {
@@ -53,16 +49,11 @@ std::vector<Format> formats() {
         for (int b : {4, 3, 2}) f.push_back({QuantScale::Fp16, zp, false, b});
     for (bool row : {false, true})
         for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, row, b});
-    for (int b : {8, 6, 5, 4, 3, 2}) f.push_back({QuantScale::Log8, false, true, b, true});
-    for (int fam = 0; fam < 3; ++fam)
-        for (int b : {4, 3, 2}) f.push_back({QuantScale::Log8, false, fam > 0, b, fam == 2, true});
     return f;
 }
 
 bool same_family(const Format& a, const Format& b) {
-    // (Gaussian levels apply to groups of 2-4 bits only, so a wider group pairs with either.)
-    if (a.gauss != b.gauss && (a.gauss ? b.bits : a.bits) < 5) return false;
-    return a.scale == b.scale && a.row_scale == b.row_scale && a.shared == b.shared && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
+    return a.scale == b.scale && a.row_scale == b.row_scale && (a.scale == QuantScale::Log8 || a.zero_point == b.zero_point || a.bits == 8 || b.bits == 8);
 }
 
 int bits_index(int b) {
@@ -78,8 +69,6 @@ struct Latent {
     LatentQuant* q;
     int max_width;
     int layer;
-    bool key;
-    bool carrier;  // key head 0: its row carries the layer's shared code
     std::vector<Candidate> cands;
     double weight = 1;  // output cost per unit of relative error (1 = squared error alone)
 };
@@ -123,18 +112,8 @@ struct BlockErrors {
     std::vector<std::vector<double>> err;
 };
 
-// The reference shared log8 code of a layer per sample token, as its keys
-// would choose it with uniform and with Gaussian levels (empty: the layer
-// shares no code).
-struct LayerCodes {
-    std::vector<uint8_t> uniform, gauss;
-    bool empty() const { return uniform.empty(); }
-};
-
-// codes: the layer's reference codes (empty: shared formats are not
-// measured); drop: whether shared rows drop their code byte.
 BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0, int width, int block, bool rot,
-                         const std::vector<Format>& fmts, const LayerCodes& codes, bool drop) {
+                         const std::vector<Format>& fmts) {
     Matrix a = a0, u = u0;
     hadamard::fold(a, u, width, block, rot);
     const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols), U(u.data.data(), u.rows, u.cols);
@@ -150,22 +129,18 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
     RowMatrixF D(Z.rows(), width);
     std::vector<float> back(static_cast<size_t>(width));
     for (size_t f = 0; f < fmts.size(); ++f) {
-        if (fmts[f].shared && codes.empty()) continue;
         LatentQuant q{width, block, 0, fmts[f].bits, fmts[f].bits, fmts[f].zero_point};
         if (fmts[f].scale == QuantScale::Log8) {
             q.scale = QuantScale::Log8;
             q.row_scale = fmts[f].row_scale;
-            q.shared_code = fmts[f].shared && drop;
-            q.gauss = fmts[f].gauss;
             q.base = out.base;
             q.offset = out.offset;
         }
         std::vector<uint8_t> row(q.row_bytes());
         for (Eigen::Index t = 0; t < Z.rows(); ++t) {
             const float* z = Z.row(t).data();
-            const int code = fmts[f].shared ? (fmts[f].gauss ? codes.gauss : codes.uniform)[static_cast<size_t>(t)] : -1;
-            quantize_latent(q, z, row.data(), code);
-            dequantize_latent(q, row.data(), back.data(), code);
+            quantize_latent(q, z, row.data());
+            dequantize_latent(q, row.data(), back.data());
             for (int c = 0; c < width; ++c) D(t, c) = z[c] - back[static_cast<size_t>(c)];
         }
         for (int g = 0; g < G; ++g) {
@@ -177,51 +152,7 @@ BlockErrors group_errors(const RowMatrixF& X, const Matrix& a0, const Matrix& u0
     return out;
 }
 
-// The rotated calibration latents of L at its largest block, as a 4-bit
-// log8 row-scale plan (for the layer's reference shared codes).
-struct RefLatent {
-    LatentQuant q;
-    RowMatrixF Z;
-};
-
-RefLatent reference_latent(const Latent& L, const RowMatrixF& X, const Options& opt) {
-    const int r = L.a->rows;
-    const int b = block_for(r, L.max_width, opt.block);
-    RefLatent out;
-    if (b == 0) return out;
-    const int width = ((r + b - 1) / b) * b;
-    Matrix a = *L.a, u = *L.u;
-    hadamard::fold(a, u, width, b, opt.hadamard);
-    const Eigen::Map<const RowMatrixF> A(a.data.data(), a.rows, a.cols);
-    out.Z = X * A.transpose();
-    out.q = LatentQuant{width, b, 0, 4, 4, false};
-    out.q.scale = QuantScale::Log8;
-    out.q.row_scale = true;
-    calibrate_log8(out.Z, b, out.q.base, out.q.offset);
-    return out;
-}
-
-// The shared code of every sample token of a layer whose latents are refs.
-std::vector<uint8_t> layer_codes(const std::vector<RefLatent>& refs, bool gauss) {
-    std::vector<LatentQuant> plans;
-    for (const RefLatent& r : refs) plans.push_back(r.q), plans.back().gauss = gauss;
-    std::vector<const LatentQuant*> qs;
-    Eigen::Index T = 0;
-    for (size_t i = 0; i < refs.size(); ++i)
-        if (refs[i].q.active()) qs.push_back(&plans[i]), T = refs[i].Z.rows();
-    if (qs.size() < 2 || !refs.front().q.active()) return {};  // (key head 0 carries the code)
-    std::vector<uint8_t> out(static_cast<size_t>(T));
-    std::vector<const float*> zs;
-    for (Eigen::Index t = 0; t < T; ++t) {
-        zs.clear();
-        for (const RefLatent& r : refs)
-            if (r.q.active()) zs.push_back(r.Z.row(t).data());
-        out[static_cast<size_t>(t)] = static_cast<uint8_t>(log8_layer_code(qs.data(), zs.data(), static_cast<int>(qs.size())));
-    }
-    return out;
-}
-
-void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const LayerCodes& codes) {
+void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt) {
     const int r = L.a->rows;
     std::vector<int> blocks;
     if (opt.block > 0) {
@@ -233,7 +164,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const La
     const int uniform = static_cast<int>(std::lround(opt.avg_bits));
     for (int b : blocks) {
         const int width = ((r + b - 1) / b) * b;
-        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts, codes, !L.carrier);
+        const BlockErrors E = group_errors(X, *L.a, *L.u, width, b, opt.hadamard, fmts);
         const int G = width / b;
         // Leading split_groups groups in format hi, the rest in lo (same family).
         auto push = [&](int split_groups, size_t hi, size_t lo) {
@@ -244,9 +175,6 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const La
                 c.q.zero_point = false;
                 c.q.scale = QuantScale::Log8;
                 c.q.row_scale = fmts[lo].row_scale;
-                c.q.shared_code = fmts[lo].shared && !L.carrier;
-                c.q.gauss = fmts[lo].gauss || fmts[hi].gauss;
-                c.layer_code = fmts[lo].shared;
                 c.q.base = E.base;
                 c.q.offset = E.offset;
             }
@@ -255,8 +183,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const La
             L.cands.push_back(std::move(c));
         };
         for (size_t lo = 0; lo < fmts.size(); ++lo) {
-            if (fmts[lo].shared && codes.empty()) continue;
-            if (fmts[lo].row_scale && !fmts[lo].shared && G == 1) continue;  // the same as one code per group
+            if (fmts[lo].row_scale && G == 1) continue;  // the same as one code per group
             const bool old = fmts[lo].scale == QuantScale::Fp16;
             if (!opt.mixed) {
                 if (fmts[lo].bits == uniform && (!old || bits_index(uniform) >= 0)) push(0, lo, lo);
@@ -275,8 +202,7 @@ void add_candidates(Latent& L, const RowMatrixF& X, const Options& opt, const La
 
 bool same_plan(const LatentQuant& a, const LatentQuant& b) {
     return a.width == b.width && a.block == b.block && a.split == b.split && a.hi_bits == b.hi_bits && a.lo_bits == b.lo_bits &&
-           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale && a.shared_code == b.shared_code &&
-           a.gauss == b.gauss;
+           a.zero_point == b.zero_point && a.scale == b.scale && a.row_scale == b.row_scale;
 }
 
 std::shared_ptr<const Model> borrow(const Model& m) {
@@ -323,87 +249,41 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         if (!F.active()) continue;
         F.k_q.assign(F.k_a.size(), LatentQuant{});
         F.v_q = LatentQuant{};
-        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, true, h == 0, {}});
-        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, false, false, {}});
+        for (size_t h = 0; h < F.k_a.size(); ++h) lats.push_back({&F.k_a[h], &F.k_u[h], &F.k_q[h], c.head_dim, l, {}});
+        lats.push_back({&F.v_a, &F.v_u, &F.v_q, c.n_head_kv * c.head_dim, l, {}});
     }
     double budget = 0;
-    // Latents of one layer are consecutive (keys, then the value).
-    for (size_t i0 = 0; i0 < lats.size();) {
-        size_t i1 = i0;
-        while (i1 < lats.size() && lats[i1].layer == lats[i0].layer) ++i1;
-        const std::vector<float>& x = xs[static_cast<size_t>(lats[i0].layer)];
+    for (Latent& L : lats) {
+        const std::vector<float>& x = xs[static_cast<size_t>(L.layer)];
         const Eigen::Map<const RowMatrixF> X(x.data(), static_cast<Eigen::Index>(x.size() / E), E);
-        // Reference per-token codes of the layer's keys (head 0 carries them).
-        LayerCodes codes;
-        if (opt.shared_code && i1 - i0 > 2) {
-            std::vector<RefLatent> refs;
-            for (size_t i = i0; i + 1 < i1; ++i) refs.push_back(reference_latent(lats[i], X, opt));
-            codes.uniform = layer_codes(refs, false);
-            if (!codes.uniform.empty()) codes.gauss = layer_codes(refs, true);
-        }
-        for (size_t i = i0; i < i1; ++i) {
-            add_candidates(lats[i], X, opt, lats[i].key ? codes : LayerCodes{});
-            if (!lats[i].cands.empty()) budget += opt.avg_bits * lats[i].a->rows;
-        }
-        i0 = i1;
+        add_candidates(L, X, opt);
+        if (!L.cands.empty()) budget += opt.avg_bits * L.a->rows;
     }
 
     // 3. Least total weighted error within the budget: each latent takes its
     // candidate minimising weight x error + lambda x bits; lambda is the
-    // smallest that fits. Per layer, two modes: no shared code (every
-    // latent's own candidates), or the layer's code shared (key head 0 codes
-    // with it and carries it, the other keys may drop their code byte); the
-    // layer takes the mode of least cost. `allow` filters the candidates.
-    auto best_of = [](const Latent& L, double lambda, bool shared_mode, const auto& allow) {
-        const Candidate* best = nullptr;
-        for (const Candidate& cd : L.cands) {
-            if (!allow(cd)) continue;
-            if (cd.layer_code && !shared_mode) continue;
-            if (shared_mode && L.carrier && !cd.layer_code) continue;
-            if (!best || L.weight * cd.error + lambda * cd.bits < L.weight * best->error + lambda * best->bits) best = &cd;
-        }
-        return best;
-    };
-    auto choose = [&](double lambda, const auto& allow) {
+    // smallest that fits.
+    auto choose = [&](double lambda) {
         double bits = 0;
         std::vector<const Candidate*> pick;
-        for (size_t i0 = 0; i0 < lats.size();) {
-            size_t i1 = i0;
-            while (i1 < lats.size() && lats[i1].layer == lats[i0].layer) ++i1;
-            std::vector<const Candidate*> mode[2];
-            double cost[2] = {0, 0};
-            for (int m = 0; m < 2; ++m)
-                for (size_t i = i0; i < i1; ++i) {
-                    const Candidate* b = lats[i].cands.empty() ? nullptr : best_of(lats[i], lambda, m == 1, allow);
-                    if (!lats[i].cands.empty() && !b) cost[m] = std::numeric_limits<double>::infinity();
-                    mode[m].push_back(b);
-                    if (b) cost[m] += lats[i].weight * b->error + lambda * b->bits;
-                }
-            if (lats[i0].cands.empty()) cost[1] = std::numeric_limits<double>::infinity();  // no key head 0 row to carry it
-            const int m = cost[1] < cost[0] ? 1 : 0;
-            for (const Candidate* b : mode[m]) {
-                if (b) bits += b->bits;
-                pick.push_back(b);
-            }
-            i0 = i1;
+        for (Latent& L : lats) {
+            const Candidate* best = nullptr;
+            for (const Candidate& cd : L.cands)
+                if (!best || L.weight * cd.error + lambda * cd.bits < L.weight * best->error + lambda * best->bits) best = &cd;
+            if (best) bits += best->bits;
+            pick.push_back(best);
         }
         return std::make_pair(bits, pick);
     };
-    // Two candidate sets: every format, and uniform levels only. The squared
-    // error does not rank Gaussian against uniform levels reliably (it favours
-    // Gaussian levels at every budget, perplexity only at some: docs/quality.md),
-    // so with probes both plans are made and the output decides.
-    const auto any_format = [](const Candidate&) { return true; };
-    const auto uniform_levels = [](const Candidate& cd) { return !cd.q.gauss; };
-    auto plan_within_budget = [&](const auto& allow) {
+    auto plan_within_budget = [&] {
         double lo = -40, hi = 5;  // log lambda
         for (int it = 0; it < 60; ++it) {
             const double mid = 0.5 * (lo + hi);
-            (choose(std::exp(mid), allow).first <= budget ? hi : lo) = mid;
+            (choose(std::exp(mid)).first <= budget ? hi : lo) = mid;
         }
-        return choose(std::exp(hi), allow).second;
+        return choose(std::exp(hi)).second;
     };
-    std::vector<const Candidate*> pick = plan_within_budget(any_format);
+    std::vector<const Candidate*> pick = plan_within_budget();
 
     // 3b. Sensitivities. Equal relative errors do not cost the output equally
     // (layers and keys vs values differ by orders of magnitude), so each
@@ -413,7 +293,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     // of lesser KL on the probe text (all latents quantized) is kept.
     json sensitivity;
     const bool any = std::any_of(pick.begin(), pick.end(), [](const Candidate* c) { return c != nullptr; });
-    if (opt.probe_tokens > 0 && any && !opt.shared_code) {
+    if (opt.probe_tokens > 0 && any) {
         size_t next = 0, got = 0;
         const auto probe_text = probe::take(calib, &next, opt.probe_tokens);
         for (const auto& s : probe_text) got += s.size();
@@ -443,11 +323,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         const double kl_plain = kl_with(pick, base);
         double best_kl = kl_plain;
         int best_round = -1;
-        std::string kept = "squared_error";
-        const std::vector<const Candidate*> plain_uniform = plan_within_budget(uniform_levels);
-        const double kl_plain_uniform = kl_with(plain_uniform, base);
-        if (kl_plain_uniform < best_kl) best_kl = kl_plain_uniform, pick = plain_uniform, kept = "squared_error_uniform_levels";
-        std::vector<double> kl_one(lats.size(), 0.0), round_kl, round_kl_uniform;
+        std::vector<double> kl_one(lats.size(), 0.0), round_kl;
         for (int round = 0; round < std::max(opt.probe_rounds, 1); ++round) {
             for (size_t i = 0; i < lats.size(); ++i) {
                 if (!at[i]) continue;
@@ -466,20 +342,14 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
             size_t k = 0;
             for (size_t i = 0; i < lats.size(); ++i)
                 if (at[i]) lats[i].weight = std::max(weights[k++], floor);
-            const std::vector<const Candidate*> uni = plan_within_budget(uniform_levels);
-            round_kl_uniform.push_back(kl_with(uni, base));
-            if (round_kl_uniform.back() <= best_kl)
-                best_kl = round_kl_uniform.back(), best_round = round, pick = uni, kept = "weighted_uniform_levels";
-            at = plan_within_budget(any_format);
+            at = plan_within_budget();
             round_kl.push_back(kl_with(at, base));
-            if (round_kl.back() <= best_kl) best_kl = round_kl.back(), best_round = round, pick = at, kept = "weighted";
+            if (round_kl.back() <= best_kl) best_kl = round_kl.back(), best_round = round, pick = at;
         }
         sensitivity = {{"probe_tokens", static_cast<int64_t>(got)},
                        {"probe_kl_squared_error_plan", kl_plain},
-                       {"probe_kl_squared_error_plan_uniform_levels", kl_plain_uniform},
                        {"probe_kl_weighted_plan", round_kl},
-                       {"probe_kl_weighted_plan_uniform_levels", round_kl_uniform},
-                       {"kept", kept},
+                       {"kept", best_round < 0 ? "squared_error" : "weighted"},
                        {"kept_round", best_round},
                        {"probe_kl_per_latent", kl_one}};
     }
@@ -497,9 +367,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
                 err_total += cd.error, all_bits += cd.bits;
                 break;
             }
-        ++n_format[L.q->log8() ? std::string(L.q->shared_code ? "log8_shared" : L.q->row_scale ? "log8_row" : "log8_group") +
-                                     (L.q->gauss ? "_gauss" : "")
-                               : std::string("fp16")];
+        ++n_format[L.q->log8() ? (L.q->row_scale ? "log8_row" : "log8_group") : "fp16"];
         code_bits += L.q->code_bits() * L.q->width;
         channels += L.a->rows;
         hadamard::fold(*L.a, *L.u, L.q->width, L.q->block, opt.hadamard);

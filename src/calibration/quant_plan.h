@@ -31,13 +31,6 @@ struct Options {
     // plan (the KL is not linear in the error) and plans again; the plan of
     // least probe KL over all rounds (and the squared-error plan) is kept.
     int probe_rounds = 1;
-    // Also weigh keys sharing key head 0's log8 code (no code byte of their
-    // own). Off by default: on SmolLM2 at 16x the planner took it for 30 of 90
-    // keys at a 1.9% lower estimated error, but perplexity rose 0.5%
-    // (docs/quality.md); the row format stays readable. With it on, the
-    // sensitivity probes are skipped (a key reading head 0's code cannot be
-    // quantized alone).
-    bool shared_code = false;
 };
 
 // The choice for one latent among its candidates, given its per-group errors.
@@ -45,7 +38,6 @@ struct Candidate {
     LatentQuant q;
     double error = 0;  // relative activation error ||U (z - z^)||^2 / ||U z||^2 on the sample
     double bits = 0;   // bits per token, scales and padding included
-    bool layer_code = false;  // coded with the layer's shared log8 code (a layer-wide mode)
 };
 
 // Plans, folds and installs the quantization of every latent of the model's

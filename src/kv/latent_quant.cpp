@@ -138,7 +138,6 @@ constexpr int kLog8PerOctave = 8;
 // Codes below the smallest covering one that quantize_latent also tries
 // (clipping the largest values for a finer step when that lowers the error).
 constexpr int kLog8Search = 3;
-constexpr int kLog8LayerSearch = 8;  // (log8_layer_code: one octave below the joint covering code)
 
 const std::array<float, 256>& log8_table() {
     static const std::array<float, 256> t = [] {
@@ -159,53 +158,10 @@ void pack_codes64(const uint32_t* q, int n, int bits, uint8_t* codes) {
     }
 }
 
-// Gaussian levels (plans with gauss, groups of 2-4 bits): the Lloyd-Max
-// quantizer of a unit normal (Max 1960; positive half, the negative half
-// mirrors it), scaled by the deviation R / kGaussLoad for a range R.
-constexpr float kGaussLoad = 2.5f;
-constexpr float kGauss2[] = {0.4528f, 1.5104f};
-constexpr float kGauss3[] = {0.2451f, 0.7560f, 1.3440f, 2.1520f};
-constexpr float kGauss4[] = {0.1284f, 0.3881f, 0.6568f, 0.9424f, 1.2562f, 1.6181f, 2.0690f, 2.7326f};
-
-bool gauss_group(const LatentQuant& q, int bits) { return q.gauss && bits <= 4; }
-
-// The 2^bits levels of a unit normal, ascending (code q stands for level q).
-const float* gauss_levels(int bits) {
-    static const std::array<std::array<float, 16>, 5> t = [] {
-        std::array<std::array<float, 16>, 5> a{};
-        auto fill = [&](int b, const float* half) {
-            const int n = 1 << b;
-            for (int i = 0; i < n / 2; ++i) a[static_cast<size_t>(b)][static_cast<size_t>(n / 2 + i)] = half[i], a[static_cast<size_t>(b)][static_cast<size_t>(n / 2 - 1 - i)] = -half[i];
-        };
-        fill(2, kGauss2);
-        fill(3, kGauss3);
-        fill(4, kGauss4);
-        return a;
-    }();
-    return t[static_cast<size_t>(bits)].data();
-}
-
-// Nearest-level codes of y (centred) for a range R with Gaussian levels; the squared error.
-double code_group_gauss(const float* y, int n, int bits, float range, uint32_t* q) {
-    const float* L = gauss_levels(bits);
-    const int nl = 1 << bits;
-    const float s = range / kGaussLoad, inv = s > 0 ? 1.0f / s : 0.0f;
-    double err = 0;
-    for (int i = 0; i < n; ++i) {
-        const float u = y[i] * inv;
-        int c = 0;
-        while (c + 1 < nl && u > 0.5f * (L[c] + L[c + 1])) ++c;
-        q[i] = static_cast<uint32_t>(c);
-        const double d = static_cast<double>(y[i]) - static_cast<double>(L[c]) * s;
-        err += d * d;
-    }
-    return err;
-}
-
 // Mid-rise codes of y (already centred) for a range R: q in [0, 2^b - 1]
 // stands for (q - (2^b - 1) / 2) * step, step = R / ((2^b - 1) / 2). Returns
 // the squared error.
-double code_group_uniform(const float* y, int n, int bits, float range, uint32_t* q) {
+double code_group(const float* y, int n, int bits, float range, uint32_t* q) {
     const float half = 0.5f * static_cast<float>((1 << bits) - 1);
     const float step = range / half, inv = step > 0 ? 1.0f / step : 0.0f;
     const long top = (1L << bits) - 1;
@@ -220,17 +176,7 @@ double code_group_uniform(const float* y, int n, int bits, float range, uint32_t
     return err;
 }
 
-double code_group(const LatentQuant& lq, const float* y, int n, int bits, float range, uint32_t* q) {
-    return gauss_group(lq, bits) ? code_group_gauss(y, n, bits, range, q) : code_group_uniform(y, n, bits, range, q);
-}
-
-// The codes the coder tries for a smallest covering code `up`: it and the few
-// below (a clipped range often codes the rest finer); Gaussian levels sit
-// around R / kGaussLoad, so a few above too.
-int search_top(const LatentQuant& q, int up) { return q.gauss ? std::min(255, up + 2) : up; }
-int search_bottom(const LatentQuant& q, int up) { return std::max(0, up - (q.gauss ? 6 : kLog8Search)); }
-
-void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row, int shared) {
+void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row) {
     const int G = q.n_groups(), B = q.block;
     thread_local std::vector<float> ybuf;
     thread_local std::vector<uint32_t> qbuf;
@@ -243,37 +189,30 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row, int share
         for (int i = 0; i < B; ++i) amax = std::max(amax, std::fabs(y[g * B + i]));
         return amax / q.base[static_cast<size_t>(g)];
     };
-    auto max_ratio = [&] {
-        float r = 0;
-        for (int g = 0; g < G; ++g) r = std::max(r, ratio(g));
-        return r;
-    };
     const auto& T = log8_table();
     // The best code among the smallest covering one and the few below it.
     auto best_code = [&](float r, int g0, int g1) {
         const int up = log8_code_at_least(r);
         int best = up;
         double best_err = -1;
-        for (int e = search_top(q, up); e >= search_bottom(q, up); --e) {
+        for (int e = up; e >= std::max(0, up - kLog8Search); --e) {
             double err = 0;
             for (int g = g0; g < g1; ++g)
-                err += code_group(q, y + g * B, B, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)], codes + g * B);
+                err += code_group(y + g * B, B, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)], codes + g * B);
             if (best_err < 0 || err < best_err) best_err = err, best = e;
         }
         return best;
     };
     auto write_group = [&](int g, int e) {
         const int bits = q.group_bits(g);
-        code_group(q, y + g * B, B, bits, q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)], codes + g * B);
+        code_group(y + g * B, B, bits, q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)], codes + g * B);
         pack_codes64(codes + g * B, B, bits, row);
         row += static_cast<size_t>(B) * static_cast<size_t>(bits) / 8;
     };
-    if (q.shared_code) {
-        for (int g = 0; g < G; ++g) write_group(g, shared);
-        return;
-    }
     if (q.row_scale) {
-        const int e = shared >= 0 ? shared : best_code(max_ratio(), 0, G);
+        float r = 0;
+        for (int g = 0; g < G; ++g) r = std::max(r, ratio(g));
+        const int e = best_code(r, 0, G);
         *row++ = static_cast<uint8_t>(e);
         for (int g = 0; g < G; ++g) write_group(g, e);
         return;
@@ -285,34 +224,16 @@ void quantize_log8(const LatentQuant& q, const float* z, uint8_t* row, int share
     }
 }
 
-void dequantize_log8(const LatentQuant& q, const uint8_t* row, float* z, int shared) {
+void dequantize_log8(const LatentQuant& q, const uint8_t* row, float* z) {
     const int G = q.n_groups(), B = q.block;
     const auto& T = log8_table();
-    float mult = q.shared_code ? T[static_cast<size_t>(shared & 255)] : q.row_scale ? T[*row++] : 0.0f;
+    float mult = q.row_scale ? T[*row++] : 0.0f;
     for (int g = 0; g < G; ++g) {
         if (!q.row_scale) mult = T[*row++];
         const int bits = q.group_bits(g);
-        float* x = z + static_cast<size_t>(g) * B;
-        if (gauss_group(q, bits)) {
-            const float* L = gauss_levels(bits);
-            const float s = q.base[static_cast<size_t>(g)] * mult / kGaussLoad;
-            float t[16];
-            for (int i = 0; i < (1 << bits); ++i) t[i] = L[i] * s;
-            if (bits == 4) {
-                for (int i = 0; i < B; i += 2, ++row) x[i] = t[*row & 15], x[i + 1] = t[*row >> 4];
-            } else {
-                const uint64_t mask = (1u << bits) - 1;
-                for (int i = 0; i < B; i += 8) {
-                    uint64_t word = 0;
-                    for (int b = 0; b < bits; ++b) word |= static_cast<uint64_t>(row[b]) << (8 * b);
-                    for (int j = 0; j < 8; ++j) x[i + j] = t[(word >> (j * bits)) & mask];
-                    row += bits;
-                }
-            }
-            continue;
-        }
         const float half = 0.5f * static_cast<float>((1 << bits) - 1);
         const float step = q.base[static_cast<size_t>(g)] * mult / half, lo = -half * step;
+        float* x = z + static_cast<size_t>(g) * B;
         if (bits == 4) {
             for (int i = 0; i < B; i += 2, ++row) {
                 x[i] = lo + step * static_cast<float>(*row & 15);
@@ -356,7 +277,7 @@ size_t quant_group_bytes(int bits, int block, bool zero_point) {
 size_t LatentQuant::row_bytes() const {
     if (!active()) return 0;
     if (log8()) {
-        size_t n = shared_code ? 0 : row_scale ? 1 : static_cast<size_t>(n_groups());
+        size_t n = row_scale ? 1 : static_cast<size_t>(n_groups());
         for (int g = 0; g < n_groups(); ++g) n += static_cast<size_t>(block) * static_cast<size_t>(group_bits(g)) / 8;
         return n;
     }
@@ -388,19 +309,15 @@ void LatentQuant::validate(int max_width, const std::string& where) const {
         if (offset.size() != static_cast<size_t>(width)) bad("log8 needs one offset per channel");
         for (float o : offset)
             if (!std::isfinite(o)) bad("log8 offset is not finite");
-        if (shared_code && !row_scale) bad("a shared log8 code needs a row-scale plan");
         return;
     }
-    if (shared_code) bad("a shared code needs log8 scales");
-    if (gauss) bad("Gaussian levels need log8 scales");
     if (split > 0 && hi_bits != 8 && hi_bits != 4) bad("leading bits " + std::to_string(hi_bits) + " not in {8, 4}");
     if (split < width && lo_bits != 4 && lo_bits != 3 && lo_bits != 2 && lo_bits != 8)
         bad("tail bits " + std::to_string(lo_bits) + " not in {8, 4, 3, 2}");
 }
 
-void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int code) {
-    if (q.shared_code && (code < 0 || code > 255)) fail(STARKV_ERR_INTERNAL, "shared log8 code missing");
-    if (q.log8()) return quantize_log8(q, z, row, q.row_scale ? code : -1);
+void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row) {
+    if (q.log8()) return quantize_log8(q, z, row);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         quantize_group(z + static_cast<size_t>(g) * q.block, q.block, bits, q.zero_point, row);
@@ -408,53 +325,13 @@ void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int cod
     }
 }
 
-void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z, int code) {
-    if (q.log8()) return dequantize_log8(q, row, z, code);
+void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z) {
+    if (q.log8()) return dequantize_log8(q, row, z);
     for (int g = 0; g < q.n_groups(); ++g) {
         const int bits = q.group_bits(g);
         dequantize_group(row, q.block, bits, q.zero_point, z + static_cast<size_t>(g) * q.block);
         row += quant_group_bytes(bits, q.block, q.zero_point);
     }
-}
-
-int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n) {
-    float r = 0;
-    thread_local std::vector<float> y;
-    thread_local std::vector<uint32_t> codes;
-    for (int k = 0; k < n; ++k) {
-        const LatentQuant& q = *qs[k];
-        for (int g = 0; g < q.n_groups(); ++g) {
-            float amax = 0;
-            for (int i = 0; i < q.block; ++i) {
-                const int c = g * q.block + i;
-                amax = std::max(amax, std::fabs(zs[k][c] - q.offset[static_cast<size_t>(c)]));
-            }
-            r = std::max(r, amax / q.base[static_cast<size_t>(g)]);
-        }
-    }
-    const auto& T = log8_table();
-    const int up = log8_code_at_least(r);
-    int best = up;
-    double best_err = -1;
-    // The largest ratio of several latents overshoots each one's, so the
-    // window reaches further down; each latent's error is weighed by its
-    // static energy (block x sum of base^2), so no latent's scale dominates.
-    for (int e = std::min(255, up + 2); e >= std::max(0, up - kLog8LayerSearch); --e) {
-        double err = 0;
-        for (int k = 0; k < n; ++k) {
-            const LatentQuant& q = *qs[k];
-            double energy = 0;
-            for (float b : q.base) energy += static_cast<double>(b) * b;
-            const double w = 1.0 / std::max(energy * q.block, 1e-30);
-            if (y.size() < static_cast<size_t>(q.width)) y.resize(static_cast<size_t>(q.width)), codes.resize(static_cast<size_t>(q.width));
-            for (int c = 0; c < q.width; ++c) y[static_cast<size_t>(c)] = zs[k][c] - q.offset[static_cast<size_t>(c)];
-            for (int g = 0; g < q.n_groups(); ++g)
-                err += w * code_group(q, y.data() + g * q.block, q.block, q.group_bits(g), q.base[static_cast<size_t>(g)] * T[static_cast<size_t>(e)],
-                                      codes.data() + g * q.block);
-        }
-        if (best_err < 0 || err < best_err) best_err = err, best = e;
-    }
-    return best;
 }
 
 }  // namespace starkv

@@ -10,12 +10,6 @@
 //   stored with the plan, times a per-token one-byte code e standing for
 //   2^((e - 128) / 8): one code per group, or one for the whole row. Codes
 //   are symmetric mid-rise around the channel's offset.
-//   Feature kv-quant-v3 adds: a key row sharing its layer's code
-//   (shared_code) carries no code byte; its token's code is the first byte
-//   of key head 0's row (a log8 row-scale plan), chosen on write for those
-//   keys together (log8_layer_code). With gauss, groups of 2-4 bits code to
-//   the Lloyd-Max levels of a normal distribution (the Hadamard-rotated
-//   channels are near-Gaussian) scaled by the token's range.
 // The groups follow each other: one row of row_bytes() bytes per token, rows
 // contiguous over positions.
 #pragma once
@@ -44,10 +38,6 @@ struct LatentQuant {
     // Log8 only (zero_point is then unused):
     QuantScale scale = QuantScale::Fp16;
     bool row_scale = false;     // one code per token for the whole row (else one per group)
-    bool shared_code = false;   // row_scale without its code byte: the code is key head 0's row's first byte
-    // Groups of 2-4 bits use the Lloyd-Max levels of a Gaussian of deviation
-    // range / 2.5 instead of uniform steps (feature kv-quant-v3).
-    bool gauss = false;
     std::vector<float> base{};    // per group: the static range (max |x - offset|) at code 128
     std::vector<float> offset{};  // per channel: static centre subtracted before coding
 
@@ -72,18 +62,10 @@ size_t quant_group_bytes(int bits, int block, bool zero_point = true);
 float log8_multiplier(int code);
 int log8_code_at_least(float m);
 
-// z: q.width floats -> row: q.row_bytes() bytes. code: the token's shared
-// log8 code (needed, and only used, when q.shared_code).
-void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row, int code = -1);
-// row -> z (q.width floats); code as above.
-void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z, int code = -1);
-
-// The one log8 code of a token for n row-scale log8 latents coded together
-// (key head 0 of a layer and its keys that share its code): among the codes from two
-// above the smallest covering every latent to eight below it, the one with the
-// least squared error summed over the latents, each latent's weighed by
-// 1 / (block x sum of its base^2) (its static energy).
-int log8_layer_code(const LatentQuant* const* qs, const float* const* zs, int n);
+// z: q.width floats -> row: q.row_bytes() bytes.
+void quantize_latent(const LatentQuant& q, const float* z, uint8_t* row);
+// row -> z (q.width floats).
+void dequantize_latent(const LatentQuant& q, const uint8_t* row, float* z);
 
 }  // namespace starkv
 

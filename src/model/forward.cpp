@@ -21,16 +21,15 @@ constexpr size_t kKeyTile = 32;
 constexpr int kReconstructOnceFrom = 8;
 
 // Writes one latent row: fp32, or quantized on the fly.
-// code: the token's shared log8 code, or -1.
-void store_latent(const LatentQuant* q, const float* z, size_t width, uint8_t* row, int code = -1) {
-    if (q) quantize_latent(*q, z, row, code);
+void store_latent(const LatentQuant* q, const float* z, size_t width, uint8_t* row) {
+    if (q) quantize_latent(*q, z, row);
     else std::memcpy(row, z, width * sizeof(float));
 }
 
 // The latent at row, as fp32: the row itself, or dequantized into buf.
-const float* load_latent(const LatentQuant* q, const uint8_t* row, float* buf, int code = -1) {
+const float* load_latent(const LatentQuant* q, const uint8_t* row, float* buf) {
     if (!q) return reinterpret_cast<const float*>(row);
-    dequantize_latent(*q, row, buf, code);
+    dequantize_latent(*q, row, buf);
     return buf;
 }
 
@@ -75,10 +74,9 @@ inline float short_dot(const float* a, const float* b, size_t n) {
 
 // Key of position p for KV head h: U_h z (z dequantized if need be; ut is U_h
 // transposed, r x hd, so the sum runs over contiguous rows), then RoPE at p.
-// code: the shared log8 code of position p (a shared-code key), else -1.
 void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
-                     const LatentQuant* q, int p, float* zbuf, float* out, int code) {
-    const float* z = load_latent(q, row, zbuf, code);
+                     const LatentQuant* q, int p, float* zbuf, float* out) {
+    const float* z = load_latent(q, row, zbuf);
     std::fill(out, out + hd, 0.0f);
     for (int c = 0; c < r; ++c) {
         const float zc = z[c];
@@ -109,40 +107,16 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
 
     size_t max_r = rv;
     for (const Matrix& a : F.k_a) max_r = std::max(max_r, static_cast<size_t>(a.rows));
-    // All latents of the micro-batch first (head h's at lat_off[h], the value's
-    // last), so a token's shared log8 code is chosen over the keys sharing it.
-    std::vector<size_t> lat_off(static_cast<size_t>(n_kv) + 2, 0);
-    for (int h = 0; h <= n_kv; ++h)
-        lat_off[static_cast<size_t>(h) + 1] = lat_off[static_cast<size_t>(h)] +
-                                             static_cast<size_t>(n) * (h < n_kv ? static_cast<size_t>(F.k_a[static_cast<size_t>(h)].rows) : rv);
-    grow(s.lat, lat_off.back());
-    for (int h = 0; h < n_kv; ++h) cpu::matmul(F.k_a[static_cast<size_t>(h)], s.xn.data(), n, &s.lat[lat_off[static_cast<size_t>(h)]], pool);
-    const size_t v_off = lat_off[static_cast<size_t>(n_kv)];
-    cpu::matmul(F.v_a, s.xn.data(), n, &s.lat[v_off], pool);
-    // Key head 0 (the carrier of the code), then the keys sharing it.
-    std::vector<int> sq_h{0};
-    for (int h = 1; h < n_kv; ++h)
-        if (const LatentQuant* kq = fmt.k_quant(l, h); kq && kq->shared_code) sq_h.push_back(h);
-    const bool shared = sq_h.size() > 1;
-    std::vector<const LatentQuant*> sq_q;
-    for (int h : sq_h) sq_q.push_back(fmt.k_quant(l, h));
-    std::vector<const float*> sq_z(sq_q.size());
-    for (int t = 0; t < n; ++t) {
-        int code = -1;
-        if (shared) {
-            for (size_t i = 0; i < sq_q.size(); ++i)
-                sq_z[i] = &s.lat[lat_off[static_cast<size_t>(sq_h[i])] + static_cast<size_t>(t) * static_cast<size_t>(sq_q[i]->width)];
-            code = log8_layer_code(sq_q.data(), sq_z.data(), static_cast<int>(sq_q.size()));
-        }
-        for (int h = 0; h < n_kv; ++h) {
-            const size_t r = static_cast<size_t>(F.k_a[static_cast<size_t>(h)].rows);
-            const LatentQuant* kq = fmt.k_quant(l, h);
-            store_latent(kq, &s.lat[lat_off[static_cast<size_t>(h)] + static_cast<size_t>(t) * r], r,
-                         kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]), h == 0 || (kq && kq->shared_code) ? code : -1);
-        }
-        store_latent(vq, &s.lat[v_off + static_cast<size_t>(t) * rv], rv, kv.row(rows.seq[t], v_stream, rows.pos[t]));
+    grow(s.lat, static_cast<size_t>(n) * max_r);
+    for (int h = 0; h < n_kv; ++h) {
+        const Matrix& a = F.k_a[static_cast<size_t>(h)];
+        cpu::matmul(a, s.xn.data(), n, s.lat.data(), pool);
+        for (int t = 0; t < n; ++t)
+            store_latent(fmt.k_quant(l, h), &s.lat[static_cast<size_t>(t) * a.rows], static_cast<size_t>(a.rows),
+                         kv.row(rows.seq[t], kv.stream(l, h, KvKind::K), rows.pos[t]));
     }
-    const size_t k0_stream = kv.stream(l, 0, KvKind::K);  // (shared codes: the first byte of key head 0's row)
+    cpu::matmul(F.v_a, s.xn.data(), n, s.lat.data(), pool);
+    for (int t = 0; t < n; ++t) store_latent(vq, &s.lat[t * rv], rv, kv.row(rows.seq[t], v_stream, rows.pos[t]));
 
     // Keys rebuilt once per layer: only for a pass over one sequence (a prompt);
     // a batch of several sequences' decode steps rebuilds them tile by tile.
@@ -171,11 +145,9 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
         pool.parallel_chunks(static_cast<size_t>(n_kv) * n_pos, 64, [&](size_t i0, size_t i1, size_t chunk) {
             for (size_t i = i0; i < i1; ++i) {
                 const int h = static_cast<int>(i / n_pos), p = static_cast<int>(i % n_pos);
-                const LatentQuant* kq = fmt.k_quant(l, h);
                 reconstruct_key(model, s, &s.u_t[ut_off[static_cast<size_t>(h)]], F.k_u[static_cast<size_t>(h)].cols,
-                                c.head_dim, kv.row(rows.seq[0], kv.stream(l, h, KvKind::K), p), kq, p,
-                                zbufs + chunk * max_r, &s.keys[i * hd],
-                                kq && kq->shared_code ? *kv.row(rows.seq[0], k0_stream, p) : -1);
+                                c.head_dim, kv.row(rows.seq[0], kv.stream(l, h, KvKind::K), p), fmt.k_quant(l, h), p,
+                                zbufs + chunk * max_r, &s.keys[i * hd]);
             }
         });
     }
@@ -213,8 +185,7 @@ void latent_attention(const Model& model, int l, const KvCache& fmt, const Paged
                 else
                     for (size_t jj = 0; jj < jn; ++jj)
                         reconstruct_key(model, s, ut, r, c.head_dim, kv.row(sq, k_stream, static_cast<int>(j0 + jj)), kq,
-                                        static_cast<int>(j0 + jj), zbuf, tile + jj * hd,
-                                        kq && kq->shared_code ? *kv.row(sq, k0_stream, static_cast<int>(j0 + jj)) : -1);
+                                        static_cast<int>(j0 + jj), zbuf, tile + jj * hd);
                 for (int g = 0; g < group; ++g) {
                     float* sc = scores + static_cast<size_t>(g) * kKeyTile;
                     float m = mx[g];

@@ -35,7 +35,7 @@ public:
     void quant(const LatentQuant& q) {
         for (int v : {q.width, q.block, q.split, q.hi_bits, q.lo_bits}) i64(v);
         if (q.log8()) {  // (old formats hash as before)
-            i64((q.shared_code ? 3 : q.row_scale ? 2 : 1) + (q.gauss ? 4 : 0));
+            i64(q.row_scale ? 2 : 1);
             floats(q.base);
             floats(q.offset);
         }

@@ -69,9 +69,8 @@ void expect_within_bound(const LatentQuant& q, const float* z, const float* back
 size_t bytes_from_plan(const LatentQuant& q) {
     // Independent count: per group a header (fp16 scales: 8 bits or
     // symmetric: fp16 scale, else fp16 scale + fp16 min; log8: one code byte
-    // per group, or one per row, or none for a key sharing its layer's code)
-    // and b bits per channel.
-    size_t n = q.log8() && q.row_scale && !q.shared_code ? 1 : 0;
+    // per group, or one per row) and b bits per channel.
+    size_t n = q.log8() && q.row_scale ? 1 : 0;
     for (int c = 0; c < q.width; c += q.block) {
         const int bits = c < q.split ? q.hi_bits : q.lo_bits;
         const size_t header = q.log8() ? (q.row_scale ? 0 : 1) : (bits == 8 || !q.zero_point ? 2 : 4);
@@ -445,207 +444,6 @@ TEST(LatentQuant, Log8PlanRoundTripsAndValidationRefusesGarbage) {
     EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v2(fp16));
 }
 
-// Keys sharing one code with a carrier (key head 0 in a layer): no code byte
-// in their rows, the code is the carrier row's first byte, and the error of all the
-// latents together, each weighed by 1 / (block x sum of base^2), stays within
-// the bound of the joint code (the smallest covering every latent, at most
-// 2^(1/8) above the largest ratio).
-TEST(LatentQuant, SharedLog8CodeRoundTripsWithinTheBound) {
-    std::mt19937 rng(5);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::uniform_real_distribution<float> octave(-4.0f, 4.0f);
-    for (int trial = 0; trial < 40; ++trial) {
-        const int bits = 2 + trial % 5, n_keys = 1 + trial % 3;
-        std::vector<LatentQuant> qs;
-        for (int k = 0; k <= n_keys; ++k) {
-            const int block = k < n_keys ? 8 << (trial % 2) : 16, width = block * (1 + (trial + k) % 3), G = width / block;
-            std::vector<float> base(static_cast<size_t>(G)), offset(static_cast<size_t>(width));
-            for (float& b : base) b = std::exp2(octave(rng));
-            for (float& o : offset) o = nd(rng);
-            qs.push_back(log8_plan(width, block, trial % 4 < 2 ? block : 0, 8, bits, true, base, offset));
-            qs.back().shared_code = k < n_keys;  // the last one carries the code
-            ASSERT_NO_THROW(qs.back().validate(width, "test"));
-            ASSERT_EQ(qs.back().row_bytes(), bytes_from_plan(qs.back()));
-        }
-        // Tokens one octave-ish away from the static ranges, the same factor for every latent.
-        const float token_scale = std::exp2(octave(rng) / 2);
-        std::vector<std::vector<float>> z(qs.size());
-        std::vector<const float*> zs;
-        std::vector<const LatentQuant*> qp;
-        for (size_t k = 0; k < qs.size(); ++k) {
-            for (int c = 0; c < qs[k].width; ++c)
-                z[k].push_back(qs[k].offset[static_cast<size_t>(c)] + qs[k].base[static_cast<size_t>(c / qs[k].block)] * token_scale * nd(rng) / 2);
-            zs.push_back(z[k].data());
-            qp.push_back(&qs[k]);
-        }
-        const int code = starkv::log8_layer_code(qp.data(), zs.data(), static_cast<int>(qs.size()));
-        ASSERT_GE(code, 0);
-        ASSERT_LE(code, 255);
-        double ratio = 0, err = 0, bound = 0;
-        for (size_t k = 0; k < qs.size(); ++k)
-            for (int c = 0; c < qs[k].width; ++c)
-                ratio = std::max(ratio, std::fabs(static_cast<double>(z[k][static_cast<size_t>(c)]) - qs[k].offset[static_cast<size_t>(c)]) /
-                                            qs[k].base[static_cast<size_t>(c / qs[k].block)]);
-        std::vector<std::vector<uint8_t>> rows(qs.size());
-        rows.back().resize(qs.back().row_bytes());
-        starkv::quantize_latent(qs.back(), z.back().data(), rows.back().data(), code);
-        EXPECT_EQ(rows.back()[0], code);  // the carrier's row holds the code
-        for (size_t k = 0; k < qs.size(); ++k) {
-            if (k + 1 < qs.size()) {
-                rows[k].resize(qs[k].row_bytes());
-                starkv::quantize_latent(qs[k], z[k].data(), rows[k].data(), code);
-            }
-            std::vector<float> back(z[k].size());
-            starkv::dequantize_latent(qs[k], rows[k].data(), back.data(), rows.back()[0]);  // a reader's view
-            double energy = 0;
-            for (float b : qs[k].base) energy += static_cast<double>(b) * b;
-            const double w = 1.0 / (energy * qs[k].block);
-            for (int c = 0; c < qs[k].width; ++c) {
-                const int g = c / qs[k].block;
-                const double half = 0.5 * ((1 << qs[k].group_bits(g)) - 1);
-                const double step = qs[k].base[static_cast<size_t>(g)] * std::max(ratio, std::exp2(-16.0)) * std::exp2(1.0 / 8) / half;
-                const double d = static_cast<double>(z[k][static_cast<size_t>(c)]) - back[static_cast<size_t>(c)];
-                err += w * d * d;
-                bound += w * 0.25 * step * step;
-            }
-        }
-        ASSERT_LE(err, bound * (1 + 1e-4) + 1e-30) << "trial " << trial;
-    }
-    // A shared-code row without its code is an internal error, not garbage output.
-    LatentQuant k = log8_plan(8, 8, 0, 4, 4, true, {1.0f}, std::vector<float>(8, 0.0f));
-    k.shared_code = true;
-    std::vector<float> z(8, 0.5f);
-    std::vector<uint8_t> row(k.row_bytes());
-    EXPECT_EQ(row.size(), 4u);
-    EXPECT_THROW(starkv::quantize_latent(k, z.data(), row.data()), starkv::Error);
-}
-
-// Gaussian levels: every value comes back as the nearest of the Lloyd-Max
-// levels (Max 1960, recomputed here in double) at the row's code, the code
-// does no worse than the smallest covering one, and on normal data the
-// levels beat uniform steps at the same bytes.
-TEST(LatentQuant, GaussLevelsCodeToTheNearestLevel) {
-    const std::vector<std::vector<double>> half{{}, {}, {0.4528, 1.5104}, {0.2451, 0.7560, 1.3440, 2.1520},
-                                                {0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326}};
-    std::mt19937 rng(3);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    double err_gauss = 0, err_uniform = 0;
-    for (int trial = 0; trial < 60; ++trial) {
-        const int bits = 2 + trial % 3, block = 8 << (trial % 3), width = block * 2;
-        LatentQuant q = log8_plan(width, block, 0, 4, bits, true, {1.5f, 0.5f}, std::vector<float>(static_cast<size_t>(width), 0.25f));
-        q.gauss = true;
-        LatentQuant u = q;
-        u.gauss = false;
-        ASSERT_NO_THROW(q.validate(width, "test"));
-        std::vector<float> z(static_cast<size_t>(width)), back(z.size()), back_u(z.size());
-        const float token = std::exp2(nd(rng));
-        for (int c = 0; c < width; ++c) z[static_cast<size_t>(c)] = 0.25f + q.base[static_cast<size_t>(c / block)] * token * nd(rng) / 2.5f;
-        std::vector<uint8_t> row(q.row_bytes()), row_u(u.row_bytes());
-        ASSERT_EQ(row.size(), bytes_from_plan(q));
-        starkv::quantize_latent(q, z.data(), row.data());
-        starkv::dequantize_latent(q, row.data(), back.data());
-        starkv::quantize_latent(u, z.data(), row_u.data());
-        starkv::dequantize_latent(u, row_u.data(), back_u.data());
-        // The error at code e, every value at its nearest level (double reference).
-        auto err_at = [&](int e, bool check) {
-            double err = 0;
-            for (int c = 0; c < width; ++c) {
-                const double s = q.base[static_cast<size_t>(c / block)] * std::exp2((e - 128) / 8.0) / 2.5;
-                const double y = static_cast<double>(z[static_cast<size_t>(c)]) - 0.25;
-                double best = 1e300, level = 0;
-                for (double h : half[static_cast<size_t>(bits)])
-                    for (double l : {h, -h})
-                        if (std::fabs(y - l * s) < best) best = std::fabs(y - l * s), level = l * s;
-                if (check) EXPECT_NEAR(back[static_cast<size_t>(c)] - 0.25, level, 1e-5 * (1 + std::fabs(level))) << "trial " << trial << " channel " << c;
-                err += best * best;
-            }
-            return err;
-        };
-        const double got = err_at(row[0], true);
-        double ratio = 0;
-        for (int c = 0; c < width; ++c) ratio = std::max(ratio, std::fabs(z[static_cast<size_t>(c)] - 0.25) / q.base[static_cast<size_t>(c / block)]);
-        EXPECT_LE(got, err_at(starkv::log8_code_at_least(static_cast<float>(ratio)), false) * (1 + 1e-4) + 1e-12) << "trial " << trial;
-        for (int c = 0; c < width; ++c) {
-            err_gauss += std::pow(z[static_cast<size_t>(c)] - back[static_cast<size_t>(c)], 2);
-            err_uniform += std::pow(z[static_cast<size_t>(c)] - back_u[static_cast<size_t>(c)], 2);
-        }
-    }
-    EXPECT_LT(err_gauss, err_uniform);
-}
-
-TEST(LatentQuant, SharedCodePlanRoundTripsAndValidationRefusesGarbage) {
-    starkv::ModelConfig c;
-    c.n_layer = 1;
-    c.n_head = 4;
-    c.n_head_kv = 2;
-    c.head_dim = 64;
-    std::vector<starkv::LatentQuantLayer> plan(1);
-    for (int h = 0; h < 2; ++h) {
-        plan[0].k.push_back(log8_plan(16, 8, 8, 4, 3, true, {0.5f, 0.25f}, std::vector<float>(16, 0.125f)));
-        plan[0].k.back().shared_code = h == 1;  // head 0 carries the code
-    }
-    plan[0].v = log8_plan(48, 16, 16, 5, 4, false, {2.0f, 1.0f, 0.5f}, std::vector<float>(48, -0.5f));
-    const nlohmann::json ok = starkv::bundle::kv_quant_layers_to_json(plan);
-    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v2(ok));
-    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(ok));
-    const auto back = starkv::bundle::kv_quant_layers_from_json(nlohmann::json::parse(ok.dump()), c);
-    EXPECT_FALSE(back[0].k[0].shared_code);
-    EXPECT_TRUE(back[0].k[1].shared_code);
-    EXPECT_EQ(back[0].k[1].row_bytes(), 8u * 4 / 8 + 8u * 3 / 8);  // codes only
-    EXPECT_EQ(back[0].k[0].row_bytes(), 1u + 8 * 4 / 8 + 8 * 3 / 8);
-    EXPECT_EQ(back[0].v.row_bytes(), 3u + 16 * 5 / 8 + 32 * 4 / 8);
-    auto refused = [&](nlohmann::json j, const std::string& what) {
-        try {
-            starkv::bundle::kv_quant_layers_from_json(j, c);
-            ADD_FAILURE() << what << " accepted";
-        } catch (const starkv::Error& e) {
-            EXPECT_EQ(e.status(), STARKV_ERR_CORRUPT) << what;
-        }
-    };
-    nlohmann::json j = ok;
-    j[0]["k"][1]["shared_code"] = 1;
-    refused(j, "non-boolean shared_code");
-    j = ok;
-    j[0]["k"][1]["row_scale"] = false;
-    refused(j, "shared code on a per-group plan");
-    j = ok;
-    j[0]["k"][0]["row_scale"] = false;
-    refused(j, "key head 0 without a code to share");
-    j = ok;
-    j[0]["k"][0] = {{"width", 0}};
-    refused(j, "fp32 key head 0");
-    j = ok;
-    j[0]["k"][0]["shared_code"] = true;
-    refused(j, "key head 0 sharing the code it carries");
-    j = ok;
-    j[0]["v"]["row_scale"] = true;
-    j[0]["v"]["shared_code"] = true;
-    refused(j, "value latent sharing a code");
-    j = ok;
-    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][1].erase(k2);
-    refused(j, "shared code with fp16 scales");
-    j = ok;
-    j[0]["k"][0]["levels"] = "lloyd";
-    refused(j, "unknown levels");
-    j = ok;
-    j[0]["k"][0]["levels"] = 4;
-    refused(j, "non-string levels");
-    j = ok;
-    for (const char* k2 : {"scale", "row_scale", "base", "offset"}) j[0]["k"][0].erase(k2);
-    j[0]["k"][1].erase("shared_code");
-    j[0]["k"][0]["levels"] = "gauss";
-    refused(j, "Gaussian levels with fp16 scales");
-    j = ok;
-    j[0]["k"][1].erase("shared_code");
-    EXPECT_FALSE(starkv::bundle::kv_quant_layers_need_v3(j));
-    j[0]["v"]["levels"] = "gauss";
-    EXPECT_TRUE(starkv::bundle::kv_quant_layers_need_v3(j));
-    const auto g = starkv::bundle::kv_quant_layers_from_json(j, c);
-    EXPECT_TRUE(g[0].v.gauss);
-    EXPECT_FALSE(g[0].k[1].gauss);
-    EXPECT_TRUE(starkv::bundle::kv_quant_layers_to_json(g) == j);
-}
-
 TEST(LatentQuant, BlockChoiceStaysWithinTheWidth) {
     EXPECT_EQ(starkv::quant::block_for(2, 8, 0), 8);
     EXPECT_EQ(starkv::quant::block_for(2, 4, 0), 0);  // no block fits: the latent stays fp32
@@ -701,25 +499,14 @@ TEST(LatentQuant, SensitivityProbesReportTheKeptPlansOutputKl) {
     ASSERT_EQ(per.size(), 3u * (static_cast<size_t>(m->config().n_head_kv) + 1));  // 3 layers x (keys + value)
     for (const auto& k : per) EXPECT_GE(k.get<double>(), 0.0);
     const double kl_sq = sens["probe_kl_squared_error_plan"].get<double>();
-    const double kl_sq_u = sens["probe_kl_squared_error_plan_uniform_levels"].get<double>();
     const std::vector<double> kl_w = sens["probe_kl_weighted_plan"].get<std::vector<double>>();
-    const std::vector<double> kl_w_u = sens["probe_kl_weighted_plan_uniform_levels"].get<std::vector<double>>();
     ASSERT_EQ(kl_w.size(), 2u);  // two rounds
-    ASSERT_EQ(kl_w_u.size(), 2u);
     const int kept_round = sens["kept_round"].get<int>();
-    const std::string kept = sens["kept"].get<std::string>();
+    EXPECT_EQ(sens["kept"].get<std::string>(), kept_round < 0 ? "squared_error" : "weighted");
     // The plan kept has the least probe KL of all the plans made.
-    double want = 0;
-    if (kept == "squared_error") want = kl_sq;
-    else if (kept == "squared_error_uniform_levels") want = kl_sq_u;
-    else if (kept == "weighted") want = kl_w.at(static_cast<size_t>(kept_round));
-    else if (kept == "weighted_uniform_levels") want = kl_w_u.at(static_cast<size_t>(kept_round));
-    else FAIL() << "unknown plan " << kept;
-    EXPECT_EQ(kept_round < 0, kept.rfind("squared_error", 0) == 0);
+    const double want = kept_round < 0 ? kl_sq : kl_w[static_cast<size_t>(kept_round)];
     EXPECT_LE(want, kl_sq);
-    EXPECT_LE(want, kl_sq_u);
     for (double k : kl_w) EXPECT_LE(want, k);
-    for (double k : kl_w_u) EXPECT_LE(want, k);
     const double got = mean_kl_f64(ref, logits_of(*m, t), V);
     EXPECT_GT(got, 0.0);
     EXPECT_NEAR(got, want, 1e-3 * want + 1e-7) << "planner " << want << ", measured " << got;
@@ -752,7 +539,6 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     o.quant.avg_bits = 4;
     o.quant.sample_tokens = 256;
     o.quant.plain_bits = 8;  // layer 0 (kept plain) at 8 bits
-    o.quant.shared_code = true;
     po.kv = o;
     po.calib_path = calib;
     starkv::pack_bundle(starkv_test::stories_model(), out, po);
@@ -764,7 +550,7 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     const auto& layers = d["compression"]["kv_quant"]["layers"];
     uint64_t want = 0;
     double code_bits = 0, channels = 0;
-    int n_log8 = 0, n_shared = 0;
+    int n_log8 = 0;
     for (int l = 0; l < c.n_layer; ++l) {
         ASSERT_FALSE(layers[static_cast<size_t>(l)].is_null());
         if (const auto& L = layers[static_cast<size_t>(l)]; L.contains("plain")) {
@@ -781,8 +567,6 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
             if (p.contains("scale")) {
                 q.scale = starkv::QuantScale::Log8;
                 q.row_scale = p["row_scale"].get<bool>();
-                q.shared_code = p.value("shared_code", false);
-                n_shared += q.shared_code;
                 ++n_log8;
             }
             want += bytes_from_plan(q);
@@ -798,12 +582,6 @@ TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
     EXPECT_GT(n_log8, 0);
     EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v2") != d["required_features"].end(),
               n_log8 > 0);
-    // ... and its layers' keys share key head 0's code (rank-2 keys padded
-    // to 8 channels would otherwise pay a byte each), so the prefill/decode
-    // comparison below reads keys through key head 0's codes.
-    EXPECT_GT(n_shared, 0);
-    EXPECT_EQ(std::find(d["required_features"].begin(), d["required_features"].end(), "kv-quant-v3") != d["required_features"].end(),
-              n_shared > 0);
     starkv::Context ctx(m, starkv::ContextOptions{128, 2});
     EXPECT_EQ(ctx.kv_bytes_per_token(), want);
     // Under a quarter of the fp32 cache (the padded stories latents cost more than 4 bits).
