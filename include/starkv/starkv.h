@@ -190,7 +190,7 @@ typedef struct starkv_pack_params {
     const char *calib_path;
     const char *rank_strategy; /* "adaptive" (default, NULL), "uniform" or "energy" */
     const char *skip_layers;   /* NULL = first two and last; "none"; or "0,1,29" */
-    int32_t calib_tokens;      /* calibration tokens; default 4096 */
+    int32_t calib_tokens;      /* calibration tokens; default 16384 */
     /* Separate key and value targets (fractions removed), both > 0, instead
      * of one budget shared by keys and values; 0 (default) = shared. */
     float kv_compress_k;

@@ -242,7 +242,7 @@ void starkv_pack_params_default(starkv_pack_params* p) {
     *p = starkv_pack_params{};
     p->struct_size = sizeof(*p);
     p->zstd_level = 3;
-    p->calib_tokens = 4096;
+    p->calib_tokens = 16384;
     p->kv_bits_probe_tokens = 512;
 }
 

@@ -296,7 +296,7 @@ nlohmann::json describe(const std::string& path) {
 struct KvPackArgs {
     float rate = 0.0f, rate_k = 0.0f, rate_v = 0.0f;
     std::string calib, strategy = "adaptive", skip;
-    int calib_tokens = 4096;
+    int calib_tokens = 16384;
     float bits = 0.0f;
     std::string hadamard = "auto";
     bool uniform = false;
@@ -626,7 +626,7 @@ int main(int argc, char** argv) {
     pack->add_option("--rank-strategy", kvp.strategy, "adaptive (default), uniform or energy")
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
     pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
-    pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 4096)")->check(CLI::Range(1, 1 << 26));
+    pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 16384)")->check(CLI::Range(1, 1 << 26));
     pack->add_option("--kv-bits", kvp.bits, "quantize the latents: average bits per channel, scales included, e.g. 8, 4, 3 (default fp32)")
         ->check(CLI::Range(2.0, 8.0));
     pack->add_option("--hadamard-block", kvp.hadamard, "Hadamard block of the quantized latents: auto (default), 8..128, none")
