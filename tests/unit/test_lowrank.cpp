@@ -193,7 +193,10 @@ TEST(LowRank, BudgetAccountingMatchesDirectCount) {
             // within the budget; a split kept means exactly its uniform ranks.
             EXPECT_GE(sens["probe_kl_uniform_split"].size(), 1u);
             for (const auto& [d, kl] : sens["probe_kl_uniform_split"].items()) EXPECT_LE(kept, kl.get<double>()) << d;
-            if (sens["best_round"].get<int>() == 0) {
+            EXPECT_LE(kept, sens["probe_kl_energy"].get<double>());
+            const std::string which = sens["kept"].get<std::string>();
+            EXPECT_EQ(sens["best_round"].get<int>() > 0, which == "adaptive") << which;
+            if (which == "uniform" || which == "uniform_split") {
                 const double d = sens["uniform_split"].get<double>();
                 const double keep_k = 1.0 - static_cast<float>(o.rate + d), keep_v = 1.0 - static_cast<float>(o.rate - d);
                 const int rk = static_cast<int>(std::floor(c.head_dim * keep_k + 1e-9));
