@@ -29,7 +29,7 @@ struct Options {
     Strategy strategy = Strategy::Adaptive;
     bool default_skip = true;           // skip the first two and the last layer (as the paper)
     std::vector<int> skip_layers;       // else: the layers that keep the plain cache
-    int calib_tokens = 16384;            // tokens of calibration text
+    int calib_tokens = 16384;           // tokens of calibration text
     int eval_tokens = 4096;             // held-out tokens (after the calibration ones) for perplexity
     int probe_tokens = 512;             // tokens for the sensitivity probes (adaptive)
     int seq_len = 256;                  // documents are cut to this many tokens

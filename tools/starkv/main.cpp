@@ -293,15 +293,22 @@ nlohmann::json describe(const std::string& path) {
     return nlohmann::json::parse(doc);
 }
 
+// The library's defaults (starkv_pack_params_default), so the CLI cannot drift from them.
+starkv_pack_params default_pack_params() {
+    starkv_pack_params p;
+    starkv_pack_params_default(&p);
+    return p;
+}
+
 struct KvPackArgs {
     float rate = 0.0f, rate_k = 0.0f, rate_v = 0.0f;
     std::string calib, strategy = "adaptive", skip;
-    int calib_tokens = 16384;
+    int calib_tokens = default_pack_params().calib_tokens;
     float bits = 0.0f;
     std::string hadamard = "auto";
     bool uniform = false;
     int plain_bits = 0;
-    int probe_tokens = 512;
+    int probe_tokens = default_pack_params().kv_bits_probe_tokens;
 };
 
 int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
@@ -626,7 +633,8 @@ int main(int argc, char** argv) {
     pack->add_option("--rank-strategy", kvp.strategy, "adaptive (default), uniform or energy")
         ->check(CLI::IsMember({"adaptive", "uniform", "energy"}));
     pack->add_option("--skip-layers", kvp.skip, "layers kept uncompressed: 'none' or e.g. 0,1,29 (default first two and last)");
-    pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default 16384)")->check(CLI::Range(1, 1 << 26));
+    pack->add_option("--calib-tokens", kvp.calib_tokens, "calibration tokens (default " + std::to_string(kvp.calib_tokens) + ")")
+        ->check(CLI::Range(1, 1 << 26));
     pack->add_option("--kv-bits", kvp.bits, "quantize the latents: average bits per channel, scales included, e.g. 8, 4, 3 (default fp32)")
         ->check(CLI::Range(2.0, 8.0));
     pack->add_option("--hadamard-block", kvp.hadamard, "Hadamard block of the quantized latents: auto (default), 8..128, none")
@@ -635,7 +643,8 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({0, 8, 4}));
     pack->add_flag("--kv-bits-uniform", kvp.uniform, "one bit width everywhere (no leading/tail split; ablation)");
     pack->add_option("--kv-bits-probe-tokens", kvp.probe_tokens,
-                     "with --kv-bits: tokens to probe each latent's sensitivity on (default 512; 0 = squared error only)")
+                     "with --kv-bits: tokens to probe each latent's sensitivity on (default " + std::to_string(kvp.probe_tokens) +
+                         "; 0 = squared error only)")
         ->check(CLI::Range(0, 1 << 20));
 
     BenchArgs ba;
