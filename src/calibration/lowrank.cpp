@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -17,8 +18,6 @@
 
 namespace starkv::lowrank {
 
-using probe::log_probs;
-using probe::mean_kl;
 using probe::take;
 using json = nlohmann::json;
 using Eigen::MatrixXd;
@@ -522,20 +521,20 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     size_t pnext = 0;
     const auto probe = take(calib, &pnext, opt.probe_tokens);
     const auto& select_probe = select_text.empty() ? probe : select_text;
-    const size_t V = static_cast<size_t>(c.n_vocab);
-    const auto base = opt.strategy == Strategy::Adaptive ? log_probs(model, probe, seq_len, opt.n_threads)
-                                                         : std::vector<std::vector<float>>{};
-    const auto select_base = opt.select_weighting ? log_probs(model, select_probe, seq_len, opt.n_threads)
-                                                  : std::vector<std::vector<float>>{};
-    // Mean KL on text `on` (uncompressed log-probabilities `ref`) with every
-    // compressed layer at ranks r of `fs`.
-    auto total_kl = [&](const std::vector<LayerFactors>& fs, const RankMap& r,
-                        const std::vector<std::vector<int32_t>>& on, const std::vector<std::vector<float>>& ref) {
+    // The probes change compressed layers only: the references keep the
+    // residual stream from the first of them on, and each probe runs from
+    // the first layer it changes (probe::Reference).
+    const int first_compressed = static_cast<int>(std::find(compressed.begin(), compressed.end(), true) - compressed.begin());
+    std::optional<probe::Reference> base, select_base;
+    if (opt.strategy == Strategy::Adaptive) base.emplace(model, probe, seq_len, opt.n_threads, first_compressed);
+    if (opt.select_weighting) select_base.emplace(model, select_probe, seq_len, opt.n_threads, first_compressed);
+    // Mean KL on a reference's text with every compressed layer at ranks r of `fs`.
+    auto total_kl = [&](const std::vector<LayerFactors>& fs, const RankMap& r, const probe::Reference& ref) {
         for (int l = 0; l < c.n_layer; ++l)
             if (compressed[static_cast<size_t>(l)])
                 install(model.mutable_weights().layers[static_cast<size_t>(l)].lat, fs[static_cast<size_t>(l)],
                         r.k[static_cast<size_t>(l)], r.v[static_cast<size_t>(l)]);
-        const double kl = mean_kl(ref, log_probs(model, on, seq_len, opt.n_threads), V);
+        const double kl = ref.kl(model, first_compressed);
         for (LayerWeights& L : model.mutable_weights().layers) L.lat = LatentFactors{};
         return kl;
     };
@@ -571,7 +570,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
             factors = std::move(fs);
             break;
         }
-        const double kl = total_kl(fs, uni, select_probe, select_base);
+        const double kl = total_kl(fs, uni, *select_base);
         weighting_kl[w.name] = kl;
         if (factors.empty() || kl < best_wkl) factors = std::move(fs), chosen = w, best_wkl = kl;
     }
@@ -613,6 +612,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     double best_split = 0;  // the key/value split of the uniform allocation kept (adaptive)
     json split_kl = json::object();
     double energy_kl = 0;
+    std::vector<double> round_kl;  // probe KL of each adaptive round's allocation
     std::string kept = "uniform";  // which candidate allocation adaptive kept
     RankMap ranks;
     if (opt.strategy == Strategy::Uniform) {
@@ -638,12 +638,12 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                 const double ev = tail_energy(sp.v[li], at.v[li]);
                 if (ek > 0) {
                     install(lat, factors[li], at.k[li], full_v);
-                    kl_k[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
+                    kl_k[li] = std::max(base->kl(model, l), 0.0);
                     nk[li] = kl_k[li] / ek;
                 }
                 if (ev > 0) {
                     install(lat, factors[li], full_k, at.v[li]);
-                    kl_v[li] = std::max(mean_kl(base, log_probs(model, probe, seq_len, opt.n_threads), V), 0.0);
+                    kl_v[li] = std::max(base->kl(model, l), 0.0);
                     nv[li] = kl_v[li] / ev;
                 }
                 lat = LatentFactors{};
@@ -654,7 +654,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         // The uniform allocation is a candidate too: adaptive is never worse
         // than uniform on the probe objective.
         ranks = uni;
-        double best_kl = total_kl(factors, uni, probe, base);
+        double best_kl = total_kl(factors, uni, *base);
         uniform_kl = best_kl;
         // So are uniform ranks with the budget split unevenly between keys
         // and values (keys remove rate + d, values rate - d): the per-layer
@@ -669,7 +669,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
                 RankMap cand = uniform_ranks(c, compressed, rk);
                 cand.v = uniform_ranks(c, compressed, rv).v;
                 if (total(cand) > target) continue;
-                const double kl = total_kl(factors, cand, probe, base);
+                const double kl = total_kl(factors, cand, *base);
                 char name[16];
                 std::snprintf(name, sizeof name, "%+.1f", d);
                 split_kl[name] = kl;
@@ -678,7 +678,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
         // And the energy allocation (better than uniform on SmolLM2 at 0.5, 0.6 and 0.75).
         {
             const RankMap en = allocate([&](const Spectra& s, uint64_t t) { return energy_ranks(c, s, t); });
-            energy_kl = total_kl(factors, en, probe, base);
+            energy_kl = total_kl(factors, en, *base);
             if (energy_kl < best_kl) ranks = en, best_kl = energy_kl, kept = "energy";
         }
         RankMap at = uni;
@@ -686,7 +686,8 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
             probe_kl(at);
             if (round == 0) best_w_k = w_k, best_w_v = w_v;
             at = allocate([&](const Spectra& s, uint64_t t) { return adaptive_ranks(c, s, w_k, w_v, t, opt.sharpness); });
-            const double kl = total_kl(factors, at, probe, base);
+            const double kl = total_kl(factors, at, *base);
+            round_kl.push_back(kl);
             if (kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v, best_round = round + 1, kept = "adaptive";
         }
         w_k = best_w_k;
@@ -739,6 +740,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     if (opt.strategy == Strategy::Adaptive)
         out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds},
                               {"probe_kl", probe_kl_total}, {"probe_kl_uniform", uniform_kl}, {"best_round", best_round},
+                              {"probe_kl_rounds", round_kl},
                               {"probe_kl_uniform_split", split_kl}, {"probe_kl_energy", energy_kl}, {"kept", kept},
                               {"uniform_split", kept == "uniform" || kept == "uniform_split" ? json(best_split) : json(nullptr)}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());

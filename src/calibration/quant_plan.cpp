@@ -297,17 +297,19 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
         size_t next = 0, got = 0;
         const auto probe_text = probe::take(calib, &next, opt.probe_tokens);
         for (const auto& s : probe_text) got += s.size();
-        const size_t V = static_cast<size_t>(c.n_vocab);
-        // Output of the model with the given latents quantized (null: fp32).
-        auto kl_with = [&](const std::vector<const Candidate*>& use, const std::vector<std::vector<float>>& base) {
+        // Output of the model with the given latents quantized (null: fp32),
+        // run from the first layer it changes (probe::Reference).
+        auto kl_with = [&](const std::vector<const Candidate*>& use, const probe::Reference& base) {
             std::vector<std::pair<Matrix, Matrix>> saved;
+            int first = c.n_layer;
             for (size_t i = 0; i < lats.size(); ++i) {
                 if (!use[i]) continue;
+                first = std::min(first, lats[i].layer);
                 saved.emplace_back(*lats[i].a, *lats[i].u);
                 hadamard::fold(*lats[i].a, *lats[i].u, use[i]->q.width, use[i]->q.block, opt.hadamard);
                 *lats[i].q = use[i]->q;
             }
-            const double kl = probe::mean_kl(base, probe::log_probs(model, probe_text, seq_len, n_threads), V);
+            const double kl = base.kl(model, first);
             size_t k = 0;
             for (size_t i = 0; i < lats.size(); ++i) {
                 if (!use[i]) continue;
@@ -317,7 +319,9 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
             }
             return std::max(kl, 0.0);
         };
-        const auto base = probe::log_probs(model, probe_text, seq_len, n_threads);
+        int first_latent = c.n_layer;
+        for (const Latent& L : lats) first_latent = std::min(first_latent, L.layer);
+        const probe::Reference base(model, probe_text, seq_len, n_threads, first_latent);
         // Round r probes every latent at the plan of round r - 1 (round 0: the squared-error plan).
         std::vector<const Candidate*> at = pick;
         const double kl_plain = kl_with(pick, base);

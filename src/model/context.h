@@ -122,6 +122,16 @@ public:
         scratch_.observe_kv_input = std::move(fn);
     }
 
+    // Calibration probes only: see ForwardScratch::observe_residual / resume
+    // (an empty resume function runs every layer again).
+    void set_residual_observer(std::function<void(int layer, const int32_t* pos, const float* x, int n)> fn) {
+        scratch_.observe_residual = std::move(fn);
+    }
+    void set_resume(int layer, std::function<void(const int32_t* pos, float* x, int n)> fn) {
+        scratch_.resume_layer = layer;
+        scratch_.resume = std::move(fn);
+    }
+
     uint64_t kv_bytes_per_token() const { return fmt_.bytes_per_token(); }
     uint64_t kv_bytes_per_token_uncompressed() const { return fmt_.bytes_per_token_uncompressed(); }
     // Row bytes of the pool's allocated pages (page padding not counted).

@@ -344,11 +344,16 @@ void forward(const Model& model, const KvCache& fmt, const PagedRows& kv, Forwar
     int max_pos = 0;
     for (int t = 0; t < n; ++t) max_pos = std::max(max_pos, rows.pos[t]);
 
-    for (int t = 0; t < n; ++t)
-        std::memcpy(&s.x[t * E], w.tok_embd.row(rows.tokens[t]), E * sizeof(float));
+    const int first_layer = s.resume ? s.resume_layer : 0;
+    if (s.resume)
+        s.resume(rows.pos, s.x.data(), n);
+    else
+        for (int t = 0; t < n; ++t)
+            std::memcpy(&s.x[t * E], w.tok_embd.row(rows.tokens[t]), E * sizeof(float));
 
-    for (int l = 0; l < c.n_layer; ++l) {
+    for (int l = first_layer; l < c.n_layer; ++l) {
         const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+        if (s.observe_residual) s.observe_residual(l, rows.pos, s.x.data(), n);
         for (int t = 0; t < n; ++t) cpu::rms_norm(&s.x[t * E], L.attn_norm.data(), &s.xn[t * E], c.n_embd, c.rms_eps);
         if (s.observe_kv_input) s.observe_kv_input(l, s.xn.data(), n);
         cpu::matmul(L.wq, s.xn.data(), n, s.q.data(), pool);

@@ -31,6 +31,14 @@ struct ForwardScratch {
     // Calibration only: called per layer with the K/V projections' input
     // (n rows of n_embd normed hidden states). Unset in inference.
     std::function<void(int layer, const float* xn, int n)> observe_kv_input;
+    // Calibration probes only (calibration/probe.h): observe_residual sees the
+    // residual stream entering each layer (rows' positions given); with
+    // resume set, a pass starts at layer resume_layer and resume writes the
+    // rows' residual stream there in place of the embeddings, so a change
+    // confined to layers >= resume_layer is measured without the layers below.
+    std::function<void(int layer, const int32_t* pos, const float* x, int n)> observe_residual;
+    std::function<void(const int32_t* pos, float* x, int n)> resume;
+    int resume_layer = 0;
     void reserve(const ModelConfig& c, int n_tokens, int n_ctx, int n_threads);
 };
 
