@@ -613,6 +613,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     json split_kl = json::object();
     double energy_kl = 0;
     std::vector<double> round_kl;  // probe KL of each adaptive round's allocation
+    std::string rounds_stop = "rounds";  // why the adaptive rounds ended
     std::string kept = "uniform";  // which candidate allocation adaptive kept
     RankMap ranks;
     if (opt.strategy == Strategy::Uniform) {
@@ -681,14 +682,33 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
             energy_kl = total_kl(factors, en, *base);
             if (energy_kl < best_kl) ranks = en, best_kl = energy_kl, kept = "energy";
         }
+        // Rounds stop early: at an allocation probed before (the rounds are
+        // deterministic in it, so they would cycle: seen at 16384 calibration
+        // tokens on stories260K) or after adaptive_patience rounds that do not
+        // beat the best round so far (on SmolLM2 they drift away from it).
         RankMap at = uni;
+        std::vector<RankMap> seen{uni};
+        double best_adaptive = 0;
+        int since_best = 0;
         for (int round = 0; round < std::max(1, opt.adaptive_rounds); ++round) {
             probe_kl(at);
             if (round == 0) best_w_k = w_k, best_w_v = w_v;
             at = allocate([&](const Spectra& s, uint64_t t) { return adaptive_ranks(c, s, w_k, w_v, t, opt.sharpness); });
+            if (std::any_of(seen.begin(), seen.end(), [&](const RankMap& r) { return r.k == at.k && r.v == at.v; })) {
+                rounds_stop = "cycle";
+                break;
+            }
+            seen.push_back(at);
             const double kl = total_kl(factors, at, *base);
             round_kl.push_back(kl);
             if (kl < best_kl) ranks = at, best_kl = kl, best_w_k = w_k, best_w_v = w_v, best_round = round + 1, kept = "adaptive";
+            if (round == 0 || kl < best_adaptive) {
+                best_adaptive = kl;
+                since_best = 0;
+            } else if (opt.adaptive_patience > 0 && ++since_best >= opt.adaptive_patience) {
+                rounds_stop = "no_gain";
+                break;
+            }
         }
         w_k = best_w_k;
         w_v = best_w_v;
@@ -740,7 +760,7 @@ nlohmann::json calibrate(Model& model, const std::string& text, const Options& o
     if (opt.strategy == Strategy::Adaptive)
         out["sensitivity"] = {{"w_k", w_k}, {"w_v", w_v}, {"rounds", opt.adaptive_rounds},
                               {"probe_kl", probe_kl_total}, {"probe_kl_uniform", uniform_kl}, {"best_round", best_round},
-                              {"probe_kl_rounds", round_kl},
+                              {"probe_kl_rounds", round_kl}, {"rounds_stop", rounds_stop},
                               {"probe_kl_uniform_split", split_kl}, {"probe_kl_energy", energy_kl}, {"kept", kept},
                               {"uniform_split", kept == "uniform" || kept == "uniform_split" ? json(best_split) : json(nullptr)}};
     log(STARKV_LOG_INFO, "STAR-KV calibration: " + out.dump());

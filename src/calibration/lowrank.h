@@ -36,6 +36,7 @@ struct Options {
     double ridge = 1e-6;                // Gram ridge, relative to its mean diagonal
     double sharpness = 50.0;            // k of the soft threshold s * tanh(k (s - a))
     int adaptive_rounds = 6;            // sensitivity re-measurements at the allocation's ranks
+    int adaptive_patience = 2;          // stop after this many rounds not better than the best (0 = never)
     // Output-side weights of the factorization error (see weighted_factorize):
     // values through W_o of their query heads, keys through their group's
     // query energy per rotary pair. Off = plain activation-aware SVD.

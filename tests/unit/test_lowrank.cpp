@@ -196,6 +196,20 @@ TEST(LowRank, BudgetAccountingMatchesDirectCount) {
             EXPECT_LE(kept, sens["probe_kl_energy"].get<double>());
             const std::string which = sens["kept"].get<std::string>();
             EXPECT_EQ(sens["best_round"].get<int>() > 0, which == "adaptive") << which;
+            // The rounds run until their number, a repeated allocation, or
+            // adaptive_patience rounds not better than the best round.
+            const std::vector<double> rounds = sens["probe_kl_rounds"].get<std::vector<double>>();
+            const std::string stop = sens["rounds_stop"].get<std::string>();
+            ASSERT_LE(rounds.size(), static_cast<size_t>(o.adaptive_rounds));
+            EXPECT_LE(sens["best_round"].get<int>(), static_cast<int>(rounds.size()));
+            if (stop == "rounds") EXPECT_EQ(rounds.size(), static_cast<size_t>(o.adaptive_rounds));
+            if (stop == "no_gain") {
+                const size_t p = static_cast<size_t>(o.adaptive_patience);
+                ASSERT_GT(rounds.size(), p);
+                const double best_before = *std::min_element(rounds.begin(), rounds.end() - static_cast<std::ptrdiff_t>(p));
+                for (size_t i = rounds.size() - p; i < rounds.size(); ++i) EXPECT_GE(rounds[i], best_before) << i;
+            }
+            if (which == "adaptive") EXPECT_EQ(kept, *std::min_element(rounds.begin(), rounds.end()));
             if (which == "uniform" || which == "uniform_split") {
                 const double d = sens["uniform_split"].get<double>();
                 const double keep_k = 1.0 - static_cast<float>(o.rate + d), keep_v = 1.0 - static_cast<float>(o.rate - d);
