@@ -227,6 +227,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     // 1. Inputs of the K/V projections of the compressed layers on the calibration text.
     const int E = c.n_embd;
     std::vector<std::vector<float>> xs(static_cast<size_t>(c.n_layer));
+    size_t n_sampled = 0;  // calibration sequences the samples come from
     {
         Context ctx(borrow(model), ContextOptions{seq_len, n_threads});
         ctx.set_kv_input_observer([&](int l, const float* xn, int n) {
@@ -239,6 +240,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
             ctx.reset();
             ctx.eval(s.data(), s.size(), false);
             got += s.size();
+            ++n_sampled;
         }
     }
 
@@ -294,7 +296,14 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
     json sensitivity;
     const bool any = std::any_of(pick.begin(), pick.end(), [](const Candidate* c) { return c != nullptr; });
     if (opt.probe_tokens > 0 && any) {
-        size_t next = 0, got = 0;
+        // The probe text follows the sampled sequences where the calibration
+        // text is long enough: a plan fitted to the samples is then judged on
+        // text it was not fitted to (probing the samples themselves kept plans
+        // that lost on held-out text, docs/quality.md).
+        size_t after = 0;
+        for (size_t i = n_sampled; i < calib.size(); ++i) after += calib[i].size();
+        const bool held_out = after >= static_cast<size_t>(opt.probe_tokens);
+        size_t next = held_out ? n_sampled : 0, got = 0;
         const auto probe_text = probe::take(calib, &next, opt.probe_tokens);
         for (const auto& s : probe_text) got += s.size();
         // Output of the model with the given latents quantized (null: fp32),
@@ -351,6 +360,7 @@ json plan_and_fold(Model& model, const std::vector<std::vector<int32_t>>& calib,
             if (round_kl.back() <= best_kl) best_kl = round_kl.back(), best_round = round, pick = at;
         }
         sensitivity = {{"probe_tokens", static_cast<int64_t>(got)},
+                       {"probe_held_out", held_out},
                        {"probe_kl_squared_error_plan", kl_plain},
                        {"probe_kl_weighted_plan", round_kl},
                        {"kept", best_round < 0 ? "squared_error" : "weighted"},

@@ -23,7 +23,8 @@ struct Options {
     bool mixed = true;      // leading/tail split; false = one bit width everywhere (round(avg_bits))
     int sample_tokens = 1024;  // calibration tokens whose latents are measured
     int plain_bits = 0;     // layers kept plain (skip layers): K/V rows at 8 or 4 bits; 0 = fp32
-    // Calibration tokens on which each latent's sensitivity is probed (the KL
+    // Calibration tokens on which each latent's sensitivity is probed (those
+    // after the sampled ones where the text holds enough, else the first; the KL
     // of the output when only that latent is quantized, per unit of its
     // squared error); 0 = plan by squared error alone (the ablation).
     int probe_tokens = 512;

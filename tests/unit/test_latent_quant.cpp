@@ -519,6 +519,35 @@ TEST(LatentQuant, SensitivityProbesReportTheKeptPlansOutputKl) {
     EXPECT_TRUE(plan0["sensitivity"].is_null());
     // The squared-error plan's KL, as the probing planner measured it.
     EXPECT_NEAR(mean_kl_f64(ref, logits_of(*m0, t), V), kl_sq, 1e-3 * kl_sq + 1e-7);
+    EXPECT_FALSE(sens["probe_held_out"].get<bool>());  // one sequence: the samples are probed
+}
+
+// With calibration text beyond the sampled tokens, the probes run on the
+// text after them: the KL reported for the kept plan is the one measured on
+// that second text.
+TEST(LatentQuant, SensitivityProbesRunOnTextAfterTheSamples) {
+    auto plain = load_stories();
+    lr::install_full_rank(*plain, {2, 3});
+    const std::vector<int32_t> all = text_tokens(*plain, 160);
+    const std::vector<int32_t> sample(all.begin(), all.begin() + 80), held(all.begin() + 80, all.end());
+    const std::vector<float> ref = logits_of(*plain, held);
+    starkv::quant::Options o;
+    o.avg_bits = 3;
+    o.sample_tokens = 80;
+    o.probe_tokens = 80;
+    auto m = load_stories();
+    lr::install_full_rank(*m, {2, 3});
+    const nlohmann::json plan = starkv::quant::plan_and_fold(*m, {sample, held}, o, 128, 1);
+    const nlohmann::json& sens = plan["sensitivity"];
+    ASSERT_TRUE(sens.is_object());
+    EXPECT_TRUE(sens["probe_held_out"].get<bool>());
+    EXPECT_EQ(sens["probe_tokens"].get<int>(), 80);
+    const int kept_round = sens["kept_round"].get<int>();
+    const double want = kept_round < 0 ? sens["probe_kl_squared_error_plan"].get<double>()
+                                       : sens["probe_kl_weighted_plan"][static_cast<size_t>(kept_round)].get<double>();
+    const double got = mean_kl_f64(ref, logits_of(*m, held), static_cast<size_t>(m->config().n_vocab));
+    EXPECT_GT(got, 0.0);
+    EXPECT_NEAR(got, want, 1e-3 * want + 1e-7) << "planner " << want << ", measured " << got;
 }
 
 TEST(LatentQuant, BundleWithKvBits4GeneratesAndHoldsTheBytesOfItsPlan) {
