@@ -47,7 +47,8 @@ echo "| 0 | none | 0% | 0% | - | $base | - |"
 for rate in ${RATES:-0.5 0.6 0.75}; do
   for st in ${STRATEGIES:-uniform energy adaptive}; do
     out="$work/m_${rate}_${st}.skv"
-    args=(--kv-compress "$rate" --calib "$calib" --rank-strategy "$st" --calib-tokens "${CALIB_TOKENS:-4096}")
+    args=(--kv-compress "$rate" --calib "$calib" --rank-strategy "$st")
+    [ -n "${CALIB_TOKENS:-}" ] && args+=(--calib-tokens "$CALIB_TOKENS")  # default: pack's (16384)
     [ -n "${SKIP:-}" ] && args+=(--skip-layers "$SKIP")
     "$bin" pack -m "$model" -o "$out" --zstd-level 1 "${args[@]}" >/dev/null
     p=$(ppl "$out")
