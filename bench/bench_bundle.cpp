@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 
+#include "bench_models.h"
 #include "bundle/writer.h"
 #include "model/loader.h"
 
@@ -16,18 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string smollm2_path() {
-    const char* xdg = std::getenv("XDG_CACHE_HOME");
-    const char* home = std::getenv("HOME");
-    const std::string cache = xdg && *xdg ? xdg : std::string(home ? home : "") + "/.cache";
-    return cache + "/starkv/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
-std::string model_path(int which) {
-    const char* env = std::getenv("STARKV_SHARED_DIR");
-    const std::string shared = env && *env ? env : STARKV_SHARED_DIR;
-    return which == 0 ? shared + "/models/stories260K.gguf" : smollm2_path();
-}
+using starkv_bench::model_path;
 
 // Packs once per (model, level) into the temp directory.
 std::string bundle_path(int which, int level) {
