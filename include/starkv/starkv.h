@@ -208,6 +208,8 @@ typedef struct starkv_pack_params {
      * probed (output KL when only it is quantized), to weigh its error in the
      * plan; default 512; 0 = plan by squared error alone. */
     int32_t kv_bits_probe_tokens;
+    /* Threads of the calibration (kv_compress): 0 = every core (default). */
+    int32_t n_threads;
 } starkv_pack_params;
 STARKV_API void starkv_pack_params_default(starkv_pack_params *params);
 

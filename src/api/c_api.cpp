@@ -280,6 +280,8 @@ starkv_status starkv_pack(const char* in_path, const char* out_path, const stark
             kv.rate = p.kv_compress;
             if (p.rank_strategy) kv.strategy = starkv::lowrank::parse_strategy(p.rank_strategy);
             if (p.calib_tokens < 1) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "calib_tokens must be positive");
+            if (p.n_threads < 0 || p.n_threads > 1024) starkv::fail(STARKV_ERR_INVALID_ARGUMENT, "n_threads must be in [0, 1024]");
+            kv.n_threads = p.n_threads;
             kv.calib_tokens = p.calib_tokens;
             if (p.kv_compress_k != 0.0f || p.kv_compress_v != 0.0f) {
                 if (!(p.kv_compress_k > 0.0f && p.kv_compress_k < 1.0f && p.kv_compress_v > 0.0f && p.kv_compress_v < 1.0f))

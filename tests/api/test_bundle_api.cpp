@@ -6,7 +6,10 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "hf_checkpoint.h"
 #include "starkv/starkv.h"
@@ -142,6 +145,29 @@ TEST(BundleApi, StarKvPackAndKvStats) {
     EXPECT_NE(doc.find("\"kv-lowrank\""), std::string::npos);
     EXPECT_NE(doc.find("\"star-kv\""), std::string::npos);
 
+    // One calibration thread gives the same tensors (their xxh64 in the
+    // description) as every core.
+    {
+        starkv_pack_params one = pp;
+        one.n_threads = 1;
+        const std::string out1 = dir + "/kv1.skv";
+        ASSERT_EQ(starkv_pack(starkv_test::stories_model().c_str(), out1.c_str(), &one), STARKV_OK) << starkv_last_error();
+        size_t n1 = 0;
+        ASSERT_EQ(starkv_bundle_describe(out1.c_str(), nullptr, 0, &n1), STARKV_ERR_BUFFER_TOO_SMALL);
+        std::string doc1(n1, '\0');
+        ASSERT_EQ(starkv_bundle_describe(out1.c_str(), doc1.data(), doc1.size(), &n1), STARKV_OK);
+        const auto hashes = [](const std::string& d) {
+            std::vector<std::pair<std::string, std::string>> h;
+            const nlohmann::json j = nlohmann::json::parse(d);
+            for (const auto& t : j.at("tensors"))
+                h.emplace_back(t["name"].get<std::string>(), t["xxh64"].dump());
+            return h;
+        };
+        const auto h0 = hashes(std::string(doc, 0, n)), h1 = hashes(doc1);
+        EXPECT_GT(h0.size(), 10u);
+        EXPECT_EQ(h0, h1);
+    }
+
     starkv_model* m = load(out);
     ASSERT_NE(m, nullptr);
     starkv_model_info info;
@@ -183,6 +209,9 @@ TEST(BundleApi, StarKvPackAndKvStats) {
     refused(b);
     b = pp;
     b.skip_layers = "0,99";
+    refused(b);
+    b = pp;
+    b.n_threads = -1;
     refused(b);
     // An old caller's struct (without the STAR-KV fields) packs uncompressed.
     b = pp;

@@ -309,6 +309,7 @@ struct KvPackArgs {
     bool uniform = false;
     int plain_bits = 0;
     int probe_tokens = default_pack_params().kv_bits_probe_tokens;
+    unsigned threads = 0;
 };
 
 int cmd_pack(const std::string& in, const std::string& out, int level, const KvPackArgs& kv) {
@@ -328,6 +329,7 @@ int cmd_pack(const std::string& in, const std::string& out, int level, const KvP
         pp.kv_bits_uniform = kv.uniform ? 1 : 0;
         pp.kv_bits_plain = kv.plain_bits;
         pp.kv_bits_probe_tokens = kv.probe_tokens;
+        pp.n_threads = static_cast<int32_t>(kv.threads);
         if (kv.hadamard == "auto") pp.hadamard_block = 0;
         else if (kv.hadamard == "none") pp.hadamard_block = -1;
         else pp.hadamard_block = std::stoi(kv.hadamard);
@@ -646,6 +648,7 @@ int main(int argc, char** argv) {
                      "with --kv-bits: tokens to probe each latent's sensitivity on (default " + std::to_string(kvp.probe_tokens) +
                          "; 0 = squared error only)")
         ->check(CLI::Range(0, 1 << 20));
+    pack->add_option("--threads,-t", kvp.threads, "threads of the STAR-KV calibration (0 = all)")->check(CLI::Range(0u, 1024u));
 
     BenchArgs ba;
     auto* bench = app.add_subcommand("bench", "prefill and decode speed beside the memory-bandwidth floor");
