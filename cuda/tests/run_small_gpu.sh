@@ -6,6 +6,9 @@
 #             PyTorch SDPA at batch 1 (both ways)
 #   tune      batch 1 single pass with other chunk lengths / head splits
 #   sanitize  compute-sanitizer memcheck and racecheck over the single-pass tests
+#   e2e       FusedLatent.* end to end (the backend's decode runs the single pass at batch 1), then
+#             `starkv bench` on synthetic 2-layer stacks (75% latents, bf16) at 4K and 32K, with and
+#             without the single pass (STARKV_CUDA_LATENT_SMALL=0), and the plain bf16 cache
 # Programs and scripts sit beside this script (see stage_small.sh). Logs to $OUT.
 set -x
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,5 +40,23 @@ sanitize)
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$here/starkv_cuda_latent_tests" --gtest_filter='LatentAttention.SmallBatchPagedCaches:LatentAttention.SmallBatchAuto*' > "$OUT/racecheck.txt" 2>&1; echo "racecheck rc $?"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED|hazard" "$OUT/racecheck.txt" | head
   unset STARKV_LATENT_TEST_SMALL ;;
+e2e)
+  STARKV_SHARED_DIR="$here/shared" timeout 240 "$here/bin/starkv_cuda_e2e_tests" --gtest_filter='FusedLatent.*' > "$OUT/e2e.txt" 2>&1
+  grep -E "OK \]|FAILED|PASSED|logit|top" "$OUT/e2e.txt" | head -20
+  for shape in llama2-7b llama3-8b; do
+    for rate in 0.75 0; do
+      bdl="/tmp/syn_${shape}_${rate}.skv"
+      timeout 120 "$here/bin/starkv" pack --synthetic $shape --layers 2 --kv-compress $rate -o "$bdl" || continue
+      for ctx in 4096 32768; do
+        for small in 1 0; do
+          [ $rate = 0 ] && [ $small = 0 ] && continue
+          echo "== $shape kv-compress $rate ctx $ctx small-batch pass $small"
+          STARKV_CUDA_LATENT_SMALL=$small STARKV_CUDA_DTYPE=bf16 timeout 120 "$here/bin/starkv" bench -m "$bdl" \
+            --backend cuda --ctx $ctx --gen 64 2>&1 | grep -iE "ms/tok|token|floor|decode" | head -6
+        done
+      done
+      rm -f "$bdl"
+    done
+  done 2>&1 | tee "$OUT/e2e_bench.txt" ;;
 esac; done
 true
