@@ -471,6 +471,10 @@ private:
         sh.rope_half_split = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
         sh.v_rank = (s.v_rank + 127) / 128 * 128;
         sh.format = LatentFormat::F16;
+        // STARKV_CUDA_LATENT_SMALL=0: no small-batch single pass (the five-launch kernels at every
+        // batch; comparisons).
+        const char* sb = std::getenv("STARKV_CUDA_LATENT_SMALL");
+        if (sb && std::strcmp(sb, "0") == 0) sh.small_batch_max = 0;
         for (int h = 0; h < n_kv; ++h) sh.k_rank[h] = rank[h];
         L.shape = sh;
         if (latent_attention_workspace(fused_shape(L, 1, 64)) == 0) return;  // a limit of the kernels

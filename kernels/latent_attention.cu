@@ -1,4 +1,5 @@
 #include "latent_attention.cuh"
+#include "latent_decode_small.cuh"
 
 #include <algorithm>
 #include <cfloat>
@@ -1810,6 +1811,7 @@ bool make_plan(const LatentAttnShape& s, Plan* pl) {
     const bool key_table_ok = s.head_dim == 128 && s.rope_half_split && s.rope_dims == 128 && pl->max_r <= 64;
     const bool fold_ok = score_w_smem_bytes(s.head_dim, pl->max_r, pl->G, elem) <= kScoreWMaxSmem;
     switch (s.scores_kernel) {
+        case LatentScoresKernel::SmallBatch:  // a shape the single pass does not take
         case LatentScoresKernel::Auto:
             pl->kernel = key_table_ok && pl->G > 1 ? LatentScoresKernel::KeyTable
                          : table_ok                ? LatentScoresKernel::RopeTable
@@ -2085,8 +2087,16 @@ cudaError_t run_all(const LatentAttnShape& s, const Plan& pl, const LatentAttnAr
     return expand(latent_expand_kernel<T, 16>);
 }
 
+// The small-batch single pass: asked for, or Auto at a small batch, where the shape fits it.
+bool use_small(const LatentAttnShape& s) {
+    const bool want = s.scores_kernel == LatentScoresKernel::SmallBatch ||
+                      (s.scores_kernel == LatentScoresKernel::Auto && s.n_seq <= s.small_batch_max);
+    return want && latent_small_supported(s);
+}
+
 cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, size_t ws_bytes, cudaStream_t st,
                 cudaEvent_t e1, cudaEvent_t e2, cudaEvent_t e3) {
+    if (use_small(s)) return latent_small_attention(s, a, ws, ws_bytes, st, e1, e2, e3);
     Plan pl;
     if (!make_plan(s, &pl) || ws_bytes < pl.total || !ws || !a.q || !a.k_lat || !a.k_u || !a.v_lat || !a.v_u ||
         !a.n_keys || !a.out || (s.rope_dims > 0 && !a.inv_freq) || (s.page_rows > 0) != (a.page_table != nullptr))
@@ -2103,6 +2113,7 @@ cudaError_t run(const LatentAttnShape& s, const LatentAttnArgs& a, void* ws, siz
 }  // namespace
 
 size_t latent_attention_workspace(const LatentAttnShape& shape) {
+    if (use_small(shape)) return latent_small_workspace(shape);
     Plan pl;
     return make_plan(shape, &pl) ? pl.total : 0;
 }
@@ -2113,7 +2124,12 @@ size_t latent_attention_workspace_bound(const LatentAttnShape& shape) {
     // Every chunk one tile: no plan of a smaller call has more chunks.
     pl.n_chunk1 = pl.n_chunk2 = ceil_div(std::max(shape.max_keys, 1), kTile);
     lay_out(shape, &pl);
-    return pl.total;
+    // Calls small enough for the single pass use its workspace instead.
+    LatentAttnShape small = shape;
+    if (shape.scores_kernel == LatentScoresKernel::Auto) small.n_seq = std::min(shape.n_seq, shape.small_batch_max);
+    const size_t small_bytes =
+        small.n_seq > 0 && use_small(small) ? latent_small_workspace_bound(small) : 0;
+    return std::max(pl.total, small_bytes);
 }
 
 cudaError_t latent_attention(const LatentAttnShape& shape, const LatentAttnArgs& args, void* workspace,

@@ -49,8 +49,10 @@ enum class LatentFormat { F16, BF16, Q4 };
 // tile), or keys rebuilt once per KV head, rotated with that table and scored for the whole group on
 // tensor cores (v11, KeyTable: half-split RoPE over all of head_dim 128, ranks <= 64). Auto picks by
 // measurement (docs/perf/attention.md); a forced kernel that does not fit the shape runs KeyRotation.
-// Tests force each.
-enum class LatentScoresKernel { Auto, KeyRotation, QueryFold, RopeTable, KeyTable };
+// Tests force each. SmallBatch: the small-batch single pass (latent_decode_small.cuh: one fused
+// pass per chunk + a combine that applies U_v), which Auto takes for n_seq <= small_batch_max;
+// forced, it runs at any batch; a shape it does not take runs Auto's five-launch path.
+enum class LatentScoresKernel { Auto, KeyRotation, QueryFold, RopeTable, KeyTable, SmallBatch };
 
 struct LatentAttnShape {
     int n_seq = 0;             // sequences in the batch, one query token each
@@ -69,6 +71,8 @@ struct LatentAttnShape {
     int k_rank[kLatMaxKvHeads] = {};  // each KV head's key rank (ragged), <= kLatMaxKeyRank
     LatentFormat format = LatentFormat::BF16;
     LatentScoresKernel scores_kernel = LatentScoresKernel::Auto;
+    // Auto runs the small-batch single pass (fp16/bf16 latents) for n_seq up to this; 0: never.
+    int small_batch_max = 4;
 };
 
 // Key rank padded to the MMA tile (16), not to the layer's largest rank.

@@ -6,7 +6,12 @@
 // Fresh random latents for each shape (on the device), CUDA events, median of
 // the timed runs. The PyTorch SDPA baseline on the full cache is
 // cuda/tests/sdpa_baseline.py, run in the same session.
-// Usage: bench_latent_attention [bf16|f16|q4] [reps] [auto|key|fold|table|ktable]  (the scores kernel)
+// Usage: bench_latent_attention [bf16|f16|q4] [reps] [auto|key|fold|table|ktable|small|five] [page_rows] [batch]
+// (the scores kernel; small: the small-batch single pass forced, five: Auto without it, the five-launch
+// path). LATENT_SMALL_CHUNK / LATENT_SMALL_SPLIT: the single pass's chunk keys and KV-head groups
+// (latent_small_tune). LATENT_FLUSH_L2=1: 128 MB written before every timed call (outside the
+// events), so no latent is still in the 50 MB L2 from the previous call, as in a model where every
+// other layer's weights and caches pass through L2 between two calls of one layer.
 // q4: 4-bit latents (LatentFormat::Q4: codes + a (scale, min) per token and key head / 128 values).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "latent_attention.cuh"
+#include "latent_decode_small.cuh"
 
 using namespace starkv::cuda;
 
@@ -113,10 +119,18 @@ struct Model {
     int n_head, n_kv, k_rank, v_rank;
 };
 
+void* g_flush = nullptr;  // LATENT_FLUSH_L2: 128 MB
+constexpr size_t kFlushBytes = size_t(128) << 20;
+void flush_l2(int i) {
+    if (g_flush) CK(cudaMemsetAsync(g_flush, i & 0xff, kFlushBytes));
+}
+bool g_five = false;  // Auto without the small-batch pass
+
 template <typename T>
 void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, LatentScoresKernel sk, int page_rows,
            int batch) {
     LatentAttnShape s;
+    if (g_five) s.small_batch_max = 0;
     s.n_seq = batch;
     s.n_head = m.n_head;
     s.n_kv = m.n_kv;
@@ -208,6 +222,7 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     for (auto& e : ev) CK(cudaEventCreate(&e));
     std::vector<float> tot, t1, t2, t3, t4;
     for (int i = 0; i < reps + 3; ++i) {
+        flush_l2(i);
         CK(cudaEventRecord(ev[0]));
         CK(latent_attention_timed(s, a, ws, ws_bytes, nullptr, ev[1], ev[2], ev[3]));
         CK(cudaEventRecord(ev[4]));
@@ -225,6 +240,7 @@ void bench(const Model& m, int ctx, LatentFormat fmt, int reps, double bw, Laten
     // The plain call (no events between the stages): the time reported.
     std::vector<float> plain;
     for (int i = 0; i < reps + 3; ++i) {
+        flush_l2(i);
         CK(cudaEventRecord(ev[0]));
         CK(latent_attention(s, a, ws, ws_bytes, nullptr));
         CK(cudaEventRecord(ev[4]));
@@ -272,15 +288,22 @@ int main(int argc, char** argv) {
                                   : std::strcmp(kname, "fold") == 0  ? LatentScoresKernel::QueryFold
                                   : std::strcmp(kname, "table") == 0 ? LatentScoresKernel::RopeTable
                                   : std::strcmp(kname, "ktable") == 0 ? LatentScoresKernel::KeyTable
+                                  : std::strcmp(kname, "small") == 0 ? LatentScoresKernel::SmallBatch
                                                                      : LatentScoresKernel::Auto;
+    g_five = std::strcmp(kname, "five") == 0;
+    const char* ck = std::getenv("LATENT_SMALL_CHUNK");
+    const char* sp = std::getenv("LATENT_SMALL_SPLIT");
+    latent_small_tune(ck ? std::atoi(ck) : 0, sp ? std::atoi(sp) : 0);
+    const char* fl = std::getenv("LATENT_FLUSH_L2");
+    if (fl && *fl == '1') CK(cudaMalloc(&g_flush, kFlushBytes));
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const double bw = copy_bandwidth();
     std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + write); latents %s; scores kernel %s; "
-                "%s; batch %d; median of %d\n",
+                "%s; batch %d; median of %d%s%s%s\n",
                 prop.name, prop.multiProcessorCount, bw, bf16 ? "bf16" : q4 ? "q4 (4-bit + scales)" : "fp16", kname,
                 page_rows > 0 ? ("pages of " + std::to_string(page_rows) + " rows, shuffled").c_str() : "contiguous",
-                batch, reps);
+                batch, reps, g_flush ? "; L2 flushed before each call" : "", ck ? "; chunk " : "", ck ? ck : "");
     std::printf("%-10s %6s %9s %8s %8s %7s %8s | %15s %15s %6s %6s\n", "model", "ctx", "MB read", "floor", "ms",
                 "floor%", "serial", "scores ms(bw%)", "values ms(bw%)", "reduce", "expand");
     // 75% of the full cache: Llama-2-7B full = 32 heads x 128 x 2 = 8192 values/token -> 2048:

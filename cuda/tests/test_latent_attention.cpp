@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "latent_attention.cuh"
+#include "latent_decode_small.cuh"
 
 using starkv::cuda::LatentAttnArgs;
 using starkv::cuda::LatentAttnShape;
@@ -550,6 +551,7 @@ const char* kernel_name(LatentScoresKernel k) {
     return k == LatentScoresKernel::QueryFold   ? "query fold"
            : k == LatentScoresKernel::RopeTable ? "angle table"
            : k == LatentScoresKernel::KeyTable  ? "key table"
+           : k == LatentScoresKernel::SmallBatch ? "small-batch pass"
                                                 : "key rotation";
 }
 
@@ -682,4 +684,115 @@ TEST(LatentAttention, Llama3ShapesLongContext) {
         std::printf("[latent] Llama-3 shapes fp16, 4097 keys (%s): rel err %.2e\n",
                     kernel_name(k), e);
     }
+}
+
+// The small-batch single pass (kernels/latent_decode_small.cuh): batch 1 and 2-4, MHA with ragged
+// ranks (every key-piece width: padded ranks <= 32, <= 64, <= 128), GQA groups 4 and 8, head_dim
+// 64 and 128, both RoPE layouts (full, partial, none), contexts of 0, 1, 63, 65, 1000 and 4097
+// keys, chunks of one and of several tiles, KV heads split over blocks, paged caches; fp16 and bf16,
+// against the same float64 reference and bounds as the five-launch path.
+namespace {
+LatentAttnShape shape_of(const Case& c, LatentFormat f) {
+    LatentAttnShape s;
+    s.n_seq = c.n_seq;
+    s.n_head = c.n_head;
+    s.n_kv = c.n_kv;
+    s.head_dim = c.hd;
+    s.rope_dims = c.rope_dims;
+    s.rope_half_split = c.half_split;
+    s.v_rank = c.v_rank;
+    s.ctx_cap = c.ctx_cap;
+    s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
+    s.format = f;
+    s.scores_kernel = c.scores;
+    if (c.page_rows > 0) {
+        s.ctx_cap = 0;
+        s.page_rows = c.page_rows;
+        s.pages_per_seq = (c.ctx_cap + c.page_rows - 1) / c.page_rows;
+    }
+    for (int h = 0; h < c.n_kv; ++h) s.k_rank[h] = c.ranks[h];
+    return s;
+}
+// Runs the case in both formats through the single pass (asserting that it takes the shape).
+void small_both(Case c, const char* what) {
+    c.scores = LatentScoresKernel::SmallBatch;
+    ASSERT_TRUE(starkv::cuda::latent_small_supported(shape_of(c, LatentFormat::F16))) << what;
+    const double e16 = run_case<F16>(c), eb = run_case<Bf16>(c);
+    EXPECT_LT(e16, 3e-3) << what << ": rel err " << e16;
+    EXPECT_LT(eb, 1e-2) << what << ": rel err " << eb;
+    std::printf("[latent] small-batch pass, %s: rel err fp16 %.2e, bf16 %.2e\n", what, e16, eb);
+}
+struct TuneGuard {  // the benchmark knob, reset whatever happens
+    TuneGuard(int chunk, int split) { starkv::cuda::latent_small_tune(chunk, split); }
+    ~TuneGuard() { starkv::cuda::latent_small_tune(0, 0); }
+};
+}  // namespace
+
+TEST(LatentAttentionShape, SmallBatchDispatch) {
+    LatentAttnShape s = one_head_shape(LatentFormat::F16, 1000);
+    s.ctx_cap = 1000;
+    EXPECT_TRUE(starkv::cuda::latent_small_supported(s));
+    EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), starkv::cuda::latent_small_workspace(s));
+    s.format = LatentFormat::Q4;  // Q4: the five-launch path
+    EXPECT_FALSE(starkv::cuda::latent_small_supported(s));
+    EXPECT_GT(starkv::cuda::latent_attention_workspace(s), 0u);
+    s.format = LatentFormat::F16;
+    s.head_dim = 96;  // refused by both
+    EXPECT_FALSE(starkv::cuda::latent_small_supported(s));
+    EXPECT_EQ(starkv::cuda::latent_attention_workspace(s), 0u);
+    LatentAttnArgs a;
+    EXPECT_EQ(starkv::cuda::latent_small_attention(s, a, nullptr, 0, nullptr), cudaErrorInvalidValue);
+    s.head_dim = 128;
+    // Valid shape, missing pointers or workspace: refused, not launched.
+    EXPECT_EQ(starkv::cuda::latent_small_attention(s, a, nullptr, 0, nullptr), cudaErrorInvalidValue);
+    // The bound covers the single pass's most chunks.
+    EXPECT_GE(starkv::cuda::latent_attention_workspace_bound(s), starkv::cuda::latent_small_workspace_bound(s));
+}
+
+TEST(LatentAttention, SmallBatchSinglePass) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    small_both({1, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1000}, 1003}, "batch 1, MHA ragged 32/16/40/8, adjacent");
+    for (int n : {1, 63, 65})
+        small_both({1, 4, 4, 128, 128, true, 128, {32, 16, 32, 8}, {n}, 65}, ("batch 1, " + std::to_string(n) + " keys").c_str());
+    small_both({3, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1, 77, 300}, 301}, "batch 3, MHA ragged, 1/77/300 keys");
+    small_both({4, 8, 2, 64, 32, true, 128, {24, 64}, {129, 1000, 0, 65}, 1003},
+               "batch 4, GQA 8/2, head_dim 64, partial half-split, ranks 24/64, 129/1000/0/65 keys");
+    small_both({2, 16, 2, 128, 128, true, 128, {128, 33}, {65, 64}, 70}, "batch 2, GQA group 8, ranks 128/33");
+    small_both({2, 4, 2, 64, 0, false, 128, {16, 32}, {200, 63}, 200}, "batch 2, no RoPE, head_dim 64");
+    small_both({1, 64, 64, 64, 64, true, 128, std::vector<int>(64, 16), {130}, 130}, "batch 1, 64 heads, rank 16");
+    {
+        TuneGuard g(256, 0);  // chunks of 4 tiles
+        small_both({2, 8, 2, 64, 32, true, 128, {24, 64}, {1000, 129}, 1003}, "chunks of 256 keys, GQA");
+        small_both({1, 4, 4, 128, 128, false, 256, {32, 16, 40, 8}, {1000}, 1003}, "chunks of 256 keys, MHA");
+    }
+    {
+        TuneGuard g(128, 2);  // KV heads in two blocks per chunk
+        small_both({2, 8, 4, 128, 128, true, 256, {32, 40, 16, 32}, {300, 1000}, 1000}, "heads split in 2, chunks of 128");
+    }
+    if (!small()) {
+        small_both({1, 32, 32, 128, 128, true, 1024, std::vector<int>(32, 32), {1000}, 1000}, "Llama-2 shapes, batch 1");
+        small_both({4, 32, 8, 128, 128, true, 256, std::vector<int>(8, 32), {4097, 63, 65, 2500}, 4100},
+                   "Llama-3 shapes, batch 4, 4097/63/65/2500 keys");
+    }
+}
+
+TEST(LatentAttention, SmallBatchPagedCaches) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    small_both({2, 4, 4, 128, 128, true, 256, {32, 40, 16, 32}, {300, 128}, 320, LatentScoresKernel::SmallBatch, 64},
+               "paged (64 rows), MHA, 300/128 keys");
+    small_both({2, 8, 2, 128, 128, true, 256, {32, 40}, {700, 384}, 768, LatentScoresKernel::SmallBatch, 192},
+               "paged (192 rows), GQA, 700/384 keys");
+    TuneGuard g(128, 0);  // chunks of two tiles over pages of one tile
+    small_both({1, 4, 1, 64, 64, false, 128, {24}, {190}, 256, LatentScoresKernel::SmallBatch, 64},
+               "paged (64 rows), chunks of 128, adjacent");
+}
+
+// Auto takes the single pass at batch <= small_batch_max (default 4) for fp16/bf16 latents.
+TEST(LatentAttention, SmallBatchAutoAgreesWithFiveLaunchPath) {
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    Case c{2, 8, 2, 128, 128, true, 256, {32, 40}, {700, 129}, 701};
+    ASSERT_TRUE(starkv::cuda::latent_small_supported(shape_of(c, LatentFormat::F16)));
+    const double e = run_case<F16>(c);  // Auto, batch 2: the single pass
+    EXPECT_LT(e, 3e-3) << "rel err " << e;
+    std::printf("[latent] Auto at batch 2 (single pass): rel err %.2e\n", e);
 }
