@@ -471,10 +471,11 @@ private:
         sh.rope_half_split = d_.rope_layout == STARKV_ROPE_HALF_SPLIT;
         sh.v_rank = (s.v_rank + 127) / 128 * 128;
         sh.format = LatentFormat::F16;
-        // STARKV_CUDA_LATENT_SMALL=0: no small-batch single pass (the five-launch kernels at every
-        // batch; comparisons).
+        // The small-batch single pass (latent_decode_small.cuh) only with STARKV_CUDA_LATENT_SMALL=1
+        // until it has run on a GPU (docs/perf/attention.md, v19); otherwise the five-launch kernels
+        // at every batch.
         const char* sb = std::getenv("STARKV_CUDA_LATENT_SMALL");
-        if (sb && std::strcmp(sb, "0") == 0) sh.small_batch_max = 0;
+        if (!sb || std::strcmp(sb, "1") != 0) sh.small_batch_max = 0;
         for (int h = 0; h < n_kv; ++h) sh.k_rank[h] = rank[h];
         L.shape = sh;
         if (latent_attention_workspace(fused_shape(L, 1, 64)) == 0) return;  // a limit of the kernels

@@ -8,7 +8,7 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over the single-pass tests
 #   e2e       FusedLatent.* end to end (the backend's decode runs the single pass at batch 1), then
 #             `starkv bench` on synthetic 2-layer stacks (75% latents, bf16) at 4K and 32K, with and
-#             without the single pass (STARKV_CUDA_LATENT_SMALL=0), and the plain bf16 cache
+#             without the single pass (STARKV_CUDA_LATENT_SMALL=1 / 0), and the plain bf16 cache
 # Programs and scripts sit beside this script (see stage_small.sh). Logs to $OUT.
 set -x
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -41,8 +41,11 @@ sanitize)
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED|hazard" "$OUT/racecheck.txt" | head
   unset STARKV_LATENT_TEST_SMALL ;;
 e2e)
-  STARKV_SHARED_DIR="$here/shared" timeout 240 "$here/bin/starkv_cuda_e2e_tests" --gtest_filter='FusedLatent.*' > "$OUT/e2e.txt" 2>&1
-  grep -E "OK \]|FAILED|PASSED|logit|top" "$OUT/e2e.txt" | head -20
+  for small in 1 0; do
+    STARKV_CUDA_LATENT_SMALL=$small STARKV_SHARED_DIR="$here/shared" timeout 240 "$here/bin/starkv_cuda_e2e_tests" \
+      --gtest_filter='FusedLatent.*' > "$OUT/e2e_small$small.txt" 2>&1
+    grep -E "OK \]|FAILED|PASSED|logit|top" "$OUT/e2e_small$small.txt" | head -20
+  done
   for shape in llama2-7b llama3-8b; do
     for rate in 0.75 0; do
       bdl="/tmp/syn_${shape}_${rate}.skv"
