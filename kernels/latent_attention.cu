@@ -1,5 +1,6 @@
 #include "latent_attention.cuh"
 #include "latent_decode_small.cuh"
+#include "mma_ptx.cuh"
 
 #include <algorithm>
 #include <cfloat>
@@ -16,71 +17,6 @@ constexpr int kStagesV = 3;      // value-latent tiles in flight per block
 constexpr int kSlice = 128;      // value-rank columns per block in the value pass
 constexpr int kPad = 8;          // elements added to each shared row: ldmatrix rows hit distinct banks
 constexpr float kLog2e = 1.4426950408889634f;
-
-// ---- PTX helpers (sm_80+: cp.async, ldmatrix, mma.sync m16n8k16) ----
-
-__device__ inline void cp_async16(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int n = valid ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ inline void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// 4- or 8-byte copies (.ca: sizes below 16); 0 source bytes zero-fill.
-template <int N>
-__device__ inline void cp_async_small(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int n = valid ? N : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(gmem), "n"(N), "r"(n) : "memory");
-}
-
-__device__ inline void ldsm_x4(uint32_t (&r)[4], const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-__device__ inline void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-
-// c += a * b, fp32 accumulate; b holds one 16x8 fragment (b0, b1).
-template <typename T>
-__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ inline void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ inline void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <>
-__device__ inline __half from_float<__half>(float x) {
-    return __float2half_rn(x);
-}
 
 // 2^x with the SFU (no denormal handling: arguments are <= 0 and results below 2^-126 do not matter
 // next to the running sum's leading term); 2^-inf = 0.
@@ -498,12 +434,6 @@ __host__ __device__ inline size_t score_w_smem_bytes(int hd, int R, int G, size_
            4 * kLatMaxGroup * sizeof(float2);
 }
 
-__device__ inline float2 half2_bits_to_float2(uint32_t v, __half*) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&v));
-}
-__device__ inline float2 half2_bits_to_float2(uint32_t v, __nv_bfloat16*) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-}
 __device__ inline uint32_t pack_half2(float a, float b) {
     const __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&h);
@@ -1612,26 +1542,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 3 : 2) latent_values_kerne
         }
         const T* V = Vs + (Q4 ? 0 : t % NSV) * kTile * (kSlice + kPad);
         const T* P = Ps + (t & 1) * HP * kPCols;
-#pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks) {
-            uint32_t bf[2][4];
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int row = ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-                const int col = warp * 32 + j * 16 + (lane / 16) * 8;
-                ldsm_x4_t(bf[j], V + row * (kSlice + kPad) + col);
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                uint32_t af[4];
-                ldsm_x4(af, P + (mt * 16 + lane % 16) * kPCols + ks * 16 + (lane / 16) * 8);
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    mma<T>(acc[mt][2 * j], af, bf[j][0], bf[j][1]);
-                    mma<T>(acc[mt][2 * j + 1], af, bf[j][2], bf[j][3]);
-                }
-            }
-        }
+        pv_tile_mma<T, MT>(acc, P, kPCols, V, kSlice + kPad, warp, lane);
     }
     cp_async_wait<0>();
 

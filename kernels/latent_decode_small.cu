@@ -1,4 +1,5 @@
 #include "latent_decode_small.cuh"
+#include "mma_ptx.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -13,65 +14,6 @@ constexpr int kVCols = 256;     // value-rank columns per value piece (8 warps x
 constexpr int kCombCols = 64;   // value-rank columns per combine block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr double kInv2Pi = 0.15915494309189533577;
-
-// ---- PTX helpers (the same as latent_attention.cu's; kept local so each file compiles alone) ----
-
-__device__ inline void cp_async16(void* smem, const void* gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int n = valid ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ inline void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ inline void ldsm_x4(uint32_t (&r)[4], const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-__device__ inline void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-template <typename T>
-__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ inline void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ inline void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <typename T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <>
-__device__ inline __half from_float<__half>(float x) {
-    return __float2half_rn(x);
-}
-__device__ inline float2 to_float2(uint32_t v, const __nv_bfloat16*) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-}
-__device__ inline float2 to_float2(uint32_t v, const __half*) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&v));
-}
 
 struct SmallParams {
     const float* q;
@@ -399,26 +341,7 @@ __global__ void __launch_bounds__(kThreads, 1) latent_small_pass_kernel(SmallPar
         const int c0 = vs * kVCols, width = min(kVCols, p.v_rank - c0);
         if (warp * 32 < width) {
             const T* V = ring + static_cast<size_t>(i % p.n_stage) * p.stage_elems;
-#pragma unroll
-            for (int ks = 0; ks < kTile / 16; ++ks) {
-                uint32_t bf[2][4];
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int row = ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-                    const int col = warp * 32 + j * 16 + (lane / 16) * 8;
-                    ldsm_x4_t(bf[j], V + row * (kVCols + kPad) + col);
-                }
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    uint32_t af[4];
-                    ldsm_x4(af, P + (mt * 16 + lane % 16) * PS + t * kTile + ks * 16 + (lane / 16) * 8);
-#pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        mma<T>(acc[mt][2 * j], af, bf[j][0], bf[j][1]);
-                        mma<T>(acc[mt][2 * j + 1], af, bf[j][2], bf[j][3]);
-                    }
-                }
-            }
+            pv_tile_mma<T, MT>(acc, P + t * kTile, PS, V, kVCols + kPad, warp, lane);
             if (t == nt - 1) {
                 float* dst = p.part + ((static_cast<size_t>(b) * p.n_chunk + chunk) * p.n_head + hq0) * p.v_rank + c0;
 #pragma unroll
@@ -505,9 +428,9 @@ __global__ void __launch_bounds__(kThreads) latent_small_combine_kernel(const fl
     }
     __syncthreads();
     for (int d = warp; d < hd; d += kThreads / 32) {
-        const float2 u = to_float2(
+        const float2 u = half2_bits_to_float2(
             __ldg(reinterpret_cast<const unsigned*>(vu + (static_cast<size_t>(kvh) * hd + d) * v_rank + c0 + 2 * lane)),
-            static_cast<const T*>(nullptr));
+            static_cast<T*>(nullptr));
         for (int g = 0; g < G; ++g) {
             const float2 a = *reinterpret_cast<const float2*>(acc + g * kCombCols + 2 * lane);
             float s = u.x * a.x + u.y * a.y;

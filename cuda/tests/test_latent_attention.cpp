@@ -216,10 +216,8 @@ std::vector<double> reference(const Case& c, const std::vector<float>& q, const 
     return out;
 }
 
-template <typename E>
-double run_case(const Case& c) {
-    const int G = c.n_head / c.n_kv;
-    (void)G;
+// The kernels' shape of a test case (a paged case: ctx_cap says nothing to the kernels then).
+LatentAttnShape shape_of(const Case& c, LatentFormat f) {
     LatentAttnShape s;
     s.n_seq = c.n_seq;
     s.n_head = c.n_head;
@@ -230,19 +228,23 @@ double run_case(const Case& c) {
     s.v_rank = c.v_rank;
     s.ctx_cap = c.ctx_cap;
     s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
+    s.format = f;
     s.scores_kernel = c.scores;
-    s.format = E::kFormat;
-    const int pps = c.page_rows > 0 ? (c.ctx_cap + c.page_rows - 1) / c.page_rows : 0;
-    if (c.page_rows > 0) {  // ctx_cap says nothing to the kernels then
+    if (c.page_rows > 0) {
         s.ctx_cap = 0;
         s.page_rows = c.page_rows;
-        s.pages_per_seq = pps;
+        s.pages_per_seq = (c.ctx_cap + c.page_rows - 1) / c.page_rows;
     }
+    for (int h = 0; h < c.n_kv; ++h) s.k_rank[h] = c.ranks[h];
+    return s;
+}
+
+template <typename E>
+double run_case(const Case& c) {
+    const LatentAttnShape s = shape_of(c, E::kFormat);
+    const int pps = s.pages_per_seq;
     int sum = 0;
-    for (int h = 0; h < c.n_kv; ++h) {
-        s.k_rank[h] = c.ranks[h];
-        sum += latent_rank_pad(c.ranks[h]);
-    }
+    for (int h = 0; h < c.n_kv; ++h) sum += latent_rank_pad(c.ranks[h]);
 
     // Inputs: latents with random (finite) padding columns; U_h's padding columns zero.
     Buf<E> klat, ku, vlat, vu;
@@ -692,27 +694,6 @@ TEST(LatentAttention, Llama3ShapesLongContext) {
 // keys, chunks of one and of several tiles, KV heads split over blocks, paged caches; fp16 and bf16,
 // against the same float64 reference and bounds as the five-launch path.
 namespace {
-LatentAttnShape shape_of(const Case& c, LatentFormat f) {
-    LatentAttnShape s;
-    s.n_seq = c.n_seq;
-    s.n_head = c.n_head;
-    s.n_kv = c.n_kv;
-    s.head_dim = c.hd;
-    s.rope_dims = c.rope_dims;
-    s.rope_half_split = c.half_split;
-    s.v_rank = c.v_rank;
-    s.ctx_cap = c.ctx_cap;
-    s.max_keys = *std::max_element(c.n_keys.begin(), c.n_keys.end());
-    s.format = f;
-    s.scores_kernel = c.scores;
-    if (c.page_rows > 0) {
-        s.ctx_cap = 0;
-        s.page_rows = c.page_rows;
-        s.pages_per_seq = (c.ctx_cap + c.page_rows - 1) / c.page_rows;
-    }
-    for (int h = 0; h < c.n_kv; ++h) s.k_rank[h] = c.ranks[h];
-    return s;
-}
 // Runs the case in both formats through the single pass (asserting that it takes the shape).
 void small_both(Case c, const char* what) {
     c.scores = LatentScoresKernel::SmallBatch;
