@@ -74,7 +74,9 @@ inline float short_dot(const float* a, const float* b, size_t n) {
 
 // Key of position p for KV head h: U_h z (z dequantized if need be; ut is U_h
 // transposed, r x hd, so the sum runs over contiguous rows), then RoPE at p.
-void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
+// An AVX2/FMA clone where the CPU has them: in decode this loop is most of a
+// latent layer's attention (docs/perf/cpu.md).
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
                      const LatentQuant* q, int p, float* zbuf, float* out) {
     const float* z = load_latent(q, row, zbuf);
     std::fill(out, out + hd, 0.0f);
