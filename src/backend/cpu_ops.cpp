@@ -37,6 +37,16 @@ static void axpy(float p, const float* x, float* y, size_t n) {
     for (size_t i = 0; i < n; ++i) y[i] += p * x[i];
 }
 
+STARKV_TARGET_CLONES
+void matvec_t(const float* mt, const float* z, size_t r, size_t n, float* out) {
+    std::fill(out, out + n, 0.0f);
+    for (size_t c = 0; c < r; ++c) {
+        const float zc = z[c];
+        const float* row = mt + c * n;
+        for (size_t d = 0; d < n; ++d) out[d] += zc * row[d];
+    }
+}
+
 void matmul(const Matrix& w, const float* x, int n_tokens, float* out, ThreadPool& pool) {
     const size_t rows = static_cast<size_t>(w.rows), cols = static_cast<size_t>(w.cols);
     // Rows in blocks: each weight row is read once and reused for every token

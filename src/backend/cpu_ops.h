@@ -16,6 +16,10 @@ namespace starkv::cpu {
 // Dot product of n floats (vectorised).
 float dot(const float* a, const float* b, size_t n);
 
+// out[d] = sum_c z[c] * mt[c * n + d], d < n: a matrix-vector product with
+// the matrix given transposed (r rows of n, contiguous), vectorised over d.
+void matvec_t(const float* mt, const float* z, size_t r, size_t n, float* out);
+
 // out[t][r] = sum_i W[r][i] * x[t][i] for t < n_tokens; x is [n_tokens][W.cols],
 // out is [n_tokens][W.rows].
 void matmul(const Matrix& w, const float* x, int n_tokens, float* out, ThreadPool& pool);

@@ -74,17 +74,11 @@ inline float short_dot(const float* a, const float* b, size_t n) {
 
 // Key of position p for KV head h: U_h z (z dequantized if need be; ut is U_h
 // transposed, r x hd, so the sum runs over contiguous rows), then RoPE at p.
-// An AVX2/FMA clone where the CPU has them: in decode this loop is most of a
-// latent layer's attention (docs/perf/cpu.md).
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
+void reconstruct_key(const Model& model, const ForwardScratch& s, const float* ut, int r, int hd, const uint8_t* row,
                      const LatentQuant* q, int p, float* zbuf, float* out) {
     const float* z = load_latent(q, row, zbuf);
-    std::fill(out, out + hd, 0.0f);
-    for (int c = 0; c < r; ++c) {
-        const float zc = z[c];
-        const float* row = ut + static_cast<size_t>(c) * hd;
-        for (int d = 0; d < hd; ++d) out[d] += zc * row[d];
-    }
+    // Vectorised (AVX2/FMA where present): in decode this is a fifth of a latent layer's time (docs/perf/cpu.md).
+    cpu::matvec_t(ut, z, static_cast<size_t>(r), static_cast<size_t>(hd), out);
     const size_t half = model.rope().inv_freq().size();
     rope_from_table(model.config().rope, &s.rope_cs[static_cast<size_t>(p) * half * 2], hd, out);
 }
